@@ -1,0 +1,73 @@
+"""An asyncio POP3 client (standard library only): RFC 1939, 2449, 2595, 5034, 6856.
+
+``protocol`` frames bytes (lines, dot-unstuffed bodies, timeouts, STLS); ``client`` speaks the
+verbs and keeps the session's state; ``errors`` is the one exception tree.
+"""
+
+from .client import (
+    ALLOWED_STATES,
+    PIPELINABLE,
+    Capabilities,
+    POP3Client,
+    QuitResult,
+    Reply,
+    State,
+    Timeouts,
+    TLSConfig,
+    TLSMode,
+)
+from .errors import (
+    POP3ArgumentError,
+    POP3AuthError,
+    POP3CapabilityError,
+    POP3ConnectionError,
+    POP3Error,
+    POP3InjectionError,
+    POP3InUseError,
+    POP3LineTooLongError,
+    POP3LoginDelayError,
+    POP3OutcomeUnknownError,
+    POP3ProtocolError,
+    POP3ResponseError,
+    POP3ResponseTooLargeError,
+    POP3StateError,
+    POP3SysPermError,
+    POP3SysTempError,
+    POP3TimeoutError,
+    POP3TLSError,
+    POP3UpdateError,
+    POP3UTF8Error,
+)
+
+__all__ = [
+    "ALLOWED_STATES",
+    "PIPELINABLE",
+    "Capabilities",
+    "POP3ArgumentError",
+    "POP3AuthError",
+    "POP3CapabilityError",
+    "POP3Client",
+    "POP3ConnectionError",
+    "POP3Error",
+    "POP3InUseError",
+    "POP3InjectionError",
+    "POP3LineTooLongError",
+    "POP3LoginDelayError",
+    "POP3OutcomeUnknownError",
+    "POP3ProtocolError",
+    "POP3ResponseError",
+    "POP3ResponseTooLargeError",
+    "POP3StateError",
+    "POP3SysPermError",
+    "POP3SysTempError",
+    "POP3TLSError",
+    "POP3TimeoutError",
+    "POP3UTF8Error",
+    "POP3UpdateError",
+    "QuitResult",
+    "Reply",
+    "State",
+    "TLSConfig",
+    "TLSMode",
+    "Timeouts",
+]

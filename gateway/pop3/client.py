@@ -1,0 +1,976 @@
+"""An asyncio POP3 client: one method per verb (RFC 1939, 2449, 2595, 5034, 6856).
+
+.. code-block:: python
+
+    client = await POP3Client.connect("pop.example.com", 995, tls=TLSMode.IMPLICIT)
+    await client.login("alice", "secret")
+    count, size = await client.stat()
+    uids = await client.uidl()
+    headers = await client.top_many(list(uids), 0)   # pipelined when the server allows
+    await client.quit()
+
+Rules the client keeps:
+
+- A table says which command is allowed in which state; misuse raises
+  :class:`POP3StateError` and nothing reaches the wire.
+- Every argument is checked before it is sent (no CR, LF or NUL; RFC 2449's 255-octet command
+  line) and raises :class:`POP3ArgumentError` otherwise.
+- A timeout, EOF, protocol error or cancellation in the middle of a command closes the
+  session (state ``CLOSED``); a ``-ERR`` leaves it usable.
+- Pipelining is used only in the TRANSACTION state, only when the server's TRANSACTION-state
+  CAPA lists PIPELINING and the caller allows it, with a bounded window of commands in flight
+  and replies read while commands are written.
+- Passwords, tokens and SASL payloads are never logged, kept in errors, or shown in ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import contextlib
+import enum
+import hashlib
+import hmac
+import logging
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Self
+
+from .errors import (
+    POP3ArgumentError,
+    POP3CapabilityError,
+    POP3ConnectionError,
+    POP3OutcomeUnknownError,
+    POP3ProtocolError,
+    POP3ResponseError,
+    POP3StateError,
+    POP3TLSError,
+    response_error,
+)
+from .protocol import CRLF, POP3Stream, StatusLine
+
+log = logging.getLogger("gateway.pop3")
+wire_log = logging.getLogger("gateway.pop3.wire")
+
+#: RFC 2449 section 4: a command line, CRLF included, is at most 255 octets.
+MAX_COMMAND_LINE: Final = 255
+#: Bound on one SASL continuation line (OAuth tokens are several KB).
+MAX_SASL_LINE: Final = 64 * 1024
+#: Default cap on a status or listing line. RFC 2449 allows 512 octets; real servers echo
+#: long input back, so some slack is kept.
+DEFAULT_MAX_LINE: Final = 8192
+#: Message numbers above this are not sent (no real maildrop comes close).
+MAX_MESSAGE_NUMBER: Final = 2**31 - 1
+
+_FORBIDDEN = frozenset(b"\r\n\x00")
+
+
+class State(enum.Enum):
+    """Where a session is (RFC 1939 section 3); UPDATE is transient, inside QUIT."""
+
+    AUTHORIZATION = "authorization"
+    TRANSACTION = "transaction"
+    CLOSED = "closed"
+
+
+class TLSMode(enum.StrEnum):
+    """How the session is protected."""
+
+    PLAIN = "plain"  #: no TLS (acceptable on loopback; elsewhere only on explicit opt-in)
+    IMPLICIT = "tls"  #: TLS from the first byte (port 995, RFC 8314)
+    STARTTLS = "starttls"  #: plaintext greeting, then STLS before authenticating (RFC 2595)
+
+
+_A = State.AUTHORIZATION
+_T = State.TRANSACTION
+#: Which command may be sent in which state. UTF8 is AUTHORIZATION-only (RFC 6856).
+ALLOWED_STATES: Final[dict[str, frozenset[State]]] = {
+    "CAPA": frozenset({_A, _T}),
+    "QUIT": frozenset({_A, _T}),
+    "STLS": frozenset({_A}),
+    "USER": frozenset({_A}),
+    "PASS": frozenset({_A}),
+    "APOP": frozenset({_A}),
+    "AUTH": frozenset({_A}),
+    "UTF8": frozenset({_A}),
+    "STAT": frozenset({_T}),
+    "LIST": frozenset({_T}),
+    "UIDL": frozenset({_T}),
+    "TOP": frozenset({_T}),
+    "RETR": frozenset({_T}),
+    "DELE": frozenset({_T}),
+    "RSET": frozenset({_T}),
+    "NOOP": frozenset({_T}),
+}
+#: Commands that may be pipelined (TRANSACTION state only).
+PIPELINABLE: Final = frozenset({"TOP", "RETR", "LIST", "UIDL", "DELE"})
+#: Arguments of these commands are secrets: never logged.
+_SECRET_ARGS: Final = frozenset({"PASS", "APOP", "AUTH"})
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed for each network step."""
+
+    connect: float = 10.0  #: TCP connect
+    tls: float = 10.0  #: a TLS handshake (implicit or STLS)
+    command: float = 30.0  #: from sending a command to the first line of its reply
+    idle: float = 30.0  #: a silence inside a long (multi-line) reply
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "tls", "command", "idle"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"timeout {name!r} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """How TLS is verified. The default verifies against the system's CAs.
+
+    ``cafile``: a PEM bundle to trust instead. ``fingerprint_sha256``: the hex SHA-256 of the
+    server certificate (colons allowed); checked in addition to the chain, or instead of it
+    when ``verify`` is false (a pinned self-signed server). ``verify=False`` without a
+    fingerprint is refused: it would accept any certificate.
+    """
+
+    verify: bool = True
+    cafile: str | None = None
+    fingerprint_sha256: str | None = None
+    server_hostname: str | None = None
+    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+
+    def __post_init__(self) -> None:
+        if self.fingerprint_sha256 is not None:
+            digest = self.fingerprint_sha256.replace(":", "").lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("fingerprint_sha256 must be 64 hex digits (colons allowed)")
+            object.__setattr__(self, "fingerprint_sha256", digest)
+        if not self.verify and self.fingerprint_sha256 is None:
+            raise ValueError("verify=False needs fingerprint_sha256: nothing would be checked")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: verified chain and host name unless pinned by fingerprint."""
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        ctx.minimum_version = self.minimum_version
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """A CAPA answer: upper-cased tag -> its arguments. ``supported`` is false when the server
+    answered ``-ERR`` to CAPA (an RFC 1939-only server: probe instead of trusting)."""
+
+    items: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    supported: bool = True
+
+    @classmethod
+    def parse(cls, lines: Sequence[str]) -> Capabilities:
+        items: dict[str, tuple[str, ...]] = {}
+        for line in lines:
+            words = line.split()
+            if words:
+                items[words[0].upper()] = tuple(words[1:])
+        return cls(items)
+
+    def __contains__(self, tag: object) -> bool:
+        return isinstance(tag, str) and tag.upper() in self.items
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.items
+
+    @property
+    def sasl(self) -> tuple[str, ...]:
+        return tuple(m.upper() for m in self.items.get("SASL", ()))
+
+    @property
+    def login_delay(self) -> int | None:
+        """LOGIN-DELAY seconds (RFC 2449 section 6.5), when advertised with a number."""
+        args = self.items.get("LOGIN-DELAY", ())
+        return int(args[0]) if args and args[0].isdigit() else None
+
+    @property
+    def implementation(self) -> str | None:
+        args = self.items.get("IMPLEMENTATION")
+        return " ".join(args) if args is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class QuitResult:
+    """What QUIT did. ``updated``: the session was in TRANSACTION and the server answered
+    ``+OK`` to QUIT, so the UPDATE state removed every message marked by DELE."""
+
+    updated: bool
+    deleted_marks: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One reply to a pipelined command: ``body`` for a multi-line ``+OK``, ``error`` for
+    ``-ERR`` (a refused command does not break the session)."""
+
+    ok: bool
+    text: str
+    body: bytes | None = None
+    error: POP3ResponseError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    verb: str
+    line: bytes
+    multiline: bool
+
+
+def _check_arg(value: str, what: str) -> bytes:
+    """Encode an argument for the wire, refusing what could smuggle another command."""
+    data = value.encode("utf-8")
+    if _FORBIDDEN.intersection(data):
+        raise POP3ArgumentError(f"{what} contains CR, LF or NUL")
+    return data
+
+
+def _check_number(value: int, what: str = "message number", minimum: int = 1) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise POP3ArgumentError(f"{what} must be an integer")
+    if not minimum <= value <= MAX_MESSAGE_NUMBER:
+        raise POP3ArgumentError(f"{what} {value} is out of range")
+    return str(value).encode("ascii")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.b64encode(data) if data else b"="
+
+
+class POP3Client:
+    """One POP3 session. Create it with :meth:`connect`; not safe for concurrent use."""
+
+    def __init__(
+        self,
+        stream: POP3Stream,
+        *,
+        host: str,
+        port: int,
+        timeouts: Timeouts,
+        tls_config: TLSConfig,
+        pipelining: bool,
+        pipeline_window: int,
+        allow_apop: bool,
+        on_command: Callable[[str, str, float], None] | None,
+    ) -> None:
+        self._stream = stream
+        self.host = host
+        self.port = port
+        self.timeouts = timeouts
+        self._tls_config = tls_config
+        self._allow_pipelining = pipelining
+        self._window = pipeline_window
+        self._allow_apop = allow_apop
+        self._on_command = on_command
+        self._state = State.AUTHORIZATION
+        self._tls = False
+        self._user_sent = False
+        self._utf8 = False
+        self._marked = 0
+        self._busy = False
+        self.greeting = ""
+        self.apop_timestamp: str | None = None
+        self.capabilities: Capabilities | None = None
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        tls: TLSMode = TLSMode.IMPLICIT,
+        tls_config: TLSConfig | None = None,
+        timeouts: Timeouts | None = None,
+        pipelining: bool = True,
+        pipeline_window: int = 64,
+        max_line: int = DEFAULT_MAX_LINE,
+        allow_apop: bool = False,
+        on_command: Callable[[str, str, float], None] | None = None,
+    ) -> POP3Client:
+        """Open a session and read the greeting (and, with ``STARTTLS``, upgrade with STLS).
+
+        ``pipelining=False`` forces lockstep (for servers that advertise PIPELINING and then
+        lose commands). ``on_command(verb, outcome, seconds)`` observes every command, with
+        outcome ``ok``, ``err`` (``-ERR``) or ``failed`` (timeout, drop, protocol error).
+        """
+        timeouts = timeouts or Timeouts()
+        tls_config = tls_config or TLSConfig()
+        if not 1 <= pipeline_window <= 1024:
+            raise ValueError("pipeline_window must be between 1 and 1024")
+        if max_line < 512:
+            raise ValueError("max_line must be at least 512 (RFC 2449)")
+        implicit = tls is TLSMode.IMPLICIT
+        stream = await POP3Stream.open(
+            host,
+            port,
+            ssl_context=tls_config.context() if implicit else None,
+            server_hostname=(tls_config.server_hostname or host) if implicit else None,
+            connect_timeout=timeouts.connect,
+            tls_timeout=timeouts.tls,
+            max_line=max_line,
+            idle_timeout=timeouts.idle,
+        )
+        client = cls(
+            stream,
+            host=host,
+            port=port,
+            timeouts=timeouts,
+            tls_config=tls_config,
+            pipelining=pipelining,
+            pipeline_window=pipeline_window,
+            allow_apop=allow_apop,
+            on_command=on_command,
+        )
+        try:
+            if implicit:
+                client._tls = True
+                client._check_fingerprint()
+            await client._read_greeting()
+            if tls is TLSMode.STARTTLS:
+                await client.stls()
+        except BaseException:
+            client.abort()
+            raise
+        return client
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Leave politely: QUIT when nothing failed, otherwise drop the connection.
+
+        An exception inside the block never reaches the UPDATE state: DELE marks are rolled
+        back by the server when the connection drops.
+        """
+        if exc_type is None and self._state is not State.CLOSED:
+            await self.quit()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return (
+            f"<POP3Client {self.host}:{self.port} state={self._state.value}"
+            f" tls={self._tls} marked={self._marked}>"
+        )
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        if self._state is not State.CLOSED and self._stream.is_closing:
+            self._state = State.CLOSED
+        return self._state
+
+    @property
+    def is_tls(self) -> bool:
+        return self._tls
+
+    @property
+    def utf8_enabled(self) -> bool:
+        return self._utf8
+
+    @property
+    def deleted_marks(self) -> int:
+        """How many messages this session marked with DELE (and did not RSET)."""
+        return self._marked
+
+    @property
+    def pipelining_active(self) -> bool:
+        """Whether pipelined batches go out pipelined now (TRANSACTION-state CAPA says so)."""
+        return (
+            self._allow_pipelining
+            and self._state is State.TRANSACTION
+            and self.capabilities is not None
+            and self.capabilities.pipelining
+        )
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT. Marked deletions are rolled back by the server;
+        a read-only session ends this way on providers where QUIT after RETR changes state."""
+        self._state = State.CLOSED
+        self._stream.abort()
+
+    # -- low level -----------------------------------------------------------------------
+    def _require(self, verb: str) -> None:
+        state = self.state
+        if state is State.CLOSED:
+            raise POP3StateError(f"{verb}: the session is closed")
+        if state not in ALLOWED_STATES[verb]:
+            raise POP3StateError(f"{verb} is not allowed in the {state.value} state")
+        if self._busy:
+            raise POP3StateError(f"{verb}: another command is in progress on this session")
+
+    @staticmethod
+    def _line(verb: str, *args: bytes, limit: int = MAX_COMMAND_LINE) -> bytes:
+        line = b" ".join((verb.encode("ascii"), *args)) + CRLF
+        if len(line) > limit:
+            raise POP3ArgumentError(
+                f"{verb} command would be {len(line)} octets; the limit is {limit}"
+            )
+        return line
+
+    @contextlib.contextmanager
+    def _session_guard(self) -> Iterator[None]:
+        """Mark the session busy; on anything but a clean reply, close it.
+
+        ``-ERR`` answers are raised as :class:`POP3ResponseError` after the reply was fully
+        read, so they pass through with the session intact.
+        """
+        self._busy = True
+        try:
+            yield
+        except POP3ResponseError:
+            raise
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._busy = False
+
+    def _log_sent(self, cmd: _Command) -> None:
+        if wire_log.isEnabledFor(logging.DEBUG):
+            shown = cmd.line.rstrip(b"\r\n").decode("utf-8", "replace")
+            if cmd.verb in _SECRET_ARGS:
+                shown = f"{cmd.verb} <redacted>"
+            elif cmd.verb == "":
+                shown = "<SASL response redacted>"
+            wire_log.debug("C: %s", shown)
+
+    def _observe(self, verb: str, outcome: str, started: float) -> None:
+        if self._on_command is not None and verb:
+            self._on_command(verb, outcome, time.perf_counter() - started)
+
+    async def _read_status(self, verb: str) -> StatusLine:
+        line = await self._stream.read_line(self.timeouts.command)
+        status = StatusLine.parse(line)
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("S: %s", line[:200].decode("utf-8", "replace"))
+        if status.continuation and verb != "AUTH":
+            raise POP3ProtocolError(f"unexpected SASL continuation in reply to {verb}")
+        return status
+
+    async def _execute(self, cmd: _Command) -> tuple[StatusLine, bytes | None]:
+        """Send one command and read its whole reply (lockstep).
+
+        Returns the status and, for a multi-line ``+OK``, the body. ``-ERR`` is raised as a
+        typed :class:`POP3ResponseError`; the session stays usable.
+        """
+        self._require(cmd.verb)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            with self._session_guard():
+                self._log_sent(cmd)
+                self._stream.write(cmd.line)
+                status = await self._read_status(cmd.verb)
+                body = None
+                if status.ok and cmd.multiline:
+                    body = await self._stream.read_body()
+            outcome = "ok" if status.ok else "err"
+        finally:
+            self._observe(cmd.verb, outcome, started)
+        if not status.ok:
+            raise response_error(cmd.verb, status.code, status.text)
+        return status, body
+
+    async def _simple(self, verb: str, *args: bytes) -> StatusLine:
+        status, _ = await self._execute(_Command(verb, self._line(verb, *args), False))
+        return status
+
+    async def _multi(self, verb: str, *args: bytes) -> bytes:
+        _, body = await self._execute(_Command(verb, self._line(verb, *args), True))
+        assert body is not None
+        return body
+
+    async def _read_greeting(self) -> None:
+        with self._session_guard():
+            line = await self._stream.read_line(self.timeouts.command, phase="greeting")
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("S: %s", line[:200].decode("utf-8", "replace"))
+        status = StatusLine.parse(line)
+        if status.continuation:
+            self.abort()
+            raise POP3ProtocolError("the server greeted with a SASL continuation")
+        if not status.ok:
+            self.abort()
+            raise response_error("CONNECT", status.code, status.text)
+        self.greeting = status.text
+        start = status.text.find("<")
+        end = status.text.find(">", start + 1)
+        if start >= 0 and end > start:
+            self.apop_timestamp = status.text[start : end + 1]
+
+    def _check_fingerprint(self) -> None:
+        expected = self._tls_config.fingerprint_sha256
+        if expected is None:
+            return
+        ssl_object = self._stream.get_extra_info("ssl_object")
+        der = (
+            ssl_object.getpeercert(binary_form=True)
+            if isinstance(ssl_object, ssl.SSLObject)
+            else None
+        )
+        if not isinstance(der, bytes):
+            self.abort()
+            raise POP3TLSError("the server presented no certificate to pin")
+        actual = hashlib.sha256(der).hexdigest()
+        if not hmac.compare_digest(actual, expected):
+            self.abort()
+            raise POP3TLSError("the server certificate does not match the pinned fingerprint")
+
+    # -- AUTHORIZATION -------------------------------------------------------------------
+    async def capa(self) -> Capabilities:
+        """CAPA (RFC 2449). Answers differ before and after login, so ask in each state.
+        A server without CAPA gives ``Capabilities(supported=False)``."""
+        try:
+            body = await self._multi("CAPA")
+        except POP3ResponseError:
+            self.capabilities = Capabilities({}, supported=False)
+        else:
+            lines = body.decode("utf-8", "replace").splitlines()
+            self.capabilities = Capabilities.parse(lines)
+        return self.capabilities
+
+    async def stls(self) -> None:
+        """STLS (RFC 2595): upgrade to TLS before authenticating. Failure is fatal; there is
+        never a fallback to plaintext."""
+        if self._tls:
+            raise POP3StateError("STLS: the session is already protected by TLS")
+        if self._user_sent:
+            raise POP3StateError("STLS is not allowed after USER")
+        try:
+            await self._simple("STLS")
+        except POP3ResponseError as exc:
+            self.abort()
+            raise POP3TLSError(f"the server refused STLS: {exc.server_text}") from exc
+        with self._session_guard():
+            await self._stream.start_tls(
+                self._tls_config.context(),
+                self._tls_config.server_hostname or self.host,
+                self.timeouts.tls,
+            )
+        self._tls = True
+        self._check_fingerprint()
+        self.capabilities = None  # RFC 2595: what was learned before TLS is void
+
+    async def utf8(self) -> None:
+        """UTF8 (RFC 6856): UTF-8 user names and raw 8-bit messages for this session."""
+        await self._simple("UTF8")
+        self._utf8 = True
+
+    def _logged_in(self) -> None:
+        self._state = State.TRANSACTION
+        self._user_sent = False
+        self.capabilities = None  # ask again: the TRANSACTION-state list differs
+
+    async def user(self, name: str) -> None:
+        """USER (RFC 1939). Prefer :meth:`login`."""
+        arg = _check_arg(name, "user name")
+        if not arg:
+            raise POP3ArgumentError("user name is empty")
+        self._user_sent = False
+        await self._simple("USER", arg)
+        self._user_sent = True
+
+    async def pass_(self, password: str) -> None:
+        """PASS (RFC 1939), after a successful USER."""
+        if not self._user_sent:
+            raise POP3StateError("PASS must follow a successful USER")
+        arg = _check_arg(password, "password")
+        try:
+            await self._execute(_Command("PASS", self._line("PASS", arg), False))
+        finally:
+            self._user_sent = False
+        self._logged_in()
+
+    async def login(self, user: str, password: str) -> None:
+        """USER then PASS, step by step (never pipelined: Courier loses what follows PASS)."""
+        _check_arg(password, "password")  # refuse before sending USER
+        await self.user(user)
+        await self.pass_(password)
+
+    async def apop(self, user: str, secret: str) -> None:
+        """APOP (RFC 1939 section 7). MD5-based and weak: allowed only when the client was
+        created with ``allow_apop=True``."""
+        if not self._allow_apop:
+            raise POP3CapabilityError("APOP is disabled (it relies on MD5); enable it explicitly")
+        if self.apop_timestamp is None:
+            raise POP3CapabilityError("the server greeting offers no APOP timestamp")
+        name = _check_arg(user, "user name")
+        digest = hashlib.md5(  # noqa: S324 - APOP is defined on MD5 (RFC 1939), opt-in only
+            self.apop_timestamp.encode("utf-8") + _check_arg(secret, "secret")
+        ).hexdigest()
+        await self._simple("APOP", name, digest.encode("ascii"))
+        self._logged_in()
+
+    async def auth_plain(self, user: str, password: str, authzid: str = "") -> None:
+        """AUTH PLAIN (RFC 4616)."""
+        payload = b"\0".join(
+            (
+                _check_arg(authzid, "authorization id"),
+                _check_arg(user, "user name"),
+                _check_arg(password, "password"),
+            )
+        )
+        await self.auth("PLAIN", payload)
+
+    async def auth_login(self, user: str, password: str) -> None:
+        """AUTH LOGIN (the widely deployed, unstandardised username/password exchange)."""
+        answers = [_check_arg(user, "user name"), _check_arg(password, "password")]
+        await self.auth("LOGIN", None, lambda _challenge: answers.pop(0) if answers else b"")
+
+    async def auth_xoauth2(self, user: str, token: str) -> None:
+        """AUTH XOAUTH2 (Google, Microsoft): ``user=U^Aauth=Bearer T^A^A``."""
+        payload = (
+            b"user="
+            + _check_arg(user, "user name")
+            + b"\x01auth=Bearer "
+            + _check_arg(token, "token")
+            + b"\x01\x01"
+        )
+        # On failure the server sends a JSON error as a challenge; the client answers empty.
+        await self.auth("XOAUTH2", payload, lambda _challenge: b"")
+
+    async def auth_oauthbearer(
+        self, user: str, token: str, *, host: str | None = None, port: int | None = None
+    ) -> None:
+        """AUTH OAUTHBEARER (RFC 7628)."""
+        gs2 = b"n,a=" + _check_arg(user, "user name").replace(b"=", b"=3D").replace(b",", b"=2C")
+        fields = [gs2 + b","]
+        fields.append(b"host=" + _check_arg(host or self.host, "host"))
+        fields.append(b"port=" + str(port or self.port).encode("ascii"))
+        fields.append(b"auth=Bearer " + _check_arg(token, "token"))
+        payload = b"\x01".join(fields) + b"\x01\x01"
+        # RFC 7628 section 3.2.3: on an error challenge the client sends %x01.
+        await self.auth("OAUTHBEARER", payload, lambda _challenge: b"\x01")
+
+    async def auth(
+        self,
+        mechanism: str,
+        initial_response: bytes | None,
+        respond: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        """A SASL exchange (RFC 5034).
+
+        ``initial_response`` is sent with the command when the line fits in 255 octets, else
+        after the server's first (empty) challenge. ``respond(challenge)`` answers further
+        challenges (decoded bytes); without it, a further challenge is cancelled with ``*``.
+        """
+        mech = _check_arg(mechanism, "SASL mechanism").upper()
+        if not mech or not mech.replace(b"-", b"").replace(b"_", b"").isalnum():
+            raise POP3ArgumentError("SASL mechanism name is not valid")
+        self._require("AUTH")
+        pending = initial_response
+        line = b"AUTH " + mech
+        if pending is not None:
+            candidate = line + b" " + _b64(pending)
+            if len(candidate) + 2 <= MAX_COMMAND_LINE:
+                line, pending = candidate, None
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            with self._session_guard():
+                self._log_sent(_Command("AUTH", line + CRLF, False))
+                self._stream.write(line + CRLF)
+                rounds = 0
+                while True:
+                    status = await self._read_status("AUTH")
+                    if not status.continuation:
+                        break
+                    rounds += 1
+                    if rounds > 16:
+                        raise POP3ProtocolError("SASL exchange did not end after 16 rounds")
+                    if pending is not None:
+                        answer, pending = pending, None
+                    elif respond is not None:
+                        try:
+                            challenge = base64.b64decode(status.text, validate=True)
+                        except binascii.Error:
+                            raise POP3ProtocolError("SASL challenge is not base64") from None
+                        answer = respond(challenge)
+                    else:
+                        self._stream.write(b"*" + CRLF)
+                        continue
+                    reply = (base64.b64encode(answer) if answer else b"") + CRLF
+                    if len(reply) > MAX_SASL_LINE:
+                        raise POP3ArgumentError("SASL response is too long")
+                    self._log_sent(_Command("", reply, False))
+                    self._stream.write(reply)
+            outcome = "ok" if status.ok else "err"
+        finally:
+            self._observe("AUTH", outcome, started)
+        if not status.ok:
+            raise response_error("AUTH", status.code, status.text)
+        self._logged_in()
+
+    # -- TRANSACTION -------------------------------------------------------------------
+    async def stat(self) -> tuple[int, int]:
+        """STAT: (message count, total octets), deleted messages excluded."""
+        status = await self._simple("STAT")
+        return _two_ints(status.text, "STAT")
+
+    async def list(self) -> dict[int, int]:
+        """LIST: message number -> size in octets (a hint: RETR may differ, RFC 1939 §11)."""
+        return {n: int(v) for n, v in _scan_listing(await self._multi("LIST"), "LIST")}
+
+    async def list_one(self, number: int) -> int:
+        status = await self._simple("LIST", _check_number(number))
+        return _two_ints(status.text, "LIST")[1]
+
+    async def uidl(self) -> dict[int, str]:
+        """UIDL: message number -> unique-id (kept byte for byte, decoded as Latin-1)."""
+        return dict(_scan_listing(await self._multi("UIDL"), "UIDL"))
+
+    async def uidl_one(self, number: int) -> str:
+        status = await self._simple("UIDL", _check_number(number))
+        parts = status.text.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise POP3ProtocolError("UIDL reply is not 'number unique-id'")
+        return parts[1]
+
+    async def top(self, number: int, lines: int = 0) -> bytes:
+        """TOP: the header and the first ``lines`` body lines."""
+        return await self._multi("TOP", _check_number(number), _check_number(lines, "lines", 0))
+
+    async def retr(self, number: int, *, max_bytes: int | None = None) -> bytes:
+        """RETR: the whole message in memory. With ``max_bytes``, a larger message raises
+        :class:`POP3ResponseTooLargeError` and closes the session (use :meth:`retr_stream`)."""
+        cmd = _Command("RETR", self._line("RETR", _check_number(number)), True)
+        self._require("RETR")
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            with self._session_guard():
+                self._log_sent(cmd)
+                self._stream.write(cmd.line)
+                status = await self._read_status("RETR")
+                body = await self._stream.read_body(max_bytes=max_bytes) if status.ok else b""
+            outcome = "ok" if status.ok else "err"
+        finally:
+            self._observe("RETR", outcome, started)
+        if not status.ok:
+            raise response_error("RETR", status.code, status.text)
+        return body
+
+    @contextlib.asynccontextmanager
+    async def retr_stream(self, number: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        """RETR as a flow of chunks, with flat memory whatever the message size.
+
+        ``-ERR`` is raised on entering. Leaving the block before the whole message was read
+        closes the session (the rest of the reply cannot be skipped safely).
+        """
+        cmd = _Command("RETR", self._line("RETR", _check_number(number)), True)
+        self._require("RETR")
+        started = time.perf_counter()
+        with self._session_guard():
+            self._log_sent(cmd)
+            self._stream.write(cmd.line)
+            try:
+                status = await self._read_status("RETR")
+            except BaseException:
+                self._observe("RETR", "failed", started)
+                raise
+        if not status.ok:
+            self._observe("RETR", "err", started)
+            raise response_error("RETR", status.code, status.text)
+        chunks = self._stream.iter_body()
+        complete = False
+
+        async def flow() -> AsyncGenerator[bytes, None]:
+            nonlocal complete
+            async for chunk in chunks:
+                yield chunk
+            complete = True
+
+        self._busy = True
+        body = flow()
+        try:
+            yield body
+        finally:
+            self._busy = False
+            await body.aclose()
+            await chunks.aclose()
+            if not complete:
+                self.abort()
+            self._observe("RETR", "ok" if complete else "failed", started)
+
+    async def dele(self, number: int) -> None:
+        """DELE: mark for deletion; removed only if QUIT answers ``+OK`` (RFC 1939)."""
+        await self._simple("DELE", _check_number(number))
+        self._marked += 1
+
+    async def rset(self) -> None:
+        """RSET: unmark every message marked in this session."""
+        await self._simple("RSET")
+        self._marked = 0
+
+    async def noop(self) -> None:
+        await self._simple("NOOP")
+
+    async def quit(self) -> QuitResult:
+        """QUIT: in TRANSACTION, enter UPDATE and remove what DELE marked.
+
+        ``-ERR`` in UPDATE raises :class:`POP3UpdateError` (some marked messages were not
+        removed). If the reply never comes while deletions are marked, the outcome is unknown:
+        :class:`POP3OutcomeUnknownError`. The connection is closed in every case.
+        """
+        state = self.state
+        if state is State.CLOSED:
+            raise POP3StateError("QUIT: the session is closed")
+        marked = self._marked
+        try:
+            status = await self._simple("QUIT")
+        except POP3ResponseError:
+            raise
+        except POP3ConnectionError as exc:
+            if state is State.TRANSACTION and marked:
+                raise POP3OutcomeUnknownError(
+                    f"QUIT with {marked} deletion(s) marked got no answer: the server may or "
+                    "may not have removed them"
+                ) from exc
+            raise
+        except TimeoutError as exc:
+            if state is State.TRANSACTION and marked:
+                raise POP3OutcomeUnknownError(
+                    f"QUIT with {marked} deletion(s) marked timed out: the server may or may "
+                    "not have removed them"
+                ) from exc
+            raise
+        finally:
+            self._state = State.CLOSED
+            await self._stream.close()
+        return QuitResult(
+            updated=state is State.TRANSACTION, deleted_marks=marked, text=status.text
+        )
+
+    # -- pipelined batches -----------------------------------------------------------------
+    async def top_many(
+        self, numbers: Sequence[int], lines: int = 0
+    ) -> builtins.list[bytes | POP3ResponseError]:
+        """TOP for each number, pipelined when possible; in order. A refused message gives its
+        ``-ERR`` as a :class:`POP3ResponseError` item instead of failing the batch."""
+        n_lines = _check_number(lines, "lines", 0)
+        cmds = [
+            _Command("TOP", self._line("TOP", _check_number(n), n_lines), True) for n in numbers
+        ]
+        replies = await self._pipeline(cmds)
+        return [r.body if r.body is not None else _error_of(r) for r in replies]
+
+    async def retr_many(self, numbers: Sequence[int]) -> builtins.list[bytes | POP3ResponseError]:
+        """RETR for each number, pipelined when possible (whole messages in memory)."""
+        cmds = [_Command("RETR", self._line("RETR", _check_number(n)), True) for n in numbers]
+        replies = await self._pipeline(cmds)
+        return [r.body if r.body is not None else _error_of(r) for r in replies]
+
+    async def dele_many(self, numbers: Sequence[int]) -> builtins.list[POP3ResponseError | None]:
+        """DELE for each number, pipelined when possible: ``None`` where it was marked."""
+        cmds = [_Command("DELE", self._line("DELE", _check_number(n)), False) for n in numbers]
+        replies = await self._pipeline(cmds)
+        self._marked += sum(1 for r in replies if r.ok)
+        return [r.error for r in replies]
+
+    async def _pipeline(self, commands: Sequence[_Command]) -> builtins.list[Reply]:
+        """Run TRANSACTION-state commands, pipelined in a bounded window when the server's
+        TRANSACTION CAPA lists PIPELINING (and the caller allows it), else in lockstep.
+
+        Commands are refilled once half of the window has been answered, and the window is
+        small enough that writes never wait on the server: replies are read while commands
+        are written, so a server that stops reading while its output is queued (Dovecot does)
+        cannot deadlock us.
+        """
+        for cmd in commands:
+            if cmd.verb not in PIPELINABLE:
+                raise POP3ArgumentError(f"{cmd.verb} cannot be pipelined")
+            self._require(cmd.verb)
+        if not commands:
+            return []
+        if self._allow_pipelining and self.capabilities is None:
+            await self.capa()
+        window = self._window if self.pipelining_active else 1
+        refill_at = max(1, window // 2)
+        replies: builtins.list[Reply] = []
+        sent_at: builtins.list[float] = []
+        total = len(commands)
+        sent = 0
+        debug = wire_log.isEnabledFor(logging.DEBUG)
+        try:
+            with self._session_guard():
+                while len(replies) < total:
+                    if sent < total and sent - len(replies) < refill_at:
+                        upto = min(total, len(replies) + window)
+                        batch = commands[sent:upto]
+                        if debug:
+                            for cmd in batch:
+                                self._log_sent(cmd)
+                        self._stream.write(b"".join(c.line for c in batch))
+                        sent_at.extend([time.perf_counter()] * len(batch))
+                        sent = upto
+                        await self._stream.drain(self.timeouts.command)
+                    cmd = commands[len(replies)]
+                    status = await self._read_status(cmd.verb)
+                    if status.ok:
+                        body = await self._stream.read_body() if cmd.multiline else None
+                        replies.append(Reply(True, status.text, body))
+                        self._observe(cmd.verb, "ok", sent_at[len(replies) - 1])
+                    else:
+                        error = response_error(cmd.verb, status.code, status.text)
+                        replies.append(Reply(False, status.text, None, error))
+                        self._observe(cmd.verb, "err", sent_at[len(replies) - 1])
+        except BaseException:
+            if len(replies) < sent:
+                self._observe(commands[len(replies)].verb, "failed", sent_at[len(replies)])
+            raise
+        return replies
+
+    # -- probing -------------------------------------------------------------------------
+    async def ensure_transaction_capabilities(self) -> Capabilities:
+        """The TRANSACTION-state CAPA, asked once per session."""
+        if self.capabilities is None:
+            return await self.capa()
+        return self.capabilities
+
+
+def _error_of(reply: Reply) -> POP3ResponseError:
+    if reply.error is not None:
+        return reply.error
+    raise POP3ProtocolError("a multi-line reply had no body")  # pragma: no cover
+
+
+def _two_ints(text: str, verb: str) -> tuple[int, int]:
+    parts = text.split()
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise POP3ProtocolError(f"{verb} reply is not two numbers")
+    return int(parts[0]), int(parts[1])
+
+
+def _scan_listing(body: bytes, verb: str) -> Iterator[tuple[int, str]]:
+    """Lines of ``number value`` (LIST, UIDL). Values are decoded as Latin-1, which keeps
+    every byte: unique-ids are printable ASCII by RFC, but servers are not always right."""
+    for raw in body.splitlines():
+        parts = raw.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or not parts[0].isdigit():
+            raise POP3ProtocolError(f"{verb} listing line is not 'number value'")
+        value = parts[1].decode("latin-1")
+        if verb == "LIST" and not parts[1].isdigit():
+            raise POP3ProtocolError("LIST listing size is not a number")
+        yield int(parts[0]), value

@@ -1,0 +1,165 @@
+"""The POP3 error tree.
+
+Every error the client raises is a :class:`POP3Error`. Errors that callers commonly catch by
+their built-in kind also subclass it (:class:`TimeoutError`, :class:`ConnectionError`,
+:class:`ValueError`), so ``except TimeoutError`` does what one expects.
+
+Server refusals (``-ERR``) are :class:`POP3ResponseError`; when the server gives an RFC 2449 /
+RFC 3206 response code, the subclass says which (``[IN-USE]`` -> :class:`POP3InUseError`, ...),
+and the raw code is kept in ``code`` (unknown codes too).
+
+The server's own ``-ERR`` text is kept in ``server_text`` for logs; ``str(error)`` is our own
+words plus that text, and never contains a credential (arguments of USER/PASS/AUTH/APOP are
+never put into an error).
+"""
+
+from __future__ import annotations
+
+
+class POP3Error(Exception):
+    """Base of everything the POP3 layer raises."""
+
+
+class POP3ArgumentError(POP3Error, ValueError):
+    """An argument cannot be sent: CR, LF or NUL in it, too long, out of range.
+
+    Raised before anything reaches the wire.
+    """
+
+
+class POP3StateError(POP3Error):
+    """The command is not allowed in the session's current state (nothing was sent)."""
+
+
+class POP3CapabilityError(POP3Error):
+    """The server lacks what the operation needs (STLS, UIDL, a SASL mechanism...)."""
+
+
+class POP3ConnectionError(POP3Error, ConnectionError):
+    """The connection could not be made, or it broke: the session is closed."""
+
+
+class POP3TLSError(POP3ConnectionError):
+    """TLS failed: handshake, certificate verification, fingerprint mismatch."""
+
+
+class POP3TimeoutError(POP3Error, TimeoutError):
+    """A network step took longer than its timeout: the session is closed.
+
+    ``phase`` names the step: ``connect``, ``tls``, ``greeting``, ``command`` or ``idle``.
+    """
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class POP3ProtocolError(POP3Error):
+    """The server sent something that is not POP3: the session is closed."""
+
+
+class POP3LineTooLongError(POP3ProtocolError):
+    """A status or listing line passed the configured cap: the session is closed."""
+
+
+class POP3ResponseTooLargeError(POP3ProtocolError):
+    """A reply grew past the size the caller allowed: the session is closed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the reply is larger than the {limit}-byte limit")
+        self.limit = limit
+
+
+class POP3InjectionError(POP3TLSError):
+    """Bytes arrived between the STLS ``+OK`` and the TLS handshake (response injection)."""
+
+
+class POP3OutcomeUnknownError(POP3ConnectionError):
+    """QUIT was sent with deletions marked, and its answer never came.
+
+    The server may or may not have entered the UPDATE state: the caller must check in a new
+    session (deletes are idempotent by unique-id).
+    """
+
+
+class POP3ResponseError(POP3Error):
+    """The server answered ``-ERR``.
+
+    ``code`` is the RFC 2449 response code without brackets (``"IN-USE"``, ``"SYS/TEMP"``), or
+    ``None``; ``server_text`` is the rest of the server's line (for logs, not for end users);
+    ``command`` is the verb that was refused.
+    """
+
+    def __init__(self, command: str, code: str | None, server_text: str) -> None:
+        self.command = command
+        self.code = code
+        self.server_text = server_text
+        shown = f"[{code}] " if code else ""
+        super().__init__(f"{command} refused: -ERR {shown}{server_text}".rstrip())
+
+    @property
+    def code_parts(self) -> tuple[str, ...]:
+        """The hierarchical code split on ``/`` (``SYS/TEMP`` -> ``("SYS", "TEMP")``)."""
+        return tuple(self.code.split("/")) if self.code else ()
+
+
+class POP3AuthError(POP3ResponseError):
+    """The credentials were refused (``[AUTH]``, or a plain ``-ERR`` to USER/PASS/AUTH/APOP)."""
+
+
+class POP3InUseError(POP3ResponseError):
+    """``[IN-USE]``: the maildrop is locked by another session; retry later."""
+
+
+class POP3LoginDelayError(POP3ResponseError):
+    """``[LOGIN-DELAY]``: logged in too soon after the last session; retry later."""
+
+
+class POP3SysTempError(POP3ResponseError):
+    """``[SYS/TEMP]``: a temporary server-side failure; retry later."""
+
+
+class POP3SysPermError(POP3ResponseError):
+    """``[SYS/PERM]``: a permanent server-side failure; retrying will not help."""
+
+
+class POP3UTF8Error(POP3ResponseError):
+    """``[UTF8]``: the operation needs UTF8 mode (RFC 6856)."""
+
+
+class POP3UpdateError(POP3ResponseError):
+    """QUIT answered ``-ERR`` in the UPDATE state: some marked messages were not removed."""
+
+
+_CODE_CLASSES: dict[str, type[POP3ResponseError]] = {
+    "AUTH": POP3AuthError,
+    "IN-USE": POP3InUseError,
+    "LOGIN-DELAY": POP3LoginDelayError,
+    "SYS/TEMP": POP3SysTempError,
+    "SYS/PERM": POP3SysPermError,
+    "UTF8": POP3UTF8Error,
+}
+
+_AUTH_COMMANDS = frozenset({"USER", "PASS", "AUTH", "APOP"})
+
+
+def response_error(command: str, code: str | None, server_text: str) -> POP3ResponseError:
+    """Build the most specific error for a ``-ERR`` reply to ``command``.
+
+    A hierarchical code matches its most specific known prefix (``SYS/TEMP/DISK`` ->
+    :class:`POP3SysTempError`). A code-less ``-ERR`` to a credential command is an
+    authentication failure: RFC 3206 codes are optional and servers such as Courier omit them.
+    """
+    cls: type[POP3ResponseError] = POP3ResponseError
+    if code:
+        parts = code.upper().split("/")
+        for depth in range(len(parts), 0, -1):
+            found = _CODE_CLASSES.get("/".join(parts[:depth]))
+            if found is not None:
+                cls = found
+                break
+    elif command in _AUTH_COMMANDS:
+        cls = POP3AuthError
+    if command == "QUIT" and cls is POP3ResponseError:
+        cls = POP3UpdateError
+    return cls(command, code, server_text)

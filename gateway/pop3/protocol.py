@@ -1,0 +1,468 @@
+"""POP3 framing over an asyncio transport.
+
+This layer knows bytes, lines and timeouts, not commands:
+
+- :class:`POP3Stream` owns the transport: it reads status lines (with a length cap), multi-line
+  bodies (dot-unstuffed, as whole bytes or as a flow of chunks), writes command lines, and
+  upgrades to TLS (STLS) only when nothing is buffered.
+- :func:`scan_body` is the pure multi-line parser; it works on any chunking of the input and
+  keeps no line in memory, so message lines of any length stream through.
+
+Every wait for the network has a timeout. Any failure while reading or writing (timeout, EOF,
+cancellation, garbage) aborts the transport: a half-read reply can never be mistaken for the
+next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import (
+    POP3ConnectionError,
+    POP3InjectionError,
+    POP3LineTooLongError,
+    POP3ProtocolError,
+    POP3ResponseTooLargeError,
+    POP3TimeoutError,
+    POP3TLSError,
+)
+
+CRLF: Final = b"\r\n"
+_LF: Final = 0x0A
+_CR: Final = 0x0D
+_DOT: Final = 0x2E
+
+#: Reading pauses when this much unread data is buffered (flow control toward the server).
+READ_HIGH_WATER: Final = 256 * 1024
+#: Reading resumes below this.
+READ_LOW_WATER: Final = 64 * 1024
+#: Largest chunk handed out by :meth:`POP3Stream.iter_body`.
+CHUNK_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StatusLine:
+    """A parsed ``+OK`` / ``-ERR`` line (or a SASL ``+`` continuation)."""
+
+    ok: bool
+    code: str | None
+    text: str
+    continuation: bool = False
+
+    @classmethod
+    def parse(cls, line: bytes) -> StatusLine:
+        """Parse one status line (without its line ending).
+
+        Raises :class:`POP3ProtocolError` for anything that is not a POP3 status.
+        """
+        if line.startswith(b"+OK"):
+            ok, rest = True, line[3:]
+        elif line.startswith(b"-ERR"):
+            ok, rest = False, line[4:]
+        elif line == b"+" or line.startswith(b"+ "):
+            return cls(True, None, line[2:].decode("ascii", "replace"), continuation=True)
+        else:
+            raise POP3ProtocolError(f"not a POP3 status line: {_preview(line)}")
+        if rest and rest[:1] not in (b" ", b"\t"):
+            # "+OKAY", "-ERRor": not a status word.
+            raise POP3ProtocolError(f"not a POP3 status line: {_preview(line)}")
+        text = rest.strip().decode("utf-8", "replace")
+        code: str | None = None
+        if text.startswith("["):
+            end = text.find("]")
+            if end > 1:
+                code = text[1:end].upper()
+                text = text[end + 1 :].lstrip()
+        return cls(ok, code, text)
+
+
+def _preview(data: bytes | bytearray, limit: int = 60) -> str:
+    """A short, printable, single-line rendering of server bytes for error messages."""
+    shown = bytes(data[:limit]).decode("ascii", "backslashreplace")
+    shown = shown.replace("\r", "\\r").replace("\n", "\\n")
+    return repr(shown + ("..." if len(data) > limit else ""))
+
+
+def scan_body(
+    buf: bytearray, pos: int, at_line_start: bool, out: list[bytes | bytearray]
+) -> tuple[int, bool, bool]:
+    """Parse as much of a multi-line body as ``buf[pos:]`` allows.
+
+    Appends the dot-unstuffed data to ``out`` and returns ``(pos, at_line_start, done)``: where
+    parsing stopped, whether that is the start of a line, and whether the terminating ``.``
+    line was consumed. A line is ended by LF, with or without CR before it (servers that send
+    bare LF are tolerated); the terminator is a line that is exactly ``.``. Stops early (not
+    done) when the bytes after a line-leading dot are not there yet.
+    """
+    n = len(buf)
+    while pos < n:
+        if at_line_start and buf[pos] == _DOT:
+            if pos + 1 >= n:
+                return pos, True, False
+            nxt = buf[pos + 1]
+            if nxt == _LF:
+                return pos + 2, True, True
+            if nxt == _CR:
+                if pos + 2 >= n:
+                    return pos, True, False
+                if buf[pos + 2] == _LF:
+                    return pos + 3, True, True
+            pos += 1  # byte-stuffed: drop the leading dot
+            at_line_start = False
+            continue
+        hit = buf.find(b"\n.", pos)
+        if hit < 0:
+            out.append(buf[pos:n])
+            return n, buf[n - 1] == _LF, False
+        out.append(buf[pos : hit + 1])
+        pos = hit + 1
+        at_line_start = True
+    return pos, at_line_start, False
+
+
+class _ReaderProtocol(asyncio.Protocol):
+    """Buffers what the server sends and wakes the one reader waiting for it."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.exception: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self._read_paused and len(self.buffer) > READ_HIGH_WATER and self.transport:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.exception = exc
+        self._wake()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- used by POP3Stream -------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def consumed(self, count: int) -> None:
+        """Drop ``count`` bytes from the front of the buffer; resume reading if paused."""
+        del self.buffer[:count]
+        if self._read_paused and len(self.buffer) < READ_LOW_WATER and self.transport:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    async def wait_for_data(self) -> None:
+        if self._read_paused and self.transport:
+            # The caller consumed nothing yet wants more: let the server send.
+            self._read_paused = False
+            self.transport.resume_reading()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def wait_writable(self) -> None:
+        if not self._write_paused or self.closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = waiter
+        await waiter
+
+
+class POP3Stream:
+    """A POP3 byte stream: status lines, multi-line bodies, command lines, STLS.
+
+    Not safe for concurrent use: one command (or one pipeline) at a time, which the client
+    layer guarantees.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: _ReaderProtocol,
+        *,
+        max_line: int,
+        idle_timeout: float,
+    ) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._max_line = max_line
+        self.idle_timeout = idle_timeout
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+        connect_timeout: float,
+        tls_timeout: float,
+        max_line: int,
+        idle_timeout: float,
+    ) -> POP3Stream:
+        """Connect (and, with ``ssl_context``, do the implicit TLS handshake)."""
+        loop = asyncio.get_running_loop()
+        protocol = _ReaderProtocol()
+        budget = connect_timeout + (tls_timeout if ssl_context is not None else 0.0)
+        try:
+            async with asyncio.timeout(budget):
+                transport, _ = await loop.create_connection(
+                    lambda: protocol,
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=server_hostname if ssl_context is not None else None,
+                    ssl_handshake_timeout=tls_timeout if ssl_context is not None else None,
+                )
+        except TimeoutError:
+            raise POP3TimeoutError(
+                f"connecting to {host}:{port} took longer than {budget:g}s", phase="connect"
+            ) from None
+        except ssl.SSLError as exc:
+            raise POP3TLSError(f"TLS with {host}:{port} failed: {_ssl_reason(exc)}") from exc
+        except OSError as exc:
+            raise POP3ConnectionError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        assert isinstance(transport, asyncio.Transport)
+        return cls(transport, protocol, max_line=max_line, idle_timeout=idle_timeout)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def is_closing(self) -> bool:
+        return self._transport.is_closing() or self._protocol.closed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return len(self._protocol.buffer)
+
+    def get_extra_info(self, name: str) -> object:
+        return self._transport.get_extra_info(name)
+
+    def abort(self) -> None:
+        """Drop the connection at once (no goodbye): used when the session is broken."""
+        self._transport.abort()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Close politely: flush what is written, then close; abort if that stalls."""
+        if self._transport.is_closing():
+            return
+        self._transport.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self._protocol.closed:
+                    await self._protocol.wait_for_data()
+        if not self._protocol.closed:
+            self._transport.abort()
+
+    # -- reading -----------------------------------------------------------------------
+    async def _fill(self, timeout: float, phase: str) -> None:
+        """Wait until more bytes arrive; raise on EOF or after ``timeout`` seconds."""
+        if self._protocol.closed:
+            raise self._eof_error()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._protocol.wait_for_data()
+        except TimeoutError:
+            raise POP3TimeoutError(
+                f"no answer from the server within {timeout:g}s", phase=phase
+            ) from None
+        if self._drained_and_closed():
+            raise self._eof_error()
+
+    def _drained_and_closed(self) -> bool:
+        return self._protocol.closed and not self._protocol.buffer
+
+    def _eof_error(self) -> POP3ConnectionError:
+        exc = self._protocol.exception
+        if isinstance(exc, ssl.SSLError):
+            return POP3TLSError(f"TLS failed: {_ssl_reason(exc)}")
+        if exc is not None:
+            return POP3ConnectionError(f"the connection broke: {exc}")
+        return POP3ConnectionError("the server closed the connection")
+
+    async def read_line(self, timeout: float, phase: str = "command") -> bytes:
+        """One line without its ending (CRLF, or a bare LF from a broken server).
+
+        Raises :class:`POP3LineTooLongError` once more than ``max_line`` bytes arrive
+        without a line end.
+        """
+        buf = self._protocol.buffer
+        start = 0
+        while True:
+            hit = buf.find(b"\n", start)
+            if hit >= 0:
+                if hit > self._max_line:
+                    raise POP3LineTooLongError(
+                        f"a reply line of {hit} bytes passes the {self._max_line}-byte cap"
+                    )
+                end = hit - 1 if hit > 0 and buf[hit - 1] == _CR else hit
+                line = bytes(buf[:end])
+                self._protocol.consumed(hit + 1)
+                return line
+            if len(buf) > self._max_line:
+                raise POP3LineTooLongError(
+                    f"a reply line passes the {self._max_line}-byte cap without ending"
+                )
+            if self._protocol.closed:
+                if buf:
+                    raise POP3ProtocolError(
+                        f"the connection closed inside a reply line: {_preview(buf)}"
+                    )
+                raise self._eof_error()
+            start = len(buf)
+            await self._fill(timeout, phase)
+
+    async def read_body(self, *, max_bytes: int | None = None) -> bytes:
+        """A whole multi-line body, dot-unstuffed, line endings as the server sent them.
+
+        With ``max_bytes``, raises :class:`POP3ResponseTooLargeError` as soon as the body
+        grows past it (the stream is then mid-reply: the caller must abort it).
+        """
+        out: list[bytes | bytearray] = []
+        size = 0
+        async for chunk in self._body_chunks(out):
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise POP3ResponseTooLargeError(max_bytes)
+        return b"".join(out)
+
+    async def iter_body(self) -> AsyncGenerator[bytes, None]:
+        """The multi-line body as a flow of chunks of at most about :data:`CHUNK_SIZE`."""
+        out: list[bytes | bytearray] = []
+        pending = 0
+        async for piece in self._body_chunks(out):
+            pending += len(piece)
+            if pending >= CHUNK_SIZE:
+                yield b"".join(out)
+                out.clear()
+                pending = 0
+        if out:
+            yield b"".join(out)
+
+    async def _body_chunks(
+        self, out: list[bytes | bytearray]
+    ) -> AsyncGenerator[bytes | bytearray, None]:
+        """Parse the body, appending to ``out``, yielding each newly appended piece."""
+        proto = self._protocol
+        at_line_start = True
+        while True:
+            before = len(out)
+            pos, at_line_start, done = scan_body(proto.buffer, 0, at_line_start, out)
+            proto.consumed(pos)
+            for piece in out[before:]:
+                yield piece
+            if done:
+                return
+            if proto.closed and not proto.buffer:
+                raise POP3ConnectionError("the connection closed inside a multi-line reply")
+            if proto.closed:
+                # A lone "." (or ".\r") at the very end of what the server sent before closing.
+                raise POP3ProtocolError("the connection closed inside a multi-line reply")
+            await self._fill(self.idle_timeout, "idle")
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.is_closing:
+            raise self._eof_error()
+        self._transport.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until the transport accepted what was written (bounded)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._protocol.wait_writable()
+        except TimeoutError:
+            raise POP3TimeoutError(
+                f"the server did not read what was sent within {timeout:g}s", phase="command"
+            ) from None
+        if self._protocol.closed:
+            raise self._eof_error()
+
+    # -- TLS upgrade ---------------------------------------------------------------------
+    async def start_tls(
+        self, context: ssl.SSLContext, server_hostname: str | None, timeout: float
+    ) -> None:
+        """Upgrade to TLS after STLS ``+OK``.
+
+        Anything already buffered arrived in plaintext after the ``+OK`` and before the
+        handshake: that is response injection (RFC 2595 / CVE-2011-0411 family), so the
+        session is aborted instead of discarding or trusting those bytes.
+        """
+        if self._protocol.buffer:
+            count = len(self._protocol.buffer)
+            self.abort()
+            raise POP3InjectionError(
+                f"{count} plaintext byte(s) arrived between STLS +OK and the TLS handshake"
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                self._transport,
+                self._protocol,
+                context,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=timeout,
+            )
+        except TimeoutError:
+            self.abort()
+            raise POP3TimeoutError(
+                f"the TLS handshake took longer than {timeout:g}s", phase="tls"
+            ) from None
+        except ssl.SSLError as exc:
+            self.abort()
+            raise POP3TLSError(f"STLS handshake failed: {_ssl_reason(exc)}") from exc
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            raise POP3TLSError(f"STLS handshake failed: {exc}") from exc
+        if new_transport is None:  # pragma: no cover - only when the loop is closing
+            self.abort()
+            raise POP3TLSError("STLS handshake failed: the connection closed")
+        assert isinstance(new_transport, asyncio.Transport)
+        self._transport = new_transport
+        self._protocol.transport = new_transport
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed ({exc.verify_message})"
+    return exc.reason or str(exc)
