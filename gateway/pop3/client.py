@@ -63,6 +63,8 @@ MAX_SASL_LINE: Final = 64 * 1024
 #: Default cap on a status or listing line. RFC 2449 allows 512 octets; real servers echo
 #: long input back, so some slack is kept.
 DEFAULT_MAX_LINE: Final = 8192
+#: At most this many bytes of pipelined commands are written ahead of the replies.
+PIPELINE_MAX_BYTES: Final = 8 * 1024
 #: Message numbers above this are not sent (no real maildrop comes close).
 MAX_MESSAGE_NUMBER: Final = 2**31 - 1
 
@@ -296,7 +298,7 @@ class POP3Client:
         tls_config: TLSConfig | None = None,
         timeouts: Timeouts | None = None,
         pipelining: bool = True,
-        pipeline_window: int = 64,
+        pipeline_window: int = 256,
         max_line: int = DEFAULT_MAX_LINE,
         allow_apop: bool = False,
         on_command: Callable[[str, str, float], None] | None = None,
@@ -891,10 +893,11 @@ class POP3Client:
         """Run TRANSACTION-state commands, pipelined in a bounded window when the server's
         TRANSACTION CAPA lists PIPELINING (and the caller allows it), else in lockstep.
 
-        Commands are refilled once half of the window has been answered, and the window is
-        small enough that writes never wait on the server: replies are read while commands
-        are written, so a server that stops reading while its output is queued (Dovecot does)
-        cannot deadlock us.
+        Commands are refilled once half of the window has been answered. What is in flight is
+        bounded in count (``pipeline_window``) and in bytes (:data:`PIPELINE_MAX_BYTES`), far
+        below the transport's buffers, so writes never wait on the server and replies are
+        read while commands are written: a server that stops reading while its output is
+        queued (Dovecot does) cannot deadlock us.
         """
         for cmd in commands:
             if cmd.verb not in PIPELINABLE:
@@ -915,7 +918,7 @@ class POP3Client:
             with self._session_guard():
                 while len(replies) < total:
                     if sent < total and sent - len(replies) < refill_at:
-                        upto = min(total, len(replies) + window)
+                        upto = _window_end(commands, len(replies), sent, window)
                         batch = commands[sent:upto]
                         if debug:
                             for cmd in batch:
@@ -946,6 +949,20 @@ class POP3Client:
         if self.capabilities is None:
             return await self.capa()
         return self.capabilities
+
+
+def _window_end(commands: Sequence[_Command], answered: int, sent: int, window: int) -> int:
+    """Index after the last command that may be sent now: at most ``window`` commands and
+    :data:`PIPELINE_MAX_BYTES` bytes unanswered (always at least one command)."""
+    in_flight = sum(len(c.line) for c in commands[answered:sent])
+    end = sent
+    limit = min(len(commands), answered + window)
+    while end < limit:
+        in_flight += len(commands[end].line)
+        if in_flight > PIPELINE_MAX_BYTES and end > answered:
+            break
+        end += 1
+    return end
 
 
 def _error_of(reply: Reply) -> POP3ResponseError:

@@ -241,29 +241,23 @@ class POP3Stream:
         """Connect (and, with ``ssl_context``, do the implicit TLS handshake)."""
         loop = asyncio.get_running_loop()
         protocol = _ReaderProtocol()
-        budget = connect_timeout + (tls_timeout if ssl_context is not None else 0.0)
         try:
-            async with asyncio.timeout(budget):
-                transport, _ = await loop.create_connection(
-                    lambda: protocol,
-                    host,
-                    port,
-                    ssl=ssl_context,
-                    server_hostname=server_hostname if ssl_context is not None else None,
-                    ssl_handshake_timeout=tls_timeout if ssl_context is not None else None,
-                )
+            async with asyncio.timeout(connect_timeout):
+                transport, _ = await loop.create_connection(lambda: protocol, host, port)
         except TimeoutError:
             raise POP3TimeoutError(
-                f"connecting to {host}:{port} took longer than {budget:g}s", phase="connect"
+                f"connecting to {host}:{port} took longer than {connect_timeout:g}s",
+                phase="connect",
             ) from None
-        except ssl.SSLError as exc:
-            raise POP3TLSError(f"TLS with {host}:{port} failed: {_ssl_reason(exc)}") from exc
         except OSError as exc:
             raise POP3ConnectionError(
                 f"cannot connect to {host}:{port}: {exc.strerror or exc}"
             ) from exc
         assert isinstance(transport, asyncio.Transport)
-        return cls(transport, protocol, max_line=max_line, idle_timeout=idle_timeout)
+        stream = cls(transport, protocol, max_line=max_line, idle_timeout=idle_timeout)
+        if ssl_context is not None:
+            await stream._handshake(ssl_context, server_hostname, tls_timeout, "TLS")
+        return stream
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -295,10 +289,13 @@ class POP3Stream:
             self._transport.abort()
 
     # -- reading -----------------------------------------------------------------------
-    async def _fill(self, timeout: float, phase: str) -> None:
-        """Wait until more bytes arrive; raise on EOF or after ``timeout`` seconds."""
+    async def _fill(self, timeout: float, phase: str, where: str = "") -> None:
+        """Wait until more bytes arrive; raise on EOF or after ``timeout`` seconds.
+
+        ``where`` (e.g. "inside a multi-line reply") completes the error message.
+        """
         if self._protocol.closed:
-            raise self._eof_error()
+            raise self._eof_error(where)
         try:
             async with asyncio.timeout(timeout):
                 await self._protocol.wait_for_data()
@@ -307,18 +304,19 @@ class POP3Stream:
                 f"no answer from the server within {timeout:g}s", phase=phase
             ) from None
         if self._drained_and_closed():
-            raise self._eof_error()
+            raise self._eof_error(where)
 
     def _drained_and_closed(self) -> bool:
         return self._protocol.closed and not self._protocol.buffer
 
-    def _eof_error(self) -> POP3ConnectionError:
+    def _eof_error(self, where: str = "") -> POP3ConnectionError:
+        suffix = f" {where}" if where else ""
         exc = self._protocol.exception
         if isinstance(exc, ssl.SSLError):
-            return POP3TLSError(f"TLS failed: {_ssl_reason(exc)}")
+            return POP3TLSError(f"TLS failed{suffix}: {_ssl_reason(exc)}")
         if exc is not None:
-            return POP3ConnectionError(f"the connection broke: {exc}")
-        return POP3ConnectionError("the server closed the connection")
+            return POP3ConnectionError(f"the connection broke{suffix}: {exc}")
+        return POP3ConnectionError(f"the server closed the connection{suffix}")
 
     async def read_line(self, timeout: float, phase: str = "command") -> bytes:
         """One line without its ending (CRLF, or a bare LF from a broken server).
@@ -393,12 +391,10 @@ class POP3Stream:
                 yield piece
             if done:
                 return
-            if proto.closed and not proto.buffer:
-                raise POP3ConnectionError("the connection closed inside a multi-line reply")
-            if proto.closed:
+            if proto.closed and proto.buffer:
                 # A lone "." (or ".\r") at the very end of what the server sent before closing.
                 raise POP3ProtocolError("the connection closed inside a multi-line reply")
-            await self._fill(self.idle_timeout, "idle")
+            await self._fill(self.idle_timeout, "idle", "inside a multi-line reply")
 
     # -- writing -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -434,29 +430,41 @@ class POP3Stream:
             raise POP3InjectionError(
                 f"{count} plaintext byte(s) arrived between STLS +OK and the TLS handshake"
             )
+        await self._handshake(context, server_hostname, timeout, "STLS")
+
+    async def _handshake(
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float,
+        what: str,
+    ) -> None:
+        """Run the TLS handshake on the current transport; any failure aborts it."""
         loop = asyncio.get_running_loop()
         try:
-            new_transport = await loop.start_tls(
-                self._transport,
-                self._protocol,
-                context,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=timeout,
-            )
+            async with asyncio.timeout(timeout):
+                new_transport = await loop.start_tls(
+                    self._transport,
+                    self._protocol,
+                    context,
+                    server_hostname=server_hostname,
+                    # Our own timeout above fires first and names the phase.
+                    ssl_handshake_timeout=timeout + 5,
+                )
         except TimeoutError:
             self.abort()
             raise POP3TimeoutError(
-                f"the TLS handshake took longer than {timeout:g}s", phase="tls"
+                f"the {what} handshake took longer than {timeout:g}s", phase="tls"
             ) from None
         except ssl.SSLError as exc:
             self.abort()
-            raise POP3TLSError(f"STLS handshake failed: {_ssl_reason(exc)}") from exc
+            raise POP3TLSError(f"{what} handshake failed: {_ssl_reason(exc)}") from exc
         except (OSError, RuntimeError) as exc:
             self.abort()
-            raise POP3TLSError(f"STLS handshake failed: {exc}") from exc
+            raise POP3TLSError(f"{what} handshake failed: {exc}") from exc
         if new_transport is None:  # pragma: no cover - only when the loop is closing
             self.abort()
-            raise POP3TLSError("STLS handshake failed: the connection closed")
+            raise POP3TLSError(f"{what} handshake failed: the connection closed")
         assert isinstance(new_transport, asyncio.Transport)
         self._transport = new_transport
         self._protocol.transport = new_transport

@@ -23,7 +23,7 @@ def parse_in_chunks(wire: bytes, cuts: list[int]) -> tuple[bytes, bytes]:
     buf = bytearray()
     out: list[bytes | bytearray] = []
     at_line_start = True
-    points = sorted({c for c in cuts if 0 < c < len(wire)}) + [len(wire)]
+    points = [*sorted({c for c in cuts if 0 < c < len(wire)}), len(wire)]
     start = 0
     for point in points:
         buf += wire[start:point]
