@@ -24,5 +24,10 @@ bench: install  ## benchmarks: ratios against baselines measured in the same run
 clean:  ## remove caches and the virtualenv
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov
 
-demo:  ## run the gateway with a built-in demo mailbox (arrives with the HTTP API)
-	@echo "make demo: the HTTP API is not built yet; see README 'Roadmap'" >&2; exit 1
+demo:  ## run the gateway with a built-in demo mailbox on http://127.0.0.1:8080
+	scripts/bootstrap.sh --python-only
+	$(VENV)/pop3gw demo
+
+run:  ## run the gateway from POP3GW_* settings (see README)
+	scripts/bootstrap.sh --python-only
+	$(VENV)/pop3gw serve

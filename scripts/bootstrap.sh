@@ -4,8 +4,11 @@
 #   - Dovecot (dovecot-core, dovecot-pop3d) from Debian's packages;
 #   - a Redis server answering on 127.0.0.1:6379 (installed and started when none answers);
 #   - a virtualenv in .venv with the project and its test/lint dependencies.
+# With --python-only, only the virtualenv (what `make demo` needs; no root required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python_only=0
+[ "${1:-}" = "--python-only" ] && python_only=1
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -23,7 +26,7 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! [ -x /usr/sbin/dovecot ] || ! [ -x /usr/lib/dovecot/pop3 ]; then
+if [ "$python_only" -eq 0 ] && { ! [ -x /usr/sbin/dovecot ] || ! [ -x /usr/lib/dovecot/pop3 ]; }; then
     log "installing Dovecot from Debian's packages"
     apt_install dovecot-core dovecot-pop3d
 fi
@@ -40,7 +43,7 @@ except OSError:
 PY
 }
 
-if ! redis_answers; then
+if [ "$python_only" -eq 0 ] && ! redis_answers; then
     if ! command -v redis-server >/dev/null 2>&1; then
         log "installing redis-server from Debian's packages"
         apt_install redis-server

@@ -21,9 +21,12 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import format_datetime
+from typing import TypedDict
 
 __all__ = [
     "CorpusMessage",
+    "ExpectedHeaders",
+    "expected_headers",
     "expected_list_size",
     "expected_retr",
     "expected_retr_wire",
@@ -56,7 +59,7 @@ class CorpusMessage:
     traits: frozenset[str]
 
 
-# -- what Dovecot's RETR returns -------------------------------------------------------------------
+# -- what Dovecot's RETR returns -------------------------------------------------------
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -338,6 +341,142 @@ def generate_corpus(seed: int = 1) -> list[CorpusMessage]:
     return corpus
 
 
+# -- texts the corpus encodes (what a decoder must get back; see `expected_headers`) --------
+
+_GB2312_SUBJECT = "关于下周会议的通知"
+_GB2312_SENDER = "张伟"
+_GB2312_RECIPIENT = "李娜"
+_GB2312_FILENAME = "会议纪要.doc"
+# Three encoded words; the first ends in a space of its own, and the whitespace between
+# encoded words is not part of the text (RFC 2047, section 6.2).
+_UTF8_SUBJECT_WORDS = ("Résumé für Jürgen ", "– Grüße, Øystein", "café")
+_UTF8_SENDER = "Zoë Ångström"
+_UTF8_RECIPIENT = "Jürgen Müller"
+_UTF8_FILENAMES = ("Lebenslauf – Jürgen.pdf", "Zeugnisse Übersicht.txt")
+_LATIN1_SUBJECT = "Réunion à Montréal: ordre du jour"
+_LATIN1_SENDER = "François Lefèvre"
+_LATIN1_RECIPIENT = "Hélène Çelik"
+_LATIN1_FILENAME = "Ordre du jour - réunion.txt"
+_RAW_UTF8_FROM = "山田 太郎 <taro@example.jp>"
+_RAW_UTF8_TO = "Zoë <zoe@example.de>, 李娜 <li.na@example.cn>"
+_RAW_UTF8_SUBJECT = "請求書のご案内 — Rechnung für März 🧾"
+_RAW_LATIN1_FROM = "José Núñez <jose@example.es>"
+_RAW_LATIN1_TO = "Señora Peña <pena@example.es>"
+_RAW_LATIN1_SUBJECT = "Café y año nuevo - ¿mañana?"
+_RFC2231_FILENAMES = (
+    "中文报告 2024年.pdf",
+    "Übersicht der Änderungen für das Geschäftsjahr - endgültige Fassung.txt",
+)
+
+
+# -- what a MIME decoder must read back ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpectedHeaders:
+    """The decoded header values and attachment filenames of one corpus message.
+
+    `sender` and `recipients` are ``(display name or None, address)``; `filenames` are the
+    decoded attachment filenames in MIME order (attachments without one are left out).
+    """
+
+    subject: str
+    sender: tuple[str | None, str]
+    recipients: tuple[tuple[str | None, str], ...]
+    filenames: tuple[str, ...]
+
+
+_PLAIN_FIELD = re.compile(rb"^(From|To|Subject): ([\x20-\x7e]*?)\r?$", re.M)
+_MAILBOX = re.compile(r"(?:(.*?) )?<([^<>]*)>|([^\s<>]+)")
+
+# The broken subject of "broken-encoded-words", word by word: a word with its padding missing
+# still decodes; an unterminated word and one whose base64 has invalid characters stay as
+# text; an unknown charset falls back to the unlabelled rules (UTF-8, GB18030, Latin-1); an
+# invalid "=ZZ" escape stays literal inside a word that otherwise decodes; and a word glued
+# to surrounding text is decoded, as mail clients do.
+_BROKEN_SUBJECT = (
+    "Hello World =?utf-8?q?unterminated café =?UTF-8?B?!!not*base64!!?= bad=ZZescape "
+    "prefixgluedsuffix"
+)
+
+
+def _mailbox(text: str) -> tuple[str | None, str]:
+    found = _MAILBOX.fullmatch(text.strip())
+    assert found is not None, text
+    if found.group(3) is not None:
+        return None, found.group(3)
+    return found.group(1) or None, found.group(2)
+
+
+def _mailboxes(text: str) -> tuple[tuple[str | None, str], ...]:
+    return tuple(_mailbox(part) for part in text.split(","))
+
+
+class _Known(TypedDict, total=False):
+    subject: str
+    sender: tuple[str | None, str]
+    recipients: tuple[tuple[str | None, str], ...]
+    filenames: tuple[str, ...]
+
+
+_DECODED: dict[str, _Known] = {
+    "gb2312-encoded-words": {
+        "subject": _GB2312_SUBJECT,
+        "sender": (_GB2312_SENDER, "zhang.wei@example.cn"),
+        "recipients": ((_GB2312_RECIPIENT, "li.na@example.cn"),),
+        "filenames": (_GB2312_FILENAME,),
+    },
+    "utf8-encoded-words": {
+        "subject": "".join(_UTF8_SUBJECT_WORDS),
+        "sender": (_UTF8_SENDER, "zoe@example.de"),
+        "recipients": ((_UTF8_RECIPIENT, "juergen@example.de"),),
+        "filenames": _UTF8_FILENAMES,
+    },
+    "latin1-encoded-words": {
+        "subject": _LATIN1_SUBJECT,
+        "sender": (_LATIN1_SENDER, "francois@example.fr"),
+        "recipients": ((_LATIN1_RECIPIENT, "helene@example.fr"),),
+        "filenames": (_LATIN1_FILENAME,),
+    },
+    "broken-encoded-words": {"subject": _BROKEN_SUBJECT},
+    "raw-utf8-headers": {
+        "subject": _RAW_UTF8_SUBJECT,
+        "sender": _mailbox(_RAW_UTF8_FROM),
+        "recipients": _mailboxes(_RAW_UTF8_TO),
+    },
+    "raw-latin1-headers": {
+        "subject": _RAW_LATIN1_SUBJECT,
+        "sender": _mailbox(_RAW_LATIN1_FROM),
+        "recipients": _mailboxes(_RAW_LATIN1_TO),
+    },
+    "boundary-not-closed": {"filenames": ("cut.bin",)},
+    "invalid-base64": {"filenames": ("broken.png",)},
+    "mixed-attachments": {"filenames": ("chart.png", "data export.bin", "figures.csv")},
+    "nested-multipart": {"filenames": ("logo.png", "report.pdf")},
+    "rfc822-attachment": {"filenames": ("original.eml",)},
+    "rfc2231-filename": {"filenames": _RFC2231_FILENAMES},
+}
+
+
+def expected_headers(message: CorpusMessage) -> ExpectedHeaders:
+    """What a correct decoder reads from `message` (any seed).
+
+    Encoded and 8-bit values come from the texts the generator encoded; the plain ASCII
+    From/To/Subject lines that `_basic_headers` writes are read back from the header section.
+    """
+    header_section = re.split(rb"\r?\n\r?\n", message.raw, maxsplit=1)[0]
+    plain: dict[str, str] = {}
+    for name, value in _PLAIN_FIELD.findall(header_section):
+        plain.setdefault(name.decode(), value.decode("ascii"))
+    known = _DECODED.get(message.name, _Known())
+    return ExpectedHeaders(
+        subject=known["subject"] if "subject" in known else plain["Subject"],
+        sender=known["sender"] if "sender" in known else _mailbox(plain["From"]),
+        recipients=known["recipients"] if "recipients" in known else _mailboxes(plain["To"]),
+        filenames=known.get("filenames", ()),
+    )
+
+
 # -- the corpus messages -----------------------------------------------------------------
 
 
@@ -389,10 +528,10 @@ def _attachment_part(boundary: str, filename_params: str, data: bytes, ctype: st
 
 def _gb2312_encoded_words(rng: random.Random) -> CorpusMessage:
     boundary = f"----=_NextPart_{rng.getrandbits(48):012X}"
-    subject = encoded_word_b("关于下周会议的通知", "GB2312")
-    sender = encoded_word_b("张伟", "GB2312")
-    recipient = encoded_word_q("李娜", "GB2312")
-    filename = encoded_word_b("会议纪要.doc", "GB2312")
+    subject = encoded_word_b(_GB2312_SUBJECT, "GB2312")
+    sender = encoded_word_b(_GB2312_SENDER, "GB2312")
+    recipient = encoded_word_q(_GB2312_RECIPIENT, "GB2312")
+    filename = encoded_word_b(_GB2312_FILENAME, "GB2312")
     body = "各位同事：\n\n下周一上午十点在三楼会议室开会，请准时参加。\n\n谢谢！\n"
     raw = (
         _trace_headers(rng, _date(rng), "example.cn")
@@ -432,16 +571,16 @@ def _utf8_encoded_words(rng: random.Random) -> CorpusMessage:
     # A subject split over two encoded words (the space between them is not part of it),
     # one UTF-8 and one ISO-8859-1, folded onto a continuation line.
     subject = (
-        encoded_word_q("Résumé für Jürgen ", "UTF-8")
+        encoded_word_q(_UTF8_SUBJECT_WORDS[0], "UTF-8")
         + "\n\t"
-        + encoded_word_q("– Grüße, Øystein", "UTF-8")
+        + encoded_word_q(_UTF8_SUBJECT_WORDS[1], "UTF-8")
         + " "
-        + encoded_word_b("café", "ISO-8859-1")
+        + encoded_word_b(_UTF8_SUBJECT_WORDS[2], "ISO-8859-1")
     )
-    sender = encoded_word_b("Zoë Ångström", "UTF-8")
-    recipient = encoded_word_q("Jürgen Müller", "UTF-8")
-    filename = encoded_word_b("Lebenslauf – Jürgen.pdf", "UTF-8")
-    filename_q = encoded_word_q("Zeugnisse Übersicht.txt", "UTF-8")
+    sender = encoded_word_b(_UTF8_SENDER, "UTF-8")
+    recipient = encoded_word_q(_UTF8_RECIPIENT, "UTF-8")
+    filename = encoded_word_b(_UTF8_FILENAMES[0], "UTF-8")
+    filename_q = encoded_word_q(_UTF8_FILENAMES[1], "UTF-8")
     text = "Hallo Jürgen,\n\nanbei mein Lebenslauf. Grüße aus Köln — Zoë ☕\n".encode()
     qp = quopri.encodestring(text)
     raw = (
@@ -487,10 +626,10 @@ def _utf8_encoded_words(rng: random.Random) -> CorpusMessage:
 
 def _latin1_encoded_words(rng: random.Random) -> CorpusMessage:
     boundary = f"=_latin1_{rng.getrandbits(40):010x}"
-    subject = encoded_word_q("Réunion à Montréal: ordre du jour", "ISO-8859-1")
-    sender = encoded_word_b("François Lefèvre", "ISO-8859-1")
-    recipient = encoded_word_q("Hélène Çelik", "iso-8859-1")
-    filename = encoded_word_q("Ordre du jour - réunion.txt", "ISO-8859-1")
+    subject = encoded_word_q(_LATIN1_SUBJECT, "ISO-8859-1")
+    sender = encoded_word_b(_LATIN1_SENDER, "ISO-8859-1")
+    recipient = encoded_word_q(_LATIN1_RECIPIENT, "iso-8859-1")
+    filename = encoded_word_q(_LATIN1_FILENAME, "ISO-8859-1")
     raw = (
         _trace_headers(rng, _date(rng), "example.fr")
         + f"From: {sender} <francois@example.fr>\n".encode()
@@ -548,9 +687,9 @@ def _broken_encoded_words(rng: random.Random) -> CorpusMessage:
 def _raw_utf8_headers(rng: random.Random) -> CorpusMessage:
     raw = (
         _trace_headers(rng, _date(rng), "example.jp")
-        + "From: 山田 太郎 <taro@example.jp>\n".encode()
-        + "To: Zoë <zoe@example.de>, 李娜 <li.na@example.cn>\n".encode()
-        + "Subject: 請求書のご案内 — Rechnung für März 🧾\n".encode()
+        + f"From: {_RAW_UTF8_FROM}\n".encode()
+        + f"To: {_RAW_UTF8_TO}\n".encode()
+        + f"Subject: {_RAW_UTF8_SUBJECT}\n".encode()
         + _date_header(_date(rng))
         + f"Message-ID: {_message_id(rng, 'example.jp')}\n".encode()
         + b"MIME-Version: 1.0\n"
@@ -566,9 +705,9 @@ def _raw_utf8_headers(rng: random.Random) -> CorpusMessage:
 def _raw_latin1_headers(rng: random.Random) -> CorpusMessage:
     raw = (
         _trace_headers(rng, _date(rng), "example.es")
-        + "From: José Núñez <jose@example.es>\n".encode("latin-1")
-        + "To: Señora Peña <pena@example.es>\n".encode("latin-1")
-        + "Subject: Café y año nuevo – ¿mañana?\n".replace("–", "-").encode("latin-1")
+        + f"From: {_RAW_LATIN1_FROM}\n".encode("latin-1")
+        + f"To: {_RAW_LATIN1_TO}\n".encode("latin-1")
+        + f"Subject: {_RAW_LATIN1_SUBJECT}\n".encode("latin-1")
         + _date_header(_date(rng))
         + f"Message-ID: {_message_id(rng, 'example.es')}\n".encode()
         + b"MIME-Version: 1.0\n"
@@ -876,8 +1015,7 @@ def _long_body_line(rng: random.Random) -> CorpusMessage:
 
 def _rfc2231_filename(rng: random.Random) -> CorpusMessage:
     boundary = f"r2231-{rng.getrandbits(32):08x}"
-    name_one = "中文报告 2024年.pdf"
-    name_two = "Übersicht der Änderungen für das Geschäftsjahr - endgültige Fassung.txt"
+    name_one, name_two = _RFC2231_FILENAMES
     quoted_one = urllib.parse.quote(name_one.encode("utf-8"), safe="")
     quoted_two = urllib.parse.quote(name_two.encode("iso-8859-1"), safe="")
     half = len(quoted_two) // 2

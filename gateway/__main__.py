@@ -1,0 +1,130 @@
+"""``pop3gw``: serve, demo, check-config.
+
+pop3gw serve          # configuration from POP3GW_* and the POP3GW_CONFIG file
+pop3gw demo           # the gateway plus a built-in demo mailbox (user demo, password demo)
+pop3gw check-config   # validate the configuration and print what it resolved (no secrets)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+
+from .app import create_app
+from .config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("gateway")
+
+
+def _version() -> str:
+    try:
+        return version("pop3gw")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log.level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(settings: Settings, *, ready_message: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight requests and close."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port)
+    if ready_message:
+        print(ready_message, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+async def demo(overrides: dict[str, Any]) -> None:
+    from .demo import DemoPOP3Server
+
+    server = DemoPOP3Server()
+    port = await server.start()
+    try:
+        settings = load_settings(default_upstream=f"pop3://127.0.0.1:{port}", **overrides)
+        _setup_logging(settings)
+        base = f"http://{settings.listen_host}:{settings.listen_port}"
+        await serve(
+            settings,
+            ready_message=(
+                f"pop3gw demo: a demo mailbox is served on {base}\n"
+                f"  curl -u demo:demo {base}/v1/mailboxes/me\n"
+                f"  curl -u demo:demo {base}/v1/mailboxes/me/messages\n"
+                f"  API documentation: {base}/docs\n"
+                "Stop with Ctrl-C."
+            ),
+        )
+    finally:
+        await server.stop()
+
+
+def check_config() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # SecretStr fields dump as "**********": nothing secret is printed.
+    print(json.dumps(settings.model_dump(mode="json"), indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pop3gw", description="POP3 mailboxes over HTTP/JSON")
+    parser.add_argument("--version", action="version", version=f"pop3gw {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway")
+    demo_parser = sub.add_parser("demo", help="run the gateway with a built-in demo mailbox")
+    demo_parser.add_argument("--listen", help="host:port (default 127.0.0.1:8080)")
+    sub.add_parser("check-config", help="validate the configuration and print it, secrets masked")
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config()
+    try:
+        if args.command == "serve":
+            settings = load_settings()
+            _setup_logging(settings)
+            asyncio.run(serve(settings))
+        else:
+            overrides = {"listen": args.listen} if args.listen else {}
+            asyncio.run(demo(overrides))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pop3gw: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

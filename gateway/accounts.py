@@ -1,0 +1,248 @@
+"""Who logs in where: upstreams, credentials, accounts, API keys, provider presets.
+
+Built by ``app.py`` from the settings; used by the API layer to turn a request's credentials
+into an :class:`Account`, and by the service to open POP3 sessions for it. The upstream host
+never comes from a request: passthrough users are routed by their domain to a configured
+upstream or a built-in preset, or to the default upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .pop3 import POP3Client, Timeouts, TLSConfig, TLSMode
+
+AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A POP3 server and how to talk to it."""
+
+    name: str
+    host: str
+    port: int
+    tls: TLSMode
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    pipelining: bool = True
+    #: end sessions without QUIT after reading (Gmail: RETR + QUIT marks mail downloaded)
+    read_only_sessions: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    async def connect(
+        self,
+        *,
+        tls: TLSMode | None = None,
+        on_command: Callable[[str, str, float], None] | None = None,
+    ) -> POP3Client:
+        """A new session (``tls`` overrides the mode, e.g. PLAIN to do STLS by hand)."""
+        return await POP3Client.connect(
+            self.host,
+            self.port,
+            tls=self.tls if tls is None else tls,
+            tls_config=self.tls_config,
+            timeouts=self.timeouts,
+            pipelining=self.pipelining,
+            on_command=on_command,
+        )
+
+
+#: Built-in presets by e-mail domain, as a mail client's account wizard has them.
+PRESETS: dict[str, tuple[str, int, bool]] = {
+    # domain: (host, port, read-only sessions)
+    "126.com": ("pop.126.com", 995, False),
+    "163.com": ("pop.163.com", 995, False),
+    "yeah.net": ("pop.yeah.net", 995, False),
+    "qq.com": ("pop.qq.com", 995, False),
+    "foxmail.com": ("pop.qq.com", 995, False),
+    "gmail.com": ("pop.gmail.com", 995, True),
+    "googlemail.com": ("pop.gmail.com", 995, True),
+    "outlook.com": ("outlook.office365.com", 995, False),
+    "hotmail.com": ("outlook.office365.com", 995, False),
+    "live.com": ("outlook.office365.com", 995, False),
+    "office365.com": ("outlook.office365.com", 995, False),
+}
+
+
+def preset_upstream(domain: str, timeouts: Timeouts) -> Upstream | None:
+    found = PRESETS.get(domain.lower())
+    if found is None:
+        return None
+    host, port, read_only = found
+    return Upstream(
+        name=f"preset-{domain.lower()}",
+        host=host,
+        port=port,
+        tls=TLSMode.IMPLICIT,
+        read_only_sessions=read_only,
+        timeouts=timeouts,
+    )
+
+
+class Credential:
+    """A password or OAuth token: given, from an environment variable, or from a file that
+    is re-read when it changes. ``repr`` never shows it."""
+
+    def __init__(
+        self,
+        method: AuthMethod,
+        *,
+        value: str | None = None,
+        env: str | None = None,
+        path: Path | None = None,
+    ) -> None:
+        if sum(x is not None for x in (value, env, path)) != 1:
+            raise ValueError("a credential has exactly one source")
+        self.method = method
+        self._value = value
+        self._env = env
+        self._path = path
+        self._cached: tuple[float, int, str] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        source = "file" if self._path else "env" if self._env else "value"
+        return f"<Credential {self.method} from {source}>"
+
+    def secret(self) -> str:
+        if self._value is not None:
+            return self._value
+        if self._env is not None:
+            return os.environ.get(self._env, "")
+        assert self._path is not None
+        stat = self._path.stat()
+        with self._lock:
+            if self._cached and self._cached[:2] == (stat.st_mtime, stat.st_size):
+                return self._cached[2]
+            text = self._path.read_text("utf-8").strip()
+            self._cached = (stat.st_mtime, stat.st_size, text)
+            return text
+
+
+@dataclass(frozen=True)
+class Account:
+    """One mailbox to log in to: where, as whom, with what."""
+
+    mailbox_id: str  #: "me" for passthrough, else the configured id
+    upstream: Upstream
+    user: str
+    credential: Credential = field(repr=False)
+    passthrough: bool
+
+    def digest(self, key: bytes) -> str:
+        """A keyed digest of upstream + user + secret: the pool key (a changed password or
+        token never reuses a session logged in with the old one)."""
+        material = "\0".join(
+            (self.upstream.name, self.upstream.host, str(self.upstream.port), self.user)
+        )
+        mac = hmac.new(key, material.encode(), hashlib.sha256)
+        mac.update(b"\0" + self.credential.secret().encode())
+        return mac.hexdigest()
+
+    def namespace(self, key: bytes) -> str:
+        """A keyed digest of upstream + user: the cache namespace (no secret in it, so it
+        survives a password change; no user name in clear)."""
+        material = "\0".join((self.upstream.host, str(self.upstream.port), self.user))
+        return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def login(self, client: POP3Client) -> None:
+        secret = self.credential.secret()
+        method = self.credential.method
+        if method == "pass":
+            await client.login(self.user, secret)
+        elif method == "plain":
+            await client.auth_plain(self.user, secret)
+        elif method == "login":
+            await client.auth_login(self.user, secret)
+        elif method == "xoauth2":
+            await client.auth_xoauth2(self.user, secret)
+        elif method == "oauthbearer":
+            await client.auth_oauthbearer(self.user, secret)
+        else:
+            await client.apop(self.user, secret)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    digest: bytes = field(repr=False)
+    mailboxes: frozenset[str]
+    scopes: frozenset[str]
+
+    def grants(self, mailbox_id: str) -> bool:
+        return "*" in self.mailboxes or mailbox_id in self.mailboxes
+
+    def allows(self, mailbox_id: str, scope: str) -> bool:
+        return self.grants(mailbox_id) and scope in self.scopes
+
+
+class ApiKeys:
+    """API keys kept as SHA-256 digests; a presented key is compared with every stored digest
+    in constant time, so timing tells nothing about which keys exist."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def authenticate(self, presented: str) -> ApiKey | None:
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+class Directory:
+    """Resolves who a request is: configured mailboxes and passthrough routing."""
+
+    def __init__(
+        self,
+        *,
+        mailboxes: dict[str, Account],
+        api_keys: ApiKeys,
+        domain_upstreams: dict[str, Upstream],
+        default_upstream: Upstream | None,
+        presets: bool,
+        passthrough: bool,
+        timeouts: Timeouts,
+    ) -> None:
+        self.mailboxes = mailboxes
+        self.api_keys = api_keys
+        self._domains = {d.lower(): u for d, u in domain_upstreams.items()}
+        self._default = default_upstream
+        self._presets = presets
+        self.passthrough = passthrough
+        self._timeouts = timeouts
+
+    def upstream_for_user(self, user: str) -> Upstream | None:
+        domain = user.rpartition("@")[2].lower() if "@" in user else ""
+        if domain:
+            if domain in self._domains:
+                return self._domains[domain]
+            if self._presets:
+                preset = preset_upstream(domain, self._timeouts)
+                if preset is not None:
+                    return preset
+        return self._default
+
+    def passthrough_account(self, user: str, password: str) -> Account | None:
+        upstream = self.upstream_for_user(user)
+        if upstream is None:
+            return None
+        return Account(
+            mailbox_id="me",
+            upstream=upstream,
+            user=user,
+            credential=Credential("pass", value=password),
+            passthrough=True,
+        )

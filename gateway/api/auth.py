@@ -1,0 +1,83 @@
+"""Who is calling: HTTP Basic passthrough on ``me``, API keys on configured mailboxes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from ..accounts import Account, Directory
+from .errors import Problem
+
+_BASIC_CHALLENGE = (("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),)
+_BEARER_CHALLENGE = (("WWW-Authenticate", 'Bearer realm="pop3gw"'),)
+_FORBIDDEN_CHARS = frozenset("\r\n\0")
+MAX_AUTH_HEADER = 8192
+
+
+def _credentials(request: web.Request, scheme: str) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    if len(header) > MAX_AUTH_HEADER:
+        raise Problem("invalid-request", "the Authorization header is too long")
+    found_scheme, _, value = header.strip().partition(" ")
+    if found_scheme.lower() != scheme.lower():
+        return None
+    return value.strip()
+
+
+def resolve_account(request: web.Request, directory: Directory, scope: str) -> Account:
+    """The account for ``{mailbox}`` in the path, or a :class:`Problem` (401/403/404/400)."""
+    mailbox_id = request.match_info["mailbox"]
+    if mailbox_id == "me":
+        return _passthrough(request, directory)
+    token = _credentials(request, "Bearer")
+    if not token:
+        raise Problem(
+            "unauthorized", "send an API key as 'Authorization: Bearer <key>'", _BEARER_CHALLENGE
+        )
+    key = directory.api_keys.authenticate(token)
+    if key is None:
+        raise Problem("unauthorized", "the API key is not valid", _BEARER_CHALLENGE)
+    account = directory.mailboxes.get(mailbox_id)
+    # A mailbox the key is not granted looks like an unknown one: ids cannot be probed.
+    if account is None or not key.grants(mailbox_id):
+        raise Problem("not-found", "no configured mailbox with that id for this API key")
+    if not key.allows(mailbox_id, scope):
+        raise Problem("forbidden", f"this API key does not grant {scope!r} on this mailbox")
+    return account
+
+
+def _passthrough(request: web.Request, directory: Directory) -> Account:
+    if not directory.passthrough:
+        raise Problem("forbidden", "passthrough logins are disabled on this gateway")
+    value = _credentials(request, "Basic")
+    if value is None:
+        raise Problem(
+            "unauthorized",
+            "send the POP3 user and password with HTTP Basic authentication",
+            _BASIC_CHALLENGE,
+        )
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            "invalid-request", "the Basic credentials are not valid base64 UTF-8"
+        ) from None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        raise Problem("invalid-request", "the Basic credentials must be user:password")
+    if _FORBIDDEN_CHARS.intersection(user) or _FORBIDDEN_CHARS.intersection(password):
+        raise Problem("invalid-request", "the credentials contain CR, LF or NUL")
+    if len(user) > 200 or len(password) > 1024:
+        raise Problem("invalid-request", "the user name or password is too long")
+    account = directory.passthrough_account(user, password)
+    if account is None:
+        raise Problem(
+            "unauthorized",
+            "no mail server is configured for this user (no default upstream, no preset)",
+            _BASIC_CHALLENGE,
+        )
+    return account

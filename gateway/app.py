@@ -1,0 +1,149 @@
+"""The app factory: the only place that reads Settings and wires things together."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .accounts import Account, ApiKey, ApiKeys, Credential, Directory, Upstream
+from .api.handlers import setup_routes
+from .api.middlewares import (
+    add_request_id,
+    metrics_middleware,
+    problem_middleware,
+    request_id_middleware,
+)
+from .cache import HeaderCache, MemoryHeaderCache
+from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
+from .keys import DIRECTORY, METRICS, SERVICE
+from .metrics import Metrics
+from .pop3 import Timeouts, TLSConfig, TLSMode
+from .service import DirectSessions, MailboxService, SessionSource
+
+_TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
+
+
+def _timeouts(settings: TimeoutSettings) -> Timeouts:
+    return Timeouts(
+        connect=settings.connect, tls=settings.tls, command=settings.command, idle=settings.idle
+    )
+
+
+def _upstream(spec: UpstreamSettings) -> Upstream:
+    url = spec.parsed
+    return Upstream(
+        name=spec.name,
+        host=url.host,
+        port=url.port,
+        tls=_TLS_MODES[url.tls],
+        tls_config=TLSConfig(
+            verify=spec.verify_tls,
+            cafile=str(spec.cafile) if spec.cafile else None,
+            fingerprint_sha256=spec.fingerprint_sha256,
+            server_hostname=spec.tls_server_name,
+        ),
+        pipelining=spec.pipelining,
+        read_only_sessions=spec.read_only_sessions,
+        timeouts=_timeouts(spec.timeouts),
+    )
+
+
+def _url_upstream(name: str, url: UpstreamURL, timeouts: Timeouts) -> Upstream:
+    return Upstream(
+        name=name, host=url.host, port=url.port, tls=_TLS_MODES[url.tls], timeouts=timeouts
+    )
+
+
+def _credential(box: MailboxSettings) -> Credential:
+    if box.password is not None:
+        return Credential(box.auth, value=box.password.get_secret_value())
+    if box.password_env is not None:
+        return Credential(box.auth, env=box.password_env)
+    if box.token_env is not None:
+        return Credential(box.auth, env=box.token_env)
+    path = box.password_file or box.token_file
+    assert path is not None  # load_settings() checked that exactly one source is set
+    return Credential(box.auth, path=path)
+
+
+def build_directory(settings: Settings) -> Directory:
+    timeouts = _timeouts(settings.timeouts)
+    upstreams = {spec.name: _upstream(spec) for spec in settings.upstreams}
+    domains = {d: upstreams[spec.name] for spec in settings.upstreams for d in spec.domains}
+    mailboxes: dict[str, Account] = {}
+    for box in settings.mailboxes:
+        upstream = upstreams.get(box.upstream) or _url_upstream(
+            f"mailbox-{box.id}", UpstreamURL.parse(box.upstream), timeouts
+        )
+        mailboxes[box.id] = Account(
+            mailbox_id=box.id,
+            upstream=upstream,
+            user=box.user,
+            credential=_credential(box),
+            passthrough=False,
+        )
+    keys = ApiKeys(
+        [
+            ApiKey(
+                name=k.name,
+                digest=bytes.fromhex(k.sha256.get_secret_value()),
+                mailboxes=frozenset(k.mailboxes),
+                scopes=frozenset(k.scopes),
+            )
+            for k in settings.api_keys
+        ]
+    )
+    default = None
+    if settings.default_upstream:
+        default = _url_upstream("default", UpstreamURL.parse(settings.default_upstream), timeouts)
+    return Directory(
+        mailboxes=mailboxes,
+        api_keys=keys,
+        domain_upstreams=domains,
+        default_upstream=default,
+        presets=settings.presets,
+        passthrough=settings.passthrough,
+        timeouts=timeouts,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    sessions: SessionSource | None = None,
+    cache: HeaderCache | None = None,
+) -> web.Application:
+    """Build the application. ``sessions`` and ``cache`` replace the defaults (tests)."""
+    app = web.Application(
+        middlewares=[metrics_middleware, request_id_middleware, problem_middleware],
+        client_max_size=1024 * 1024,
+    )
+    if settings.cache_secret is not None:
+        cache_key = hashlib.sha256(settings.cache_secret.get_secret_value().encode()).digest()
+    else:
+        cache_key = os.urandom(32)  # one process: keys need not survive a restart
+    header_cache = cache or MemoryHeaderCache(
+        max_entries=settings.cache_max_entries, ttl=settings.cache_ttl_seconds
+    )
+    metrics = Metrics()
+    app[METRICS] = metrics
+    app[DIRECTORY] = build_directory(settings)
+    app[SERVICE] = MailboxService(
+        sessions or DirectSessions(on_command=metrics.observe_pop3),
+        header_cache,
+        cache_key=cache_key,
+        max_parse_bytes=settings.max_parse_bytes,
+        on_command=metrics.observe_pop3,
+    )
+
+    async def close_cache(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await header_cache.close()
+
+    app.cleanup_ctx.append(close_cache)
+    app.on_response_prepare.append(add_request_id)
+    setup_routes(app)
+    return app

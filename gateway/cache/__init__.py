@@ -1,0 +1,30 @@
+"""Header cache: parsed header summaries by unique-id, in a namespace per mailbox.
+
+``HeaderCache`` is what the service needs; ``MemoryHeaderCache`` is the embedded default (one
+process, bounded LRU). Entries are JSON-ready dicts. A cache never raises to its caller for
+a backend failure: it answers "miss" and counts the error, so a broken cache only costs speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from .memory import MemoryHeaderCache
+
+Entry = dict[str, Any]
+
+
+class HeaderCache(Protocol):
+    async def get_many(self, namespace: str, uids: Iterable[str]) -> dict[str, Entry]:
+        """The cached entries among ``uids`` (missing ones are simply absent)."""
+        ...
+
+    async def set_many(self, namespace: str, entries: Mapping[str, Entry]) -> None: ...
+
+    async def delete_many(self, namespace: str, uids: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["Entry", "HeaderCache", "MemoryHeaderCache"]

@@ -1,0 +1,391 @@
+"""Configuration: environment variables (prefix ``POP3GW_``) over an optional file.
+
+The file is named by ``POP3GW_CONFIG`` (TOML, JSON or YAML, chosen by its extension) and holds
+what does not fit in environment variables: upstreams, configured mailboxes and API keys.
+Environment variables win over the file; nested fields use ``__`` (``POP3GW_LOG__LEVEL``).
+
+Secrets are never written in the file in clear when it can be avoided: a mailbox password or
+token comes from an environment variable (``password_env``) or a file (``password_file``,
+``token_file``: re-read when it changes, so a sidecar can refresh an OAuth token); API keys
+are stored as SHA-256 digests. Everything secret is a ``SecretStr``: hidden in ``repr`` and in
+``check-config`` output.
+
+Invalid configuration stops the start with a message naming the field
+(:func:`load_settings` raises :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_SCHEMES = {"pop3": "plain", "pop3s": "tls", "pop3+starttls": "starttls"}
+_DEFAULT_PORTS = {"plain": 110, "tls": 995, "starttls": 110}
+
+AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop"]
+Scope = Literal["read", "delete"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class UpstreamURL(BaseModel):
+    """``pop3://host:port`` (plaintext), ``pop3s://`` (implicit TLS) or
+    ``pop3+starttls://`` (STLS). No user, password, path or query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    tls: Literal["plain", "tls", "starttls"]
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamURL:
+        parts = urlsplit(url.strip())
+        tls = _SCHEMES.get(parts.scheme.lower())
+        if tls is None:
+            raise ValueError("scheme must be pop3://, pop3s:// or pop3+starttls://")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in an upstream URL")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("an upstream URL has no path, query or fragment")
+        host = parts.hostname
+        if not host:
+            raise ValueError("the upstream URL has no host")
+        try:
+            port = parts.port or _DEFAULT_PORTS[tls]
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return cls(host=unquote(host), port=port, tls=tls)
+
+    def __str__(self) -> str:
+        scheme = {v: k for k, v in _SCHEMES.items()}[self.tls]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class TimeoutSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float = Field(10.0, gt=0, le=300)
+    tls: float = Field(10.0, gt=0, le=300)
+    command: float = Field(30.0, gt=0, le=600)
+    idle: float = Field(30.0, gt=0, le=600)
+
+
+class UpstreamSettings(BaseModel):
+    """A POP3 server the gateway may talk to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ID_PATTERN)
+    url: str
+    #: user domains (``example.com``) whose passthrough logins go to this upstream
+    domains: list[str] = Field(default_factory=list)
+    #: plaintext POP3 to a non-loopback host needs this explicit opt-in
+    allow_plaintext: bool = False
+    #: switch off for servers that advertise PIPELINING and lose commands
+    pipelining: bool = True
+    verify_tls: bool = True
+    cafile: Path | None = None
+    fingerprint_sha256: str | None = None
+    tls_server_name: str | None = None
+    #: end sessions without QUIT after reading (providers where RETR + QUIT marks mail read)
+    read_only_sessions: bool = False
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        UpstreamURL.parse(value)
+        return value
+
+    @property
+    def parsed(self) -> UpstreamURL:
+        return UpstreamURL.parse(self.url)
+
+
+class MailboxSettings(BaseModel):
+    """A mailbox the operator configures for services (reached with an API key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ID_PATTERN)
+    #: an upstream name from ``upstreams``, or an upstream URL
+    upstream: str
+    user: str = Field(min_length=1, max_length=255)
+    auth: AuthMethod = "pass"
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("must not contain CR, LF or NUL")
+        return value
+
+    def secret_sources(self) -> list[str]:
+        return [
+            name
+            for name in ("password", "password_env", "password_file", "token_env", "token_file")
+            if getattr(self, name) is not None
+        ]
+
+
+class ApiKeySettings(BaseModel):
+    """An API key, stored as the hex SHA-256 of the key (never the key itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ID_PATTERN)
+    sha256: SecretStr
+    #: configured mailbox ids this key may use; ``"*"`` for all
+    mailboxes: list[str] = Field(min_length=1)
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read"]), min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: SecretStr) -> SecretStr:
+        digest = value.get_secret_value().strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("must be the 64 hex digits of the key's SHA-256")
+        return SecretStr(digest)
+
+
+class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything pop3gw reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POP3GW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    listen: str = "127.0.0.1:8080"
+    #: where passthrough users (HTTP Basic on ``/v1/mailboxes/me``) log in when no
+    #: configured upstream or preset matches their domain
+    default_upstream: str | None = None
+    #: allow plaintext POP3 to a non-loopback default upstream
+    default_upstream_allow_plaintext: bool = False
+    #: built-in provider presets by the user's domain (126.com, gmail.com, ...)
+    presets: bool = True
+    #: HTTP Basic passthrough on /v1/mailboxes/me
+    passthrough: bool = True
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    mailboxes: list[MailboxSettings] = Field(default_factory=list)
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    redis_url: SecretStr | None = None
+    #: HMAC key for cache keys (required with Redis so replicas agree; else random per start)
+    cache_secret: SecretStr | None = None
+    cache_max_entries: int = Field(50_000, ge=0, le=10_000_000)
+    cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    #: messages larger than this are not parsed to JSON (use /raw)
+    max_parse_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    #: seconds in-flight requests get to finish on SIGTERM
+    shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port")
+        return value
+
+    @field_validator("default_upstream")
+    @classmethod
+    def _default_upstream(cls, value: str | None) -> str | None:
+        if value:
+            UpstreamURL.parse(value)
+        return value or None
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # noqa: S104 - explicit
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments, then the environment, then the file named by POP3GW_CONFIG.
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The file named by ``POP3GW_CONFIG`` (TOML, JSON or YAML)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("POP3GW_CONFIG")
+        if not path:
+            return {}
+        return read_config_file(Path(path))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"POP3GW_CONFIG: cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text.decode("utf-8"))
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"POP3GW_CONFIG: {path} must end in .toml, .json, .yaml or .yml")
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"POP3GW_CONFIG: {path} is not valid: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"POP3GW_CONFIG: {path} must hold a mapping at the top")
+    return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and cross-check the configuration; :class:`ConfigError` names what is wrong."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _cross_check(settings)
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "(top)"
+        lines.append(f"{where}: {error['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _cross_check(settings: Settings) -> None:
+    problems: list[str] = []
+    names = [u.name for u in settings.upstreams]
+    for dup in {n for n in names if names.count(n) > 1}:
+        problems.append(f"upstreams: name {dup!r} is used twice")
+    by_name = {u.name: u for u in settings.upstreams}
+    for i, up in enumerate(settings.upstreams):
+        url = up.parsed
+        if url.tls == "plain" and not up.allow_plaintext and not is_loopback(url.host):
+            problems.append(
+                f"upstreams.{i}.url: plaintext POP3 to {url.host} needs allow_plaintext = true"
+            )
+        if not up.verify_tls and not up.fingerprint_sha256:
+            problems.append(f"upstreams.{i}.verify_tls: false needs fingerprint_sha256")
+    if settings.default_upstream:
+        url = UpstreamURL.parse(settings.default_upstream)
+        if (
+            url.tls == "plain"
+            and not settings.default_upstream_allow_plaintext
+            and not is_loopback(url.host)
+        ):
+            problems.append(
+                f"default_upstream: plaintext POP3 to {url.host} needs "
+                "default_upstream_allow_plaintext = true"
+            )
+    ids = [m.id for m in settings.mailboxes]
+    for dup in {n for n in ids if ids.count(n) > 1}:
+        problems.append(f"mailboxes: id {dup!r} is used twice")
+    for i, box in enumerate(settings.mailboxes):
+        if box.id == "me":
+            problems.append(f"mailboxes.{i}.id: 'me' is reserved for passthrough")
+        if box.upstream not in by_name:
+            try:
+                url = UpstreamURL.parse(box.upstream)
+            except ValueError as exc:
+                problems.append(f"mailboxes.{i}.upstream: not an upstream name or URL ({exc})")
+            else:
+                if url.tls == "plain" and not is_loopback(url.host):
+                    problems.append(
+                        f"mailboxes.{i}.upstream: plaintext to {url.host}: declare it in "
+                        "upstreams with allow_plaintext = true"
+                    )
+        sources = box.secret_sources()
+        token_auth = box.auth in ("xoauth2", "oauthbearer")
+        wanted = (
+            ("token_env", "token_file")
+            if token_auth
+            else (
+                "password",
+                "password_env",
+                "password_file",
+            )
+        )
+        if len(sources) != 1 or sources[0] not in wanted:
+            problems.append(
+                f"mailboxes.{i}: auth {box.auth!r} needs exactly one of {', '.join(wanted)}"
+            )
+        elif sources[0] == "password_env" and box.password_env not in os.environ:
+            problems.append(f"mailboxes.{i}.password_env: {box.password_env} is not set")
+        elif sources[0] == "token_env" and box.token_env not in os.environ:
+            problems.append(f"mailboxes.{i}.token_env: {box.token_env} is not set")
+        elif sources[0] in ("password_file", "token_file"):
+            path = getattr(box, sources[0])
+            if not Path(path).is_file():
+                problems.append(f"mailboxes.{i}.{sources[0]}: {path} is not a readable file")
+    known = set(ids)
+    key_names = [k.name for k in settings.api_keys]
+    for dup in {n for n in key_names if key_names.count(n) > 1}:
+        problems.append(f"api_keys: name {dup!r} is used twice")
+    for i, key in enumerate(settings.api_keys):
+        for box_id in key.mailboxes:
+            if box_id != "*" and box_id not in known:
+                problems.append(f"api_keys.{i}.mailboxes: unknown mailbox {box_id!r}")
+    if settings.redis_url is not None and settings.cache_secret is None:
+        problems.append(
+            "cache_secret: required with redis_url, so that every replica derives the same "
+            "cache keys"
+        )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(problems)))

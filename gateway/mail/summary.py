@@ -1,0 +1,236 @@
+"""Header summaries for message listings: the output of POP3 ``TOP n 0``, as data.
+
+`summarize` reads only the header section (a whole message works too), takes bytes exactly
+as the server sent them and never raises. `HeaderSummary.to_json` is the compact, versioned
+shape that is cached; `HeaderSummary.as_api` is the shape the HTTP API returns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._headers import HeaderBlock, parse_addresses, parse_date, parse_params, split_headers
+from ._text import clean_header
+
+__all__ = ["JSON_VERSION", "Address", "HeaderSummary", "summarize"]
+
+JSON_VERSION = 1
+"""The version of `HeaderSummary.to_json`'s shape; bump it (and the cache key) on change."""
+
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+_MSG_ID = re.compile(r"<[^<>]+>")
+# Multipart types whose parts are alternatives of one body rather than extra content.
+_SINGLE_BODY_MULTIPARTS = frozenset({"multipart/alternative"})
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox: the decoded display name (None if absent) and the address."""
+
+    name: str | None
+    address: str
+
+    def as_api(self) -> dict[str, str | None]:
+        return {"name": self.name, "address": self.address}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSummary:
+    """What a message listing shows about one message, decoded and cleaned.
+
+    `date` is ISO 8601 with the sender's offset (None if missing or unreadable);
+    `content_type` is the lower-cased top-level type; `has_attachments_hint` says the
+    top-level structure usually carries attachments (``multipart/mixed`` and the like, or a
+    non-text single part); `size` is the octet count when the caller knows it.
+    """
+
+    subject: str | None = None
+    from_: Address | None = None
+    to: list[Address] = field(default_factory=list)
+    cc: list[Address] = field(default_factory=list)
+    reply_to: list[Address] = field(default_factory=list)
+    date: str | None = None
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    content_type: str = "text/plain"
+    has_attachments_hint: bool = False
+    size: int | None = None
+
+    def as_api(self) -> dict[str, Any]:
+        """The listing entry's header fields as the HTTP API returns them."""
+        return {
+            "subject": self.subject,
+            "from": None if self.from_ is None else self.from_.as_api(),
+            "to": [a.as_api() for a in self.to],
+            "cc": [a.as_api() for a in self.cc],
+            "reply_to": [a.as_api() for a in self.reply_to],
+            "date": self.date,
+            "message_id": self.message_id,
+            "in_reply_to": self.in_reply_to,
+            "content_type": self.content_type,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact dict for the cache: short keys, defaults left out, ``"v"`` versioned.
+
+        ``HeaderSummary.from_json(s.to_json()) == s`` for every summary.
+        """
+        out: dict[str, Any] = {"v": JSON_VERSION}
+        if self.subject is not None:
+            out["s"] = self.subject
+        if self.from_ is not None:
+            out["f"] = _address_to_json(self.from_)
+        for key, addresses in (("t", self.to), ("c", self.cc), ("r", self.reply_to)):
+            if addresses:
+                out[key] = [_address_to_json(a) for a in addresses]
+        if self.date is not None:
+            out["d"] = self.date
+        if self.message_id is not None:
+            out["m"] = self.message_id
+        if self.in_reply_to is not None:
+            out["i"] = self.in_reply_to
+        if self.content_type != "text/plain":
+            out["ct"] = self.content_type
+        if self.has_attachments_hint:
+            out["a"] = 1
+        if self.size is not None:
+            out["z"] = self.size
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HeaderSummary:
+        """The inverse of `to_json`; `ValueError` for another version or a malformed dict."""
+        if not isinstance(data, dict) or data.get("v") != JSON_VERSION:
+            raise ValueError("not a version-1 header summary")
+        from_ = data.get("f")
+        size = data.get("z")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+            raise ValueError("header summary: bad 'z'")
+        return cls(
+            subject=_optional_str(data, "s"),
+            from_=None if from_ is None else _address_from_json(from_),
+            to=_addresses_from_json(data.get("t")),
+            cc=_addresses_from_json(data.get("c")),
+            reply_to=_addresses_from_json(data.get("r")),
+            date=_optional_str(data, "d"),
+            message_id=_optional_str(data, "m"),
+            in_reply_to=_optional_str(data, "i"),
+            content_type=_optional_str(data, "ct") or "text/plain",
+            has_attachments_hint=data.get("a") == 1,
+            size=size,
+        )
+
+
+def _address_to_json(address: Address) -> list[str]:
+    if address.name is None:
+        return [address.address]
+    return [address.address, address.name]
+
+
+def _address_from_json(value: object) -> Address:
+    if (
+        not isinstance(value, list)
+        or len(value) not in (1, 2)
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValueError("header summary: bad address")
+    return Address(name=value[1] if len(value) == 2 else None, address=value[0])
+
+
+def _addresses_from_json(value: object) -> list[Address]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("header summary: bad address list")
+    return [_address_from_json(v) for v in value]
+
+
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"header summary: bad {key!r}")
+    return value
+
+
+# -- building summaries ----------------------------------------------------------------------
+
+
+def summarize(header_bytes: bytes, *, size: int | None = None) -> HeaderSummary:
+    """Summarise a header section (``TOP n 0`` output) or a whole message. Never raises."""
+    return summary_from_block(split_headers(bytes(header_bytes)), size=size)
+
+
+def content_type_of(block: HeaderBlock) -> tuple[str, dict[str, str]]:
+    """The block's lower-cased ``type/subtype`` (``text/plain`` if absent or invalid)."""
+    raw = block.raw(b"content-type")
+    if raw is None:
+        return "text/plain", {}
+    main, params = parse_params(block.text(raw))
+    main = "".join(main.split())
+    if not _MIME_TYPE.fullmatch(main):
+        return "text/plain", params
+    return main, params
+
+
+def first_message_id(text: str) -> str | None:
+    """The first ``<...>`` token of a Message-ID-like field, else its cleaned text."""
+    found = _MSG_ID.search(text)
+    value = clean_header(found.group() if found else text)
+    return value or None
+
+
+def message_ids(text: str) -> list[str]:
+    """Every ``<...>`` token of a References-like field (else its words), cleaned."""
+    found = _MSG_ID.findall(text) or text.split()
+    return [value for value in (clean_header(v) for v in found) if value]
+
+
+def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> HeaderSummary:
+    """Build a `HeaderSummary` from a split header block."""
+    content_type, params = content_type_of(block)
+    block.hint = params.get("charset")
+
+    subject_raw = block.raw(b"subject")
+    subject = None if subject_raw is None else block.decoded(subject_raw)
+
+    from_raw = block.raw(b"from")
+    senders = [] if from_raw is None else _addresses(block, [from_raw])
+
+    date_raw = block.raw(b"date")
+    date = None if date_raw is None else parse_date(clean_header(block.text(date_raw)))
+
+    message_id_raw = block.raw(b"message-id")
+    in_reply_to_raw = block.raw(b"in-reply-to")
+
+    hint = content_type.startswith("multipart/") and (content_type not in _SINGLE_BODY_MULTIPARTS)
+    if not content_type.startswith(("multipart/", "text/")):
+        hint = True
+    disposition = block.raw(b"content-disposition")
+    if disposition is not None and parse_params(block.text(disposition))[0] == "attachment":
+        hint = True
+
+    return HeaderSummary(
+        subject=subject,
+        from_=senders[0] if senders else None,
+        to=_addresses(block, block.raw_all(b"to")),
+        cc=_addresses(block, block.raw_all(b"cc")),
+        reply_to=_addresses(block, block.raw_all(b"reply-to")),
+        date=date,
+        message_id=None if message_id_raw is None else first_message_id(block.text(message_id_raw)),
+        in_reply_to=None
+        if in_reply_to_raw is None
+        else first_message_id(block.text(in_reply_to_raw)),
+        content_type=content_type,
+        has_attachments_hint=hint,
+        size=size,
+    )
+
+
+def _addresses(block: HeaderBlock, values: list[bytes]) -> list[Address]:
+    out: list[Address] = []
+    for value in values:
+        for name, address in parse_addresses(block.text(value)):
+            out.append(Address(name=name, address=address))
+    return out

@@ -1,0 +1,50 @@
+"""Prometheus metrics, in a registry of the app's own (several apps can live in one process).
+
+Labels are low-cardinality only: route templates, methods, status codes, commands,
+outcomes. Never a user, a mailbox id, a unique-id or a secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "pop3gw_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "pop3gw_http_request_duration_seconds",
+            "Time to answer an HTTP request (streamed bodies included), by route template.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pop3_commands = Counter(
+            "pop3gw_pop3_commands",
+            "POP3 commands sent, by command and outcome (ok, err, failed).",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.pop3_latency = Histogram(
+            "pop3gw_pop3_command_duration_seconds",
+            "Time from sending a POP3 command to the end of its reply, by command.",
+            ["command"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
+        self.pop3_commands.labels(command, outcome).inc()
+        self.pop3_latency.labels(command).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
