@@ -187,8 +187,20 @@ def message_ids(text: str) -> list[str]:
     return [value for value in (clean_header(v) for v in found) if value]
 
 
+#: A listing item is a summary: hostile or broken mail (a 1 MB Subject, 50,000 recipients)
+#: must not make every page, and every cache entry, that large. A parsed message's
+#: ``headers`` list still has every header in full.
+MAX_SUMMARY_TEXT = 2000
+MAX_SUMMARY_ADDRESSES = 100
+
+
+def _cap(text: str | None) -> str | None:
+    return text if text is None or len(text) <= MAX_SUMMARY_TEXT else text[:MAX_SUMMARY_TEXT]
+
+
 def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> HeaderSummary:
-    """Build a `HeaderSummary` from a split header block."""
+    """Build a `HeaderSummary` from a split header block (long texts and address lists are
+    cut to :data:`MAX_SUMMARY_TEXT` characters and :data:`MAX_SUMMARY_ADDRESSES` entries)."""
     content_type, params = content_type_of(block)
     block.hint = params.get("charset")
 
@@ -212,16 +224,18 @@ def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> Header
         hint = True
 
     return HeaderSummary(
-        subject=subject,
+        subject=_cap(subject),
         from_=senders[0] if senders else None,
-        to=_addresses(block, block.raw_all(b"to")),
-        cc=_addresses(block, block.raw_all(b"cc")),
-        reply_to=_addresses(block, block.raw_all(b"reply-to")),
+        to=_addresses(block, block.raw_all(b"to"))[:MAX_SUMMARY_ADDRESSES],
+        cc=_addresses(block, block.raw_all(b"cc"))[:MAX_SUMMARY_ADDRESSES],
+        reply_to=_addresses(block, block.raw_all(b"reply-to"))[:MAX_SUMMARY_ADDRESSES],
         date=date,
-        message_id=None if message_id_raw is None else first_message_id(block.text(message_id_raw)),
+        message_id=None
+        if message_id_raw is None
+        else _cap(first_message_id(block.text(message_id_raw))),
         in_reply_to=None
         if in_reply_to_raw is None
-        else first_message_id(block.text(in_reply_to_raw)),
+        else _cap(first_message_id(block.text(in_reply_to_raw))),
         content_type=content_type,
         has_attachments_hint=hint,
         size=size,

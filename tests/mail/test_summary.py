@@ -200,7 +200,7 @@ def test_folded_lines_are_unfolded() -> None:
 
 
 def test_long_header_lines() -> None:
-    long_subject = "word " * 4000
+    long_subject = "word " * 300  # 1.5 KB, unfolded
     raw = headers(f"X-Long: {'k' * 100_000}", f"Subject: {long_subject}")
     assert summarize(raw).subject == long_subject.strip()
 
@@ -479,3 +479,19 @@ def test_summarize_is_faster_than_splitting_with_the_standard_library() -> None:
     sections = header_sections(100)
     baseline = per_item_us(BytesHeaderParser(policy=compat32).parsebytes, sections, rounds=5)
     assert per_item_us(summarize, sections, rounds=5) < 2 * baseline
+
+
+def test_listing_summaries_are_bounded() -> None:
+    from gateway.mail.summary import MAX_SUMMARY_ADDRESSES, MAX_SUMMARY_TEXT
+
+    many = ", ".join(f"r{i}@example.com" for i in range(500))
+    raw = (
+        b"Subject: " + b"s" * 100_000 + b"\r\nTo: " + many.encode() + b"\r\n"
+        b"Message-ID: <" + b"m" * 10_000 + b"@x>\r\n\r\n"
+    )
+    summary = summarize(raw)
+    assert summary.subject == "s" * MAX_SUMMARY_TEXT
+    assert len(summary.to) == MAX_SUMMARY_ADDRESSES
+    assert summary.to[0].address == "r0@example.com"
+    assert summary.message_id is not None
+    assert len(summary.message_id) == MAX_SUMMARY_TEXT
