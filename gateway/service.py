@@ -159,12 +159,11 @@ class Session:
         """UIDL + LIST, read once per session (the maildrop does not change inside it)."""
         if self._snapshot is None:
             try:
-                uids = await self.client.uidl()
+                uids, sizes = await self.client.uidl_and_list()
             except POP3ResponseError as exc:
-                if exc.code is not None:  # [SYS/TEMP] and friends: a failure, not a lack
-                    raise
+                if exc.command != "UIDL" or exc.code is not None:
+                    raise  # [SYS/TEMP] and friends are failures, not a missing capability
                 raise CapabilityMissingError("UIDL") from exc
-            sizes = await self.client.list()
             numbers = sorted(uids)
             self._snapshot = Snapshot(
                 at=self.opened_at,

@@ -882,6 +882,26 @@ class POP3Client:
         replies = await self._pipeline(cmds)
         return [r.body if r.body is not None else _error_of(r) for r in replies]
 
+    async def uidl_and_list(self) -> tuple[dict[int, str], dict[int, int]]:
+        """UIDL and LIST together: one round trip when pipelining, else two.
+
+        A refused UIDL raises its :class:`POP3ResponseError` (a server without UIDL); a
+        refused LIST too.
+        """
+        replies = await self._pipeline(
+            [
+                _Command("UIDL", self._line("UIDL"), True),
+                _Command("LIST", self._line("LIST"), True),
+            ]
+        )
+        for reply in replies:
+            if reply.error is not None:
+                raise reply.error
+        uid_body, size_body = (r.body or b"" for r in replies)
+        uids = dict(_scan_listing(uid_body, "UIDL"))
+        sizes = {n: int(v) for n, v in _scan_listing(size_body, "LIST")}
+        return uids, sizes
+
     async def dele_many(self, numbers: Sequence[int]) -> builtins.list[POP3ResponseError | None]:
         """DELE for each number, pipelined when possible: ``None`` where it was marked."""
         cmds = [_Command("DELE", self._line("DELE", _check_number(n)), False) for n in numbers]

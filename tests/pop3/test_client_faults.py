@@ -779,3 +779,24 @@ async def test_observer_sees_every_command(server: FakePOP3Server) -> None:
 
 def test_repr_shows_no_secret() -> None:
     assert "pw" not in repr(TLSConfig())
+
+
+async def test_uidl_and_list_in_one_round(server: FakePOP3Server) -> None:
+    client = await session(server)
+    uids, sizes = await client.uidl_and_list()
+    assert uids == {1: "uid-1", 2: "uid-2", 3: "uid-3"}
+    assert sizes == {n: len(raw) for n, (_uid, raw) in enumerate(MESSAGES, 1)}
+    await client.quit()
+    await server.wait_idle()
+    lines = server.received[0]
+    assert b"UIDL\r\n" in lines
+    assert b"LIST\r\n" in lines
+
+
+async def test_uidl_and_list_refused(server: FakePOP3Server) -> None:
+    server.script("LIST", Err("SYS/TEMP", "later"))
+    client = await session(server)
+    with pytest.raises(POP3SysTempError):
+        await client.uidl_and_list()
+    assert client.state is State.TRANSACTION
+    await client.quit()
