@@ -16,7 +16,7 @@ from .api.middlewares import (
     problem_middleware,
     request_id_middleware,
 )
-from .cache import HeaderCache, MemoryHeaderCache
+from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .keys import DIRECTORY, METRICS, SERVICE
 from .metrics import Metrics
@@ -125,10 +125,22 @@ def create_app(
         cache_key = hashlib.sha256(settings.cache_secret.get_secret_value().encode()).digest()
     else:
         cache_key = os.urandom(32)  # one process: keys need not survive a restart
-    header_cache = cache or MemoryHeaderCache(
-        max_entries=settings.cache_max_entries, ttl=settings.cache_ttl_seconds
-    )
     metrics = Metrics()
+    header_cache: HeaderCache
+    if cache is not None:
+        header_cache = cache
+    elif settings.redis_url is not None:
+        header_cache = RedisHeaderCache(
+            settings.redis_url.get_secret_value(),
+            ttl=settings.cache_ttl_seconds,
+            on_event=metrics.cache_event,
+        )
+    else:
+        header_cache = MemoryHeaderCache(
+            max_entries=settings.cache_max_entries,
+            ttl=settings.cache_ttl_seconds,
+            on_event=metrics.cache_event,
+        )
     app[METRICS] = metrics
     app[DIRECTORY] = build_directory(settings)
     app[SERVICE] = MailboxService(

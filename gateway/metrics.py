@@ -41,6 +41,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.cache_events = Counter(
+            "pop3gw_header_cache_events",
+            "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def cache_event(self, kind: str) -> None:
+        self.cache_events.labels(kind).inc()
 
     def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
         self.pop3_commands.labels(command, outcome).inc()

@@ -301,6 +301,16 @@ class MailboxService:
         self._cache_key = cache_key
         self.max_parse_bytes = max_parse_bytes
 
+    async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
+        """What readiness reports: each dependency, whether it answers, and why not."""
+        cache_ok = await self._cache.ping()
+        return {
+            "header_cache": (
+                cache_ok,
+                None if cache_ok else "the header cache does not answer; serving uncached",
+            )
+        }
+
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
         async with self._sessions.lease(account, fresh=fresh) as session:
             count, octets = await session.client.stat()

@@ -304,7 +304,14 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    return _json({"status": "ready", "checks": {"config": {"ok": True, "detail": None}}})
+    """Ready when configured and listening. A cache that does not answer is reported but does
+    not make the replica unready: requests are then served uncached (slower, still right),
+    and taking every replica out of service because Redis is down would turn a slowdown into
+    an outage."""
+    checks: dict[str, dict[str, bool | str | None]] = {"config": {"ok": True, "detail": None}}
+    for name, (ok, detail) in (await request.app[SERVICE].dependencies()).items():
+        checks[name] = {"ok": ok, "detail": detail}
+    return _json({"status": "ready", "checks": checks})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from .memory import MemoryHeaderCache
+from .redis import RedisHeaderCache
 
 Entry = dict[str, Any]
 
@@ -26,5 +27,9 @@ class HeaderCache(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> bool:
+        """Whether the backend answers (for readiness)."""
+        ...
 
-__all__ = ["Entry", "HeaderCache", "MemoryHeaderCache"]
+
+__all__ = ["Entry", "HeaderCache", "MemoryHeaderCache", "RedisHeaderCache"]

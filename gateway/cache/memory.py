@@ -16,7 +16,9 @@ class MemoryHeaderCache:
         max_entries: int = 50_000,
         ttl: float = 7 * 24 * 3600,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_event = on_event
         self._max = max_entries
         self._ttl = ttl
         self._clock = clock
@@ -33,17 +35,18 @@ class MemoryHeaderCache:
         for uid in uids:
             key = (namespace, uid)
             item = self._data.get(key)
-            if item is None:
+            if item is None or item[0] <= now:
+                if item is not None:
+                    del self._data[key]
                 self.misses += 1
-                continue
-            expires, entry = item
-            if expires <= now:
-                del self._data[key]
-                self.misses += 1
+                if self._on_event is not None:
+                    self._on_event("miss")
                 continue
             self._data.move_to_end(key)
-            found[uid] = entry
+            found[uid] = item[1]
             self.hits += 1
+            if self._on_event is not None:
+                self._on_event("hit")
         return found
 
     async def set_many(self, namespace: str, entries: Mapping[str, dict[str, Any]]) -> None:
@@ -63,3 +66,6 @@ class MemoryHeaderCache:
 
     async def close(self) -> None:
         self._data.clear()
+
+    async def ping(self) -> bool:
+        return True

@@ -1,0 +1,81 @@
+"""The API with the Redis header cache: warm listings hit it, its keys reveal no user, and a
+dead Redis only costs speed."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import pytest
+import redis
+
+from gateway.app import create_app
+from tests.api.conftest import ClientFactory, settings_for
+from tests.api.contract import checked
+from tests.support.corpus import simple_message
+from tests.support.dovecot import Dovecot, DovecotUser, free_port
+
+pytestmark = [pytest.mark.dovecot, pytest.mark.redis]
+
+
+def basic(user: DovecotUser) -> dict[str, str]:
+    return {
+        "Authorization": "Basic "
+        + base64.b64encode(f"{user.name}:{user.password}".encode()).decode()
+    }
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_warm_listing_comes_from_redis(
+    aiohttp_client: ClientFactory, dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    dovecot_user.deliver_many([simple_message(i) for i in range(3)])
+    secret = uuid.uuid4().hex
+    settings = settings_for(dovecot.port, redis_url="redis://127.0.0.1:6379/0", cache_secret=secret)
+    api = await aiohttp_client(create_app(settings))
+    first = await checked(
+        await api.get("/v1/mailboxes/me/messages", headers=basic(dovecot_user)), 200
+    )
+    second = await checked(
+        await api.get("/v1/mailboxes/me/messages?fresh=true", headers=basic(dovecot_user)), 200
+    )
+    assert first["messages"] == second["messages"]
+    scrape = await (await api.get("/metrics")).text()
+    assert metric(scrape, 'pop3gw_header_cache_events_total{kind="hit"}') >= 3
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        keys = [k.decode() for k in client.scan_iter(match="pop3gw:v1:hdr:*", count=1000)]
+        assert keys
+        for key in keys:
+            assert dovecot_user.name not in key
+            assert dovecot_user.password not in key
+        ours = [k for k in keys if client.ttl(k) > 0]
+        assert ours
+    finally:
+        client.close()
+
+
+async def test_dead_redis_only_costs_speed(
+    aiohttp_client: ClientFactory, dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    dovecot_user.deliver(simple_message(1))
+    settings = settings_for(
+        dovecot.port, redis_url=f"redis://127.0.0.1:{free_port()}/0", cache_secret="s"
+    )
+    api = await aiohttp_client(create_app(settings))
+    for _ in range(2):
+        page = await checked(
+            await api.get("/v1/mailboxes/me/messages", headers=basic(dovecot_user)), 200
+        )
+        assert page["total"] == 1
+    ready = await checked(await api.get("/readyz"), 200)
+    assert ready["checks"]["header_cache"]["ok"] is False
+    scrape = await (await api.get("/metrics")).text()
+    assert metric(scrape, 'pop3gw_header_cache_events_total{kind="error"}') >= 1
