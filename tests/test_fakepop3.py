@@ -529,7 +529,7 @@ async def test_stall_keeps_the_connection_open_and_silent() -> None:
         assert await client.silent(0.2)
         started = time.monotonic()
         await server.stop()
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10  # bounded (a hang would block forever)
         assert await client.rest() == b""
     finally:
         await client.close()
@@ -841,7 +841,7 @@ async def test_stop_is_bounded_with_tls_clients_that_never_answer(
         assert await client.silent(0.2)
         started = time.monotonic()
         await server.stop()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # bounded (a hang would block forever)
     finally:
         await client.close()
 
@@ -857,7 +857,7 @@ async def test_stop_is_bounded_during_a_handshake_that_never_starts(
         assert await client.command(b"STLS") == b"+OK Begin TLS negotiation\r\n"
         started = time.monotonic()
         await server.stop()
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10  # bounded (a hang would block forever)
         assert await client.rest() == b""
     finally:
         await client.close()
@@ -874,7 +874,7 @@ async def test_stop_is_bounded_when_the_client_reads_nothing() -> None:
         await asyncio.sleep(0.2)  # the server is now blocked on a full socket
         started = time.monotonic()
         await server.stop(timeout=0.3)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.9  # the short timeout applied, not the 2 s default
     finally:
         client.writer.transport.abort()
         await client.close()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import pop3_top
+from tests.bench import pop3_top, summary
 
 
 def main() -> int:
-    ok = pop3_top.run()
+    ok = summary.run()
+    ok = pop3_top.run() and ok
     print("\nall targets met" if ok else "\nsome targets missed", flush=True)
     return 0 if ok else 1
 
