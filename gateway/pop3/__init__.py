@@ -1,7 +1,8 @@
 """An asyncio POP3 client (standard library only): RFC 1939, 2449, 2595, 5034, 6856.
 
 ``protocol`` frames bytes (lines, dot-unstuffed bodies, timeouts, STLS); ``client`` speaks the
-verbs and keeps the session's state; ``errors`` is the one exception tree.
+verbs and keeps the session's state; ``errors`` is the one exception tree; ``pool`` lends
+logged-in sessions per mailbox.
 """
 
 from .client import (
@@ -38,6 +39,15 @@ from .errors import (
     POP3UpdateError,
     POP3UTF8Error,
 )
+from .pool import (
+    PoolClosedError,
+    PooledSession,
+    PoolLimits,
+    PoolStats,
+    PoolTimeoutError,
+    SessionFactory,
+    SessionPool,
+)
 
 __all__ = [
     "ALLOWED_STATES",
@@ -64,8 +74,15 @@ __all__ = [
     "POP3TimeoutError",
     "POP3UTF8Error",
     "POP3UpdateError",
+    "PoolClosedError",
+    "PoolLimits",
+    "PoolStats",
+    "PoolTimeoutError",
+    "PooledSession",
     "QuitResult",
     "Reply",
+    "SessionFactory",
+    "SessionPool",
     "State",
     "TLSConfig",
     "TLSMode",

@@ -1,0 +1,626 @@
+"""A pool of logged-in POP3 sessions, keyed by mailbox (standard library only).
+
+.. code-block:: python
+
+    pool = SessionPool(PoolLimits(max_per_upstream=4))
+    async with pool.lease(key, "example", open_and_login) as session:
+        uids = await session.client.uidl()
+    await pool.close()
+
+The pool knows nothing of accounts: a *key* is an opaque string naming one maildrop (same key,
+same mailbox and credentials), an *upstream* names the server it lives on (for the
+per-server cap), and the *factory* connects and logs in.
+
+How it works:
+
+- Bookkeeping is synchronous. The pool runs on one event loop, and every change to its state
+  (counters, idle lists, the wait queue) happens between two ``await`` points, so no lock is
+  needed and none is ever held while connecting, logging in, sending NOOP or QUIT. A lease
+  reserves its slot first (counted against every cap), then runs the factory outside of any
+  critical section; a failure or a cancellation gives the slot back.
+- A slot stays counted until its connection is really gone: a session being QUIT still holds
+  its key's slot, so a new login never races the old session's maildrop lock.
+- Every lease waits in one FIFO queue; :meth:`SessionPool._dispatch` serves it whenever
+  something changes (a lease arrives, a session comes back, a slot frees, a close ends): first
+  idle sessions go to the earliest waiter for their key, then free slots go to waiters in
+  arrival order. When a waiter is blocked by the per-upstream or the global cap (not by its
+  own key's cap), the least recently used idle session of another key is QUIT in the
+  background to make room. Waiting is bounded by ``acquire_timeout``; a timer, not a
+  cancellation, ends the wait, so a slot handed over at the last moment is never lost.
+- Freshness: POP3 shows the maildrop as of login, so an idle session is reused only while it
+  is younger than ``snapshot_max_age`` (and ``max_session_age``). ``fresh=True`` always opens
+  a new session; an idle one for the key is QUIT first (one session per maildrop). A reused
+  session idle for more than ``noop_after`` seconds is checked with NOOP first; if NOOP fails,
+  a new session is opened in its place, and the caller never sees it.
+- A session goes back idle only if the lease ended normally and the session is still in the
+  TRANSACTION state, open, holds no DELE marks, was not discarded and is young enough to be
+  reused (a clean session that is too old is QUIT in the background). Anything else (an
+  exception or a cancellation in the block, DELE marks, a discarded or broken session) drops
+  the connection without QUIT, so marked deletions are rolled back by the server. A session
+  the caller QUIT itself is forgotten.
+- ``[IN-USE]`` and ``[LOGIN-DELAY]`` from the factory are retried with exponential backoff
+  and jitter within ``retry_budget`` seconds, then re-raised.
+- A reaper task (started with the first lease) QUITs idle sessions that are idle too long or
+  too old to be reused, a bounded batch per tick.
+
+Ages are measured with the injectable ``clock`` (monotonic seconds); waiting, backoff and the
+reaper's tick use the event loop's own time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from .client import POP3Client, State
+from .errors import POP3Error, POP3InUseError, POP3LoginDelayError, POP3StateError
+
+log = logging.getLogger("gateway.pop3.pool")
+
+#: The kinds of event passed to ``on_event``.
+EVENT_KINDS: Final = frozenset({"open", "reuse", "close", "timeout", "retry", "noop_failed"})
+
+SessionFactory = Callable[[], Awaitable[POP3Client]]
+
+
+class PoolTimeoutError(POP3Error, TimeoutError):
+    """No session could be had within ``acquire_timeout`` (every slot stayed busy)."""
+
+
+class PoolClosedError(POP3Error):
+    """The pool is closed (or closing): no new leases."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Caps and timings of a :class:`SessionPool` (counts, and seconds)."""
+
+    max_per_key: int = 1  #: sessions per maildrop: RFC 1939 servers lock it
+    max_per_upstream: int = 8  #: sessions per upstream server
+    max_total: int = 64  #: sessions overall
+    acquire_timeout: float = 10.0  #: how long a lease may queue for a slot (not the login)
+    snapshot_max_age: float = 5.0  #: an idle session older than this is not reused
+    idle_timeout: float = 120.0  #: idle sessions are QUIT after this (autologout is >= 600)
+    noop_after: float = 30.0  #: NOOP before reusing a session idle for longer than this
+    max_session_age: float = 300.0  #: sessions older than this are closed
+    retry_budget: float = 8.0  #: time spent retrying [IN-USE] / [LOGIN-DELAY] logins
+    backoff_initial: float = 0.25  #: first pause between login attempts
+    backoff_max: float = 2.0  #: longest pause between login attempts
+    quit_timeout: float = 5.0  #: bound on a QUIT sent by the pool
+    reap_interval: float = 1.0  #: how often the reaper looks at idle sessions
+    reap_batch: int = 8  #: at most this many sessions closed per reaper tick
+
+    def __post_init__(self) -> None:
+        for name in ("max_per_key", "max_per_upstream", "max_total", "reap_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in (
+            "acquire_timeout",
+            "idle_timeout",
+            "max_session_age",
+            "backoff_initial",
+            "quit_timeout",
+            "reap_interval",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("snapshot_max_age", "noop_after", "retry_budget"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
+        if not self.backoff_max >= self.backoff_initial:
+            raise ValueError("backoff_max must be at least backoff_initial")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A point-in-time view of a pool, for metrics."""
+
+    open: int  #: connections counted against the caps (idle + leased + closing)
+    idle: int  #: sessions waiting in the pool for a lease
+    leased: int  #: leases granted and not yet returned (including ones still logging in)
+    closing: int  #: idle sessions being QUIT by the pool
+    waiting: int  #: leases queued for a slot
+
+
+class PooledSession:
+    """A logged-in session lent by a :class:`SessionPool`.
+
+    ``state`` is scratch space for the caller (a cached UIDL listing, say); it lives and dies
+    with the session. ``opened_at_wall`` (UTC) and ``opened_at`` (the pool's clock) are taken
+    just before the login that produced this session: the maildrop shown is at least that
+    recent.
+    """
+
+    __slots__ = (
+        "_discarded",
+        "_ended",
+        "client",
+        "key",
+        "last_used",
+        "opened_at",
+        "opened_at_wall",
+        "quit_on_close",
+        "state",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        client: POP3Client,
+        *,
+        key: str,
+        upstream: str,
+        opened_at: float,
+        opened_at_wall: datetime,
+        quit_on_close: bool,
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.upstream = upstream
+        self.opened_at = opened_at
+        self.opened_at_wall = opened_at_wall
+        self.last_used = opened_at
+        self.quit_on_close = quit_on_close
+        self.state: dict[str, object] = {}
+        self._discarded = False
+        self._ended = False
+
+    def discard(self) -> None:
+        """Do not return this session to the pool: it is dropped when the lease ends."""
+        self._discarded = True
+
+    @property
+    def discarded(self) -> bool:
+        return self._discarded
+
+    def __repr__(self) -> str:
+        return f"<PooledSession upstream={self.upstream!r} client={self.client!r}>"
+
+
+class _Waiter:
+    """One queued lease. Its future gets an idle session, or ``None`` for a reserved slot."""
+
+    __slots__ = ("evicting", "future", "key", "upstream")
+
+    def __init__(
+        self, key: str, upstream: str, future: asyncio.Future[PooledSession | None]
+    ) -> None:
+        self.key = key
+        self.upstream = upstream
+        self.future = future
+        self.evicting = False  #: an idle session of another key is being closed for it
+
+
+class SessionPool:
+    """Logged-in POP3 sessions, leased exclusively, reused while their snapshot is fresh.
+
+    Not thread-safe: use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        limits: PoolLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.limits = limits or PoolLimits()
+        self._clock = clock
+        self._on_event = on_event
+        self._max_age = min(self.limits.snapshot_max_age, self.limits.max_session_age)
+        self._idle: dict[str, list[PooledSession]] = {}
+        self._per_key: dict[str, int] = {}
+        self._per_upstream: dict[str, int] = {}
+        self._total = 0
+        self._leases = 0
+        self._closing = 0
+        self._leased: set[PooledSession] = set()
+        self._queue: dict[_Waiter, None] = {}  # insertion-ordered: FIFO
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._drained: asyncio.Event | None = None
+        self._closed = False
+
+    # -- public ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lease(
+        self,
+        key: str,
+        upstream: str,
+        factory: SessionFactory,
+        *,
+        fresh: bool = False,
+        quit_on_close: bool = True,
+    ) -> AsyncIterator[PooledSession]:
+        """An exclusive session for ``key`` for the time of the block.
+
+        ``factory`` connects and logs in (it must not leak a connection when it fails).
+        ``fresh`` asks for a session opened now. ``quit_on_close=False`` makes the pool drop
+        the session's connection instead of sending QUIT when it ends it (for providers where
+        QUIT after RETR changes the mailbox). Raises :class:`PoolTimeoutError` when no slot
+        frees within ``acquire_timeout``, and the factory's errors.
+        """
+        session = await self._checkout(key, upstream, factory, fresh, quit_on_close)
+        ok = False
+        try:
+            yield session
+            ok = True
+        finally:
+            self._checkin(session, ok)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (no new leases)."""
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            open=self._total,
+            idle=sum(len(sessions) for sessions in self._idle.values()),
+            leased=self._leases,
+            closing=self._closing,
+            waiting=len(self._queue),
+        )
+
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Stop leasing; QUIT idle sessions (they hold no DELE marks); wait up to ``timeout``
+        seconds for leases to end, then drop every connection left. Queued leases fail with
+        :class:`PoolClosedError`; leases that end meanwhile are ended, not pooled."""
+        if self._closed:
+            return
+        self._closed = True
+        for waiter in list(self._queue):
+            del self._queue[waiter]
+            if not waiter.future.done():
+                waiter.future.set_exception(PoolClosedError("the session pool is closed"))
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.wait([self._reaper])
+        for sessions in list(self._idle.values()):
+            for session in list(sessions):
+                self._take_idle(session)
+                self._retire_in_background(session)
+        if self._total:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._drained.wait()
+        for session in list(self._leased):
+            self._drop(session)
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- leasing -----------------------------------------------------------------------------
+    async def _checkout(
+        self,
+        key: str,
+        upstream: str,
+        factory: SessionFactory,
+        fresh: bool,
+        quit_on_close: bool,
+    ) -> PooledSession:
+        if self._closed:
+            raise PoolClosedError("the session pool is closed")
+        self._start_reaper()
+        granted = await self._wait_turn(key, upstream)
+        # From here this lease owns one slot of (key, upstream) until _checkin.
+        self._leases += 1
+        try:
+            if granted is not None and await self._reuse(granted, fresh):
+                self._leased.add(granted)
+                return granted
+            session = await self._open(key, upstream, factory, quit_on_close)
+        except BaseException:
+            self._leases -= 1
+            self._release(key, upstream)
+            raise
+        self._leased.add(session)
+        return session
+
+    def _checkin(self, session: PooledSession, ok: bool) -> None:
+        """Take a session back when its lease ends (synchronous: cancellation-proof)."""
+        self._leases -= 1
+        self._leased.discard(session)
+        if ok and self._clean(session):
+            now = self._clock()
+            if not self._closed and now - session.opened_at <= self._max_age:
+                session.last_used = now
+                self._idle.setdefault(session.key, []).append(session)
+                self._dispatch()
+            else:  # too old to be reused, or the pool is closing: QUIT it
+                self._retire_in_background(session)
+            return
+        self._drop(session)
+        self._release(session.key, session.upstream)
+
+    async def _reuse(self, session: PooledSession, fresh: bool) -> bool:
+        """Whether an idle session handed to a lease can serve it; if not, it is ended (its
+        slot is kept for the new session)."""
+        try:
+            now = self._clock()
+            if fresh or not self._reusable(session, now):
+                await self._end(session)
+                return False
+            if now - session.last_used > self.limits.noop_after:
+                try:
+                    await session.client.noop()
+                except POP3Error:
+                    self._emit("noop_failed")
+                    self._drop(session)
+                    return False
+        except BaseException:
+            self._drop(session)
+            raise
+        self._emit("reuse")
+        return True
+
+    @staticmethod
+    def _clean(session: PooledSession) -> bool:
+        """Open, logged in, no DELE marks, not discarded: safe to keep or to QUIT."""
+        client = session.client
+        return (
+            not session.discarded
+            and client.state is State.TRANSACTION
+            and client.deleted_marks == 0
+        )
+
+    def _reusable(self, session: PooledSession, now: float) -> bool:
+        return self._clean(session) and now - session.opened_at <= self._max_age
+
+    async def _open(
+        self, key: str, upstream: str, factory: SessionFactory, quit_on_close: bool
+    ) -> PooledSession:
+        """Run the factory; retry [IN-USE] and [LOGIN-DELAY] with backoff within the budget."""
+        limits = self.limits
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.retry_budget
+        delay = limits.backoff_initial
+        while True:
+            opened_at = self._clock()
+            opened_at_wall = datetime.now(UTC)
+            try:
+                client = await factory()
+            except (POP3InUseError, POP3LoginDelayError):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise
+                self._emit("retry")
+                pause = delay / 2 + random.uniform(0, delay / 2)
+                await asyncio.sleep(min(pause, remaining))
+                delay = min(delay * 2, limits.backoff_max)
+                continue
+            break
+        if client.state is not State.TRANSACTION:
+            client.abort()
+            raise POP3StateError("the session factory returned a client that is not logged in")
+        session = PooledSession(
+            client,
+            key=key,
+            upstream=upstream,
+            opened_at=opened_at,
+            opened_at_wall=opened_at_wall,
+            quit_on_close=quit_on_close,
+        )
+        self._emit("open")
+        if self._closed:
+            self._drop(session)
+            raise PoolClosedError("the session pool closed while the session was opening")
+        return session
+
+    # -- waiting -----------------------------------------------------------------------------
+    async def _wait_turn(self, key: str, upstream: str) -> PooledSession | None:
+        """Queue, and wait for an idle session of ``key`` or a reserved slot."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, upstream, loop.create_future())
+        self._queue[waiter] = None
+        self._dispatch()
+        if waiter.future.done():
+            return waiter.future.result()
+        timer = loop.call_later(self.limits.acquire_timeout, self._expire, waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if waiter.future.done():  # pragma: no cover - granted in the same loop iteration
+            return
+        self._queue.pop(waiter, None)
+        self._emit("timeout")
+        waiter.future.set_exception(
+            PoolTimeoutError(f"no POP3 session was free within {self.limits.acquire_timeout:g} s")
+        )
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter was cancelled: give back what it may have been handed meanwhile."""
+        self._queue.pop(waiter, None)
+        future = waiter.future  # done: cancelling the task cancelled it, unless it was granted
+        if future.cancelled() or future.exception() is not None:
+            return
+        granted = future.result()
+        if granted is None:
+            self._release(waiter.key, waiter.upstream)
+        else:
+            self._idle.setdefault(granted.key, []).append(granted)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Serve the queue with what is free now; start evictions where they help."""
+        if self._closed or not self._queue:
+            return
+        limits = self.limits
+        # 1. An idle session goes to the earliest waiter for its key.
+        for waiter in list(self._queue):
+            if waiter.future.done():  # cancelled, not yet abandoned
+                del self._queue[waiter]
+                continue
+            idle = self._idle.get(waiter.key)
+            if idle:
+                session = idle.pop()
+                if not idle:
+                    del self._idle[waiter.key]
+                self._grant(waiter, session)
+        # 2. Free slots go to waiters in arrival order. A waiter blocked by the upstream or the
+        #    global cap has an idle session of another key closed for it (one at a time).
+        blocked: dict[str, int] = {}
+        for waiter in list(self._queue):
+            key, upstream = waiter.key, waiter.upstream
+            if self._per_key.get(key, 0) + blocked.get(key, 0) >= limits.max_per_key:
+                continue
+            upstream_full = self._per_upstream.get(upstream, 0) >= limits.max_per_upstream
+            if not upstream_full and self._total < limits.max_total:
+                self._reserve(key, upstream)
+                self._grant(waiter, None)
+                continue
+            blocked[key] = blocked.get(key, 0) + 1
+            if not waiter.evicting:
+                victim = self._victim(upstream if upstream_full else None)
+                if victim is not None:
+                    waiter.evicting = True
+                    self._take_idle(victim)
+                    self._retire_in_background(victim, waiter)
+
+    def _grant(self, waiter: _Waiter, granted: PooledSession | None) -> None:
+        del self._queue[waiter]
+        waiter.future.set_result(granted)
+
+    def _victim(self, upstream: str | None) -> PooledSession | None:
+        """The least recently used idle session (of ``upstream`` when given)."""
+        candidates = [
+            session
+            for sessions in self._idle.values()
+            for session in sessions
+            if upstream is None or session.upstream == upstream
+        ]
+        return min(candidates, key=lambda s: s.last_used, default=None)
+
+    # -- slots ---------------------------------------------------------------------------------
+    def _reserve(self, key: str, upstream: str) -> None:
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        self._per_upstream[upstream] = self._per_upstream.get(upstream, 0) + 1
+        self._total += 1
+
+    def _release(self, key: str, upstream: str) -> None:
+        for counts, name in ((self._per_key, key), (self._per_upstream, upstream)):
+            left = counts[name] - 1
+            if left:
+                counts[name] = left
+            else:
+                del counts[name]
+        self._total -= 1
+        if self._total == 0 and self._drained is not None:
+            self._drained.set()
+        self._dispatch()
+
+    def _take_idle(self, session: PooledSession) -> None:
+        sessions = self._idle[session.key]
+        sessions.remove(session)
+        if not sessions:
+            del self._idle[session.key]
+
+    # -- ending sessions ---------------------------------------------------------------------
+    def _drop(self, session: PooledSession) -> None:
+        """Close the connection without QUIT (idempotent); DELE marks are rolled back."""
+        if session._ended:
+            return
+        session._ended = True
+        session.client.abort()
+        self._emit("close")
+
+    async def _end(self, session: PooledSession) -> None:
+        """QUIT a clean session (bounded by ``quit_timeout``); drop anything else."""
+        try:
+            client = session.client
+            if (
+                session.quit_on_close
+                and client.state is State.TRANSACTION
+                and client.deleted_marks == 0
+            ):
+                with contextlib.suppress(POP3Error, OSError, TimeoutError):
+                    async with asyncio.timeout(self.limits.quit_timeout):
+                        await client.quit()
+        finally:
+            self._drop(session)
+
+    def _retire_in_background(
+        self, session: PooledSession, waiter: _Waiter | None = None
+    ) -> asyncio.Task[None]:
+        """End a session (no longer idle nor leased) in a task; its slot is held until the
+        connection is gone, so a new login never races the old session's maildrop lock.
+
+        The bookkeeping runs in a done callback, so it happens even if the task is cancelled
+        before it starts.
+        """
+        self._closing += 1
+        task = asyncio.get_running_loop().create_task(self._end(session))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._retired, session, waiter))
+        return task
+
+    def _retired(
+        self, session: PooledSession, waiter: _Waiter | None, task: asyncio.Task[None]
+    ) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # pragma: no cover
+            log.error("ending a pooled POP3 session failed", exc_info=task.exception())
+        self._drop(session)
+        self._closing -= 1
+        if waiter is not None:
+            waiter.evicting = False
+        self._release(session.key, session.upstream)
+
+    # -- reaper ------------------------------------------------------------------------------
+    def _start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_forever(), name="pop3-pool-reaper"
+            )
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.reap_interval)
+            await self._reap_once()
+
+    async def _reap_once(self) -> None:
+        """QUIT up to ``reap_batch`` idle sessions that are idle too long, too old to be
+        reused, or already disconnected; the longest idle first."""
+        now = self._clock()
+        limits = self.limits
+        expired = [
+            session
+            for sessions in self._idle.values()
+            for session in sessions
+            if now - session.last_used > limits.idle_timeout
+            or now - session.opened_at > self._max_age
+            or session.client.state is not State.TRANSACTION
+        ]
+        expired.sort(key=lambda s: s.last_used)
+        tasks = []
+        for session in expired[: limits.reap_batch]:
+            self._take_idle(session)
+            tasks.append(self._retire_in_background(session))
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- events ------------------------------------------------------------------------------
+    def _emit(self, kind: str) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind)
+        except Exception:
+            log.exception("the pool's event observer failed on %r", kind)
