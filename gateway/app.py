@@ -20,8 +20,8 @@ from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .keys import DIRECTORY, METRICS, SERVICE
 from .metrics import Metrics
-from .pop3 import Timeouts, TLSConfig, TLSMode
-from .service import DirectSessions, MailboxService, SessionSource
+from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
+from .service import MailboxService, PooledSessions, SessionSource
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
 
@@ -143,11 +143,29 @@ def create_app(
         )
     app[METRICS] = metrics
     app[DIRECTORY] = build_directory(settings)
+    pool: SessionPool | None = None
+    if sessions is None:
+        limits = settings.pool
+        pool = SessionPool(
+            PoolLimits(
+                max_per_key=limits.max_per_mailbox,
+                max_per_upstream=limits.max_per_upstream,
+                max_total=limits.max_total,
+                acquire_timeout=limits.acquire_timeout,
+                snapshot_max_age=limits.snapshot_max_age,
+                idle_timeout=limits.idle_timeout,
+                retry_budget=limits.retry_budget,
+            ),
+            on_event=metrics.pool_event,
+        )
+        metrics.watch_pool(pool)
+        sessions = PooledSessions(pool, key=cache_key, on_command=metrics.observe_pop3)
     app[SERVICE] = MailboxService(
-        sessions or DirectSessions(on_command=metrics.observe_pop3),
+        sessions,
         header_cache,
         cache_key=cache_key,
         max_parse_bytes=settings.max_parse_bytes,
+        snapshot_max_age=settings.pool.snapshot_max_age,
         on_command=metrics.observe_pop3,
     )
 
@@ -155,7 +173,13 @@ def create_app(
         yield
         await header_cache.close()
 
+    async def close_pool(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        if pool is not None:
+            await pool.close()  # idle sessions QUIT: they hold no DELE marks
+
     app.cleanup_ctx.append(close_cache)
+    app.cleanup_ctx.append(close_pool)
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app

@@ -177,6 +177,27 @@ class ApiKeySettings(BaseModel):
         return SecretStr(digest)
 
 
+class PoolSettings(BaseModel):
+    """POP3 session pool limits (be polite to servers: Dovecot allows 10 connections per
+    user and IP by default, Courier 4 per IP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: sessions per mailbox (RFC 1939 maildrop lock: 1)
+    max_per_mailbox: int = Field(1, ge=1, le=16)
+    max_per_upstream: int = Field(8, ge=1, le=1000)
+    max_total: int = Field(64, ge=1, le=10_000)
+    #: seconds a request waits for a session before 503 pool-exhausted
+    acquire_timeout: float = Field(10.0, gt=0, le=300)
+    #: a session (and what it shows) is reused this long after its login; new mail appears
+    #: only in a new session
+    snapshot_max_age: float = Field(5.0, ge=0, le=600)
+    #: idle sessions are QUIT after this long (well before the 10-minute autologout)
+    idle_timeout: float = Field(120.0, gt=0, le=540)
+    #: seconds spent retrying [IN-USE] / [LOGIN-DELAY] logins before answering 423/429
+    retry_budget: float = Field(8.0, ge=0, le=120)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -215,6 +236,7 @@ class Settings(BaseSettings):
     #: messages larger than this are not parsed to JSON (use /raw)
     max_parse_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)

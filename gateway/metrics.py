@@ -6,8 +6,14 @@ outcomes. Never a user, a mailbox id, a unique-id or a secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .pop3 import SessionPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -41,12 +47,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.pool_events = Counter(
+            "pop3gw_pool_events",
+            "Session pool events (open, reuse, close, timeout, retry, noop_failed).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.cache_events = Counter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
             ["kind"],
             registry=self.registry,
         )
+
+    def pool_event(self, kind: str) -> None:
+        self.pool_events.labels(kind).inc()
+
+    def watch_pool(self, pool: SessionPool) -> None:
+        """Read the pool's session counts at scrape time."""
+        self.registry.register(_PoolCollector(pool))
 
     def cache_event(self, kind: str) -> None:
         self.cache_events.labels(kind).inc()
@@ -57,3 +76,20 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: SessionPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._pool.stats()
+        family = GaugeMetricFamily(
+            "pop3gw_pool_sessions", "POP3 sessions in the pool, by state.", labels=["state"]
+        )
+        for state in ("open", "idle", "leased", "closing"):
+            family.add_metric([state], getattr(stats, state))
+        yield family
+        yield GaugeMetricFamily(
+            "pop3gw_pool_waiting", "Requests queued for a POP3 session.", value=stats.waiting
+        )

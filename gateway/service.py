@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from .pop3 import (
     POP3ResponseError,
     POP3ResponseTooLargeError,
     POP3UpdateError,
+    SessionPool,
     State,
     TLSMode,
 )
@@ -147,31 +149,47 @@ class Snapshot:
 
 
 class Session:
-    """A logged-in POP3 session lent to one request at a time."""
+    """A logged-in POP3 session lent to one request at a time.
 
-    def __init__(self, client: POP3Client, account: Account) -> None:
+    ``opened_at`` is when it logged in: POP3 shows the maildrop as it was then. ``state`` is
+    kept as long as the session lives (a pooled session carries its snapshot across leases).
+    """
+
+    def __init__(
+        self,
+        client: POP3Client,
+        account: Account,
+        *,
+        opened_at: datetime | None = None,
+        born: float | None = None,
+        state: dict[str, object] | None = None,
+    ) -> None:
         self.client = client
         self.account = account
-        self.opened_at = datetime.now(UTC)
-        self._snapshot: Snapshot | None = None
+        self.opened_at = opened_at or datetime.now(UTC)
+        self.born = time.monotonic() if born is None else born
+        self.state: dict[str, object] = {} if state is None else state
 
     async def snapshot(self) -> Snapshot:
         """UIDL + LIST, read once per session (the maildrop does not change inside it)."""
-        if self._snapshot is None:
-            try:
-                uids, sizes = await self.client.uidl_and_list()
-            except POP3ResponseError as exc:
-                if exc.command != "UIDL" or exc.code is not None:
-                    raise  # [SYS/TEMP] and friends are failures, not a missing capability
-                raise CapabilityMissingError("UIDL") from exc
-            numbers = sorted(uids)
-            self._snapshot = Snapshot(
-                at=self.opened_at,
-                numbers=numbers,
-                uids=uids,
-                sizes={n: sizes.get(n, 0) for n in numbers},
-            )
-        return self._snapshot
+        found = self.state.get("snapshot")
+        if isinstance(found, Snapshot):
+            return found
+        try:
+            uids, sizes = await self.client.uidl_and_list()
+        except POP3ResponseError as exc:
+            if exc.command != "UIDL" or exc.code is not None:
+                raise  # [SYS/TEMP] and friends are failures, not a missing capability
+            raise CapabilityMissingError("UIDL") from exc
+        numbers = sorted(uids)
+        snapshot = Snapshot(
+            at=self.opened_at,
+            numbers=numbers,
+            uids=uids,
+            sizes={n: sizes.get(n, 0) for n in numbers},
+        )
+        self.state["snapshot"] = snapshot
+        return snapshot
 
 
 class SessionSource(Protocol):
@@ -189,6 +207,16 @@ class SessionSource(Protocol):
 CommandObserver = Callable[[str, str, float], None]
 
 
+async def _open(account: Account, on_command: CommandObserver | None) -> POP3Client:
+    client = await account.upstream.connect(on_command=on_command)
+    try:
+        await account.login(client)
+    except BaseException:
+        client.abort()
+        raise
+    return client
+
+
 class DirectSessions:
     """A new session for every lease, ended when the lease ends (no pooling)."""
 
@@ -197,18 +225,42 @@ class DirectSessions:
 
     @contextlib.asynccontextmanager
     async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
-        client = await account.upstream.connect(on_command=self._on_command)
-        try:
-            await account.login(client)
-        except BaseException:
-            client.abort()
-            raise
+        client = await _open(account, self._on_command)
         try:
             yield Session(client, account)
         except BaseException:
             client.abort()
             raise
         await end_session(client, account)
+
+
+class PooledSessions:
+    """Sessions from a :class:`SessionPool`, keyed by a keyed digest of upstream + user +
+    credential (a changed password never reuses a session of the old one)."""
+
+    def __init__(
+        self, pool: SessionPool, *, key: bytes, on_command: CommandObserver | None = None
+    ) -> None:
+        self.pool = pool
+        self._key = key
+        self._on_command = on_command
+
+    @contextlib.asynccontextmanager
+    async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
+        async with self.pool.lease(
+            account.digest(self._key),
+            account.upstream.name,
+            lambda: _open(account, self._on_command),
+            fresh=fresh,
+            quit_on_close=not account.upstream.read_only_sessions,
+        ) as pooled:
+            yield Session(
+                pooled.client,
+                account,
+                opened_at=pooled.opened_at_wall,
+                born=pooled.opened_at,
+                state=pooled.state,
+            )
 
 
 async def end_session(client: POP3Client, account: Account) -> None:
@@ -245,6 +297,22 @@ class Page:
     total: int
     next_cursor: str | None
     snapshot_at: datetime
+    #: the presentation layer may memoise its rendering here (a page is immutable)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass
+class _View:
+    """A recent snapshot of one account's maildrop, and pages already built from it."""
+
+    snapshot: Snapshot
+    born: float  #: monotonic time of the login that produced it
+    pages: dict[tuple[str, str | None, int], Page] = field(default_factory=dict)
+
+
+#: Views kept at most (one per recently listed account); pages kept per view.
+MAX_VIEWS = 4096
+MAX_PAGES_PER_VIEW = 64
 
 
 @dataclass(frozen=True)
@@ -293,9 +361,14 @@ class MailboxService:
         *,
         cache_key: bytes,
         max_parse_bytes: int,
+        snapshot_max_age: float = 5.0,
         on_command: CommandObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_command = on_command
+        self._snapshot_max_age = snapshot_max_age
+        self._clock = clock
+        self._views: OrderedDict[str, _View] = OrderedDict()
         self._sessions = sessions
         self._cache = cache
         self._cache_key = cache_key
@@ -329,24 +402,89 @@ class MailboxService:
         if not 1 <= limit <= 500:
             raise InvalidInputError("limit must be between 1 and 500")
         after = _decode_cursor(cursor, order) if cursor else None
+        view_key = account.digest(self._cache_key)
+        page_key = (order, cursor, limit)
+        view = None if fresh else self._live_view(view_key)
+        if view is not None:
+            # Within snapshot_max_age of the last login the maildrop as POP3 shows it has not
+            # changed: serve from that snapshot, without a session, when the cache has every
+            # header of the page. Only uids of this caller's own listing are looked up.
+            page = view.pages.get(page_key)
+            if page is None:
+                page = await self._page(account, view.snapshot, order, after, limit, None)
+                if page is not None:
+                    self._remember(view, page_key, page)
+            if page is not None:
+                return page
         async with self._sessions.lease(account, fresh=fresh) as session:
             snap = await session.snapshot()
-            ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
-            start = 0
-            if after is not None:
-                start = _resume_index(ordered, snap, after, order)
-            page_numbers = ordered[start : start + limit]
-            items = await self._summaries(session, snap, page_numbers)
+            page = await self._page(account, snap, order, after, limit, session)
+            assert page is not None  # with a session every header can be fetched
+            born = session.born
+        view = self._store_view(view_key, snap, born)
+        self._remember(view, page_key, page)
+        return page
+
+    async def _page(
+        self,
+        account: Account,
+        snap: Snapshot,
+        order: Order,
+        after: tuple[str, int] | None,
+        limit: int,
+        session: Session | None,
+    ) -> Page | None:
+        """A page of ``snap``; without a session, None unless every header is cached."""
+        ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
+        start = _resume_index(ordered, snap, after, order) if after is not None else 0
+        page_numbers = ordered[start : start + limit]
+        items = await self._summaries(account, snap, page_numbers, session)
+        if items is None:
+            return None
         next_cursor = None
         if start + limit < len(ordered) and page_numbers:
             last = page_numbers[-1]
             next_cursor = _encode_cursor(order, snap.uids[last], last)
         return Page(items, len(ordered), next_cursor, snap.at)
 
+    def _live_view(self, view_key: str) -> _View | None:
+        view = self._views.get(view_key)
+        if view is None:
+            return None
+        if self._clock() - view.born >= self._snapshot_max_age:
+            del self._views[view_key]
+            return None
+        self._views.move_to_end(view_key)
+        return view
+
+    def _store_view(self, view_key: str, snap: Snapshot, born: float) -> _View:
+        view = self._views.get(view_key)
+        if view is None or view.snapshot is not snap:
+            view = _View(snap, born)
+            self._views[view_key] = view
+        self._views.move_to_end(view_key)
+        while len(self._views) > MAX_VIEWS:
+            self._views.popitem(last=False)
+        return view
+
+    @staticmethod
+    def _remember(view: _View, page_key: tuple[str, str | None, int], page: Page) -> None:
+        if len(view.pages) < MAX_PAGES_PER_VIEW:
+            view.pages[page_key] = page
+
+    def _forget_view(self, account: Account) -> None:
+        self._views.pop(account.digest(self._cache_key), None)
+
     async def _summaries(
-        self, session: Session, snap: Snapshot, numbers: Sequence[int]
-    ) -> list[Summary]:
-        namespace = session.account.namespace(self._cache_key)
+        self,
+        account: Account,
+        snap: Snapshot,
+        numbers: Sequence[int],
+        session: Session | None,
+    ) -> list[Summary] | None:
+        """Header summaries for ``numbers``: from the cache, the rest with one pipelined
+        burst of ``TOP n 0`` written back in one go. Without a session, None on any miss."""
+        namespace = account.namespace(self._cache_key)
         uids = [snap.uids[n] for n in numbers]
         cached = await self._cache.get_many(namespace, set(uids))
         found: dict[str, HeaderSummary] = {}
@@ -355,6 +493,8 @@ class MailboxService:
                 found[uid] = HeaderSummary.from_json(entry)
         missing = [n for n in numbers if snap.uids[n] not in found]
         if missing:
+            if session is None:
+                return None
             replies = await session.client.top_many(missing, 0)
             fresh: dict[str, dict[str, Any]] = {}
             for number, reply in zip(missing, replies, strict=True):
@@ -427,6 +567,13 @@ class MailboxService:
         if not 1 <= len(message_ids) <= 500:
             raise InvalidInputError("between 1 and 500 ids per request")
         uids = list(dict.fromkeys(decode_id(i) for i in message_ids))
+        try:
+            return await self._delete(account, uids)
+        finally:
+            # Whatever happened, the next listing must look again.
+            self._forget_view(account)
+
+    async def _delete(self, account: Account, uids: list[str]) -> DeleteResult:
         async with self._sessions.lease(account, fresh=True) as session:
             snap = await session.snapshot()
             present = [u for u in uids if u in snap.by_uid]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..pop3 import (
+    PoolClosedError,
+    PoolTimeoutError,
     POP3ArgumentError,
     POP3AuthError,
     POP3ConnectionError,
@@ -132,6 +134,10 @@ def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
 
 
 def _classify_pop3(exc: POP3Error, *, passthrough: bool) -> Problem:
+    if isinstance(exc, PoolTimeoutError):
+        return Problem("pool-exhausted", "every session for this mailbox is busy; retry shortly")
+    if isinstance(exc, PoolClosedError):
+        return Problem("pool-exhausted", "the gateway is shutting down; retry on another replica")
     if isinstance(exc, POP3AuthError):
         if passthrough:
             return Problem(

@@ -142,11 +142,16 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         order=ordered,
         fresh=_flag(request, "fresh"),
     )
-    etag = _page_etag(page)
+    rendered = page.memo.get("json")
+    if rendered is None:
+        # Pages are immutable and may be served again from the same snapshot: render once.
+        body = json.dumps(_page_json(page), ensure_ascii=False, separators=(",", ":")).encode()
+        rendered = page.memo["json"] = (_page_etag(page), body)
+    etag, body = rendered
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
-    return _json(_page_json(page), headers=headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 def _message_id(request: web.Request) -> str:

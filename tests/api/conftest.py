@@ -95,5 +95,6 @@ async def fake_api(
         user="alice",
         password="pw",
         timeouts={"connect": 2, "tls": 2, "command": 0.5, "idle": 0.5},
+        pool={"retry_budget": 0.3},
     )
     return await aiohttp_client(create_app(settings))

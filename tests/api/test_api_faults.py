@@ -68,6 +68,18 @@ async def test_upstream_failures(
     assert fake_server.mailbox.uids() == ["uid-1", "uid-2"]
 
 
+@pytest.mark.parametrize("code", ["IN-USE", "LOGIN-DELAY"])
+async def test_a_passing_lock_is_retried(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server, code: str
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port, pool={"retry_budget": 5})))
+    fake_server.script("PASS", Err(code, "busy"), times=2)
+    body = await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
+    assert body["messages"] == 2
+    scrape = await (await api.get("/metrics")).text()
+    assert 'pop3gw_pool_events_total{kind="retry"} 2.0' in scrape
+
+
 async def test_server_texts_and_passwords_stay_out_of_problems(
     fake_api: Client, fake_server: FakePOP3Server
 ) -> None:

@@ -1,0 +1,137 @@
+"""Sessions, freshness and the header cache through the API: one login serves a burst,
+``fresh`` sees new mail, cached headers never outlive the caller's own listing, and the
+caps hold under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from gateway.app import create_app
+from gateway.service import encode_id
+from tests.api.conftest import ClientFactory, settings_for
+from tests.api.contract import checked
+from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
+
+ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+
+
+def logins(server: FakePOP3Server) -> int:
+    return sum(1 for c in server.connections if c.user)
+
+
+async def test_a_burst_costs_one_login(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    for _ in range(5):
+        await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+        await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
+    assert logins(fake_server) == 1
+    # Warm listings came from the snapshot and the cache: TOP went out once per message.
+    tops = [line for conn in fake_server.received for line in conn if line.startswith(b"TOP")]
+    assert len(tops) == 2
+
+
+async def test_fresh_sees_new_mail(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    first = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    same = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert same["total"] == first["total"] == 2
+    fresh = await checked(await api.get("/v1/mailboxes/me/messages?fresh=true", headers=ALICE), 200)
+    assert fresh["total"] == 3
+    assert fresh["messages"][0]["subject"] == "three"
+    assert logins(fake_server) == 2
+
+
+async def test_the_snapshot_expires(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(
+        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 0.2}))
+    )
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    await asyncio.sleep(0.3)
+    page = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert page["total"] == 3
+
+
+async def test_cached_headers_only_for_the_live_listing(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    # The message goes away behind the gateway's back (another client deleted it).
+    del fake_server.mailbox.messages[0]
+    page = await checked(await api.get("/v1/mailboxes/me/messages?fresh=true", headers=ALICE), 200)
+    assert [m["uid"] for m in page["messages"]] == ["uid-2"]
+    gone = await api.get(f"/v1/mailboxes/me/messages/{encode_id('uid-1')}", headers=ALICE)
+    await checked(gone, 404)
+
+
+async def test_a_delete_through_the_gateway_shows_at_once(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    resp = await api.delete(f"/v1/mailboxes/me/messages/{encode_id('uid-1')}", headers=ALICE)
+    assert resp.status == 204
+    page = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert [m["uid"] for m in page["messages"]] == ["uid-2"]
+
+
+async def test_one_session_per_mailbox_under_concurrency(aiohttp_client: ClientFactory) -> None:
+    box = FakeMailbox([(f"u{i}", b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(20)])
+    async with FakePOP3Server(box, users={"alice": "pw"}, lock=True) as srv:
+        api = await aiohttp_client(
+            create_app(settings_for(srv.port, pool={"retry_budget": 0, "snapshot_max_age": 0}))
+        )
+        paths = [f"/v1/mailboxes/me/messages/{encode_id(f'u{i}')}" for i in range(20)]
+        answers = await asyncio.gather(*(api.get(p, headers=ALICE) for p in paths))
+        for resp in answers:
+            await checked(resp, 200)
+        # lock=True answers a second concurrent login with [IN-USE] and there is no retry
+        # budget, so any overlap would have failed a request; with snapshot_max_age 0 every
+        # request had a session of its own, one after the other.
+        assert logins(srv) == 20
+
+
+async def test_pool_exhausted_answers_503(aiohttp_client: ClientFactory) -> None:
+    box = FakeMailbox([("u1", b"Subject: 1\r\n\r\nx\r\n")])
+    async with FakePOP3Server(box, users={"alice": "pw"}) as srv:
+        api = await aiohttp_client(
+            create_app(
+                settings_for(
+                    srv.port,
+                    pool={"acquire_timeout": 0.3},
+                    timeouts={"connect": 2, "tls": 2, "command": 3, "idle": 3},
+                )
+            )
+        )
+        srv.script("RETR", Stall())
+        slow = asyncio.create_task(
+            api.get(f"/v1/mailboxes/me/messages/{encode_id('u1')}", headers=ALICE)
+        )
+        await asyncio.sleep(0.5)
+        resp = await api.get("/v1/mailboxes/me?fresh=true", headers=ALICE)
+        body = await checked(resp, 503)
+        assert body["type"] == "/problems/pool-exhausted"
+        assert resp.headers["Retry-After"]
+        await checked(await slow, 504)
+        # The stalled session was dropped, and the mailbox works again.
+        await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
+        assert srv.mailbox.uids() == ["u1"]
+
+
+async def test_pool_metrics(aiohttp_client: ClientFactory, fake_server: FakePOP3Server) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    scrape = await (await api.get("/metrics")).text()
+    assert 'pop3gw_pool_sessions{state="idle"} 1.0' in scrape
+    assert 'pop3gw_pool_events_total{kind="open"} 1.0' in scrape
+    assert 'pop3gw_pop3_commands_total{command="TOP",outcome="ok"} 2.0' in scrape
+    assert "alice" not in scrape
