@@ -21,6 +21,7 @@ from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings
 from .keys import DIRECTORY, METRICS, SERVICE
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
+from .replicas import RedisSessionGate
 from .service import MailboxService, PooledSessions, SessionSource
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
@@ -144,7 +145,14 @@ def create_app(
     app[METRICS] = metrics
     app[DIRECTORY] = build_directory(settings)
     pool: SessionPool | None = None
+    gate: RedisSessionGate | None = None
     if sessions is None:
+        if settings.redis_url is not None:
+            gate = RedisSessionGate(
+                settings.redis_url.get_secret_value(),
+                login_delay=settings.pool.login_delay_seconds,
+                on_event=metrics.gate_event,
+            )
         limits = settings.pool
         pool = SessionPool(
             PoolLimits(
@@ -157,6 +165,7 @@ def create_app(
                 retry_budget=limits.retry_budget,
             ),
             on_event=metrics.pool_event,
+            gate=gate,
         )
         metrics.watch_pool(pool)
         sessions = PooledSessions(pool, key=cache_key, on_command=metrics.observe_pop3)
@@ -177,6 +186,8 @@ def create_app(
         yield
         if pool is not None:
             await pool.close()  # idle sessions QUIT: they hold no DELE marks
+        if gate is not None:
+            await gate.close()
 
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)

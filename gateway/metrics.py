@@ -53,6 +53,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.gate_events = Counter(
+            "pop3gw_replica_gate_events",
+            "Cross-replica mailbox coordination in Redis (wait, error).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.cache_events = Counter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
@@ -66,6 +72,9 @@ class Metrics:
     def watch_pool(self, pool: SessionPool) -> None:
         """Read the pool's session counts at scrape time."""
         self.registry.register(_PoolCollector(pool))
+
+    def gate_event(self, kind: str) -> None:
+        self.gate_events.labels(kind).inc()
 
     def cache_event(self, kind: str) -> None:
         self.cache_events.labels(kind).inc()

@@ -253,6 +253,7 @@ class PooledSessions:
             lambda: _open(account, self._on_command),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,
+            lock=account.namespace(self._key),
         ) as pooled:
             yield Session(
                 pooled.client,

@@ -55,10 +55,10 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 from .client import POP3Client, State
 from .errors import POP3Error, POP3InUseError, POP3LoginDelayError, POP3StateError
@@ -69,6 +69,41 @@ log = logging.getLogger("gateway.pop3.pool")
 EVENT_KINDS: Final = frozenset({"open", "reuse", "close", "timeout", "retry", "noop_failed"})
 
 SessionFactory = Callable[[], Awaitable[POP3Client]]
+
+
+class SessionGate(Protocol):
+    """Mutual exclusion on a maildrop across processes (several replicas of the gateway).
+
+    The pool asks the gate before it opens a session and tells it when the connection is
+    gone; a gate lease lives as long as the POP3 session, idle time included, because the
+    server's maildrop lock does. Implementations must not raise for their own failures
+    (a gate that cannot be reached lets sessions open, and says so in its logs): only
+    :class:`PoolTimeoutError` from :meth:`acquire` and :class:`POP3LoginDelayError` from
+    :meth:`check_login_delay` reach the caller.
+    """
+
+    async def acquire(self, lock: str, timeout: float) -> object | None:
+        """Wait up to ``timeout`` seconds for ``lock``; a token to release it with."""
+        ...
+
+    async def release(self, lock: str, token: object) -> None: ...
+
+    async def renew(self, held: Sequence[tuple[str, object]]) -> None:
+        """Keep the given locks alive (called every reaper tick)."""
+        ...
+
+    async def wanted(self, locks: Sequence[str]) -> set[str]:
+        """Which of these locks another process is waiting for."""
+        ...
+
+    async def check_login_delay(self, lock: str) -> None:
+        """Raise :class:`POP3LoginDelayError` if a login to ``lock`` must wait (a
+        ``[LOGIN-DELAY]`` seen by any process)."""
+        ...
+
+    async def note_login_delay(self, lock: str) -> None:
+        """Remember, for every process, that the server answered ``[LOGIN-DELAY]``."""
+        ...
 
 
 class PoolTimeoutError(POP3Error, TimeoutError):
@@ -143,8 +178,10 @@ class PooledSession:
         "_discarded",
         "_ended",
         "client",
+        "gate_token",
         "key",
         "last_used",
+        "lock",
         "opened_at",
         "opened_at_wall",
         "quit_on_close",
@@ -161,9 +198,13 @@ class PooledSession:
         opened_at: float,
         opened_at_wall: datetime,
         quit_on_close: bool,
+        lock: str | None = None,
+        gate_token: object | None = None,
     ) -> None:
         self.client = client
         self.key = key
+        self.lock = lock or key
+        self.gate_token = gate_token
         self.upstream = upstream
         self.opened_at = opened_at
         self.opened_at_wall = opened_at_wall
@@ -211,8 +252,10 @@ class SessionPool:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[str], None] | None = None,
+        gate: SessionGate | None = None,
     ) -> None:
         self.limits = limits or PoolLimits()
+        self._gate = gate
         self._clock = clock
         self._on_event = on_event
         self._max_age = min(self.limits.snapshot_max_age, self.limits.max_session_age)
@@ -239,8 +282,12 @@ class SessionPool:
         *,
         fresh: bool = False,
         quit_on_close: bool = True,
+        lock: str | None = None,
     ) -> AsyncIterator[PooledSession]:
         """An exclusive session for ``key`` for the time of the block.
+
+        ``lock`` names the maildrop for the gate (default: ``key``); keys that differ only
+        by credential share it.
 
         ``factory`` connects and logs in (it must not leak a connection when it fails).
         ``fresh`` asks for a session opened now. ``quit_on_close=False`` makes the pool drop
@@ -248,7 +295,7 @@ class SessionPool:
         QUIT after RETR changes the mailbox). Raises :class:`PoolTimeoutError` when no slot
         frees within ``acquire_timeout``, and the factory's errors.
         """
-        session = await self._checkout(key, upstream, factory, fresh, quit_on_close)
+        session = await self._checkout(key, upstream, factory, fresh, quit_on_close, lock or key)
         ok = False
         try:
             yield session
@@ -309,6 +356,7 @@ class SessionPool:
         factory: SessionFactory,
         fresh: bool,
         quit_on_close: bool,
+        lock: str,
     ) -> PooledSession:
         if self._closed:
             raise PoolClosedError("the session pool is closed")
@@ -320,7 +368,7 @@ class SessionPool:
             if granted is not None and await self._reuse(granted, fresh):
                 self._leased.add(granted)
                 return granted
-            session = await self._open(key, upstream, factory, quit_on_close)
+            session = await self._open(key, upstream, factory, quit_on_close, lock)
         except BaseException:
             self._leases -= 1
             self._release(key, upstream)
@@ -379,9 +427,31 @@ class SessionPool:
         return self._clean(session) and now - session.opened_at <= self._max_age
 
     async def _open(
-        self, key: str, upstream: str, factory: SessionFactory, quit_on_close: bool
+        self,
+        key: str,
+        upstream: str,
+        factory: SessionFactory,
+        quit_on_close: bool,
+        lock: str,
     ) -> PooledSession:
-        """Run the factory; retry [IN-USE] and [LOGIN-DELAY] with backoff within the budget."""
+        """Take the gate (other processes), then run the factory; retry [IN-USE] and
+        [LOGIN-DELAY] with backoff within the budget."""
+        token = None
+        if self._gate is not None:
+            await self._gate.check_login_delay(lock)
+            token = await self._gate.acquire(lock, self.limits.acquire_timeout)
+        try:
+            client, opened_at, opened_at_wall = await self._login(factory, lock)
+        except BaseException:
+            self._release_gate(lock, token)
+            raise
+        return self._opened(
+            client, key, upstream, opened_at, opened_at_wall, quit_on_close, lock, token
+        )
+
+    async def _login(
+        self, factory: SessionFactory, lock: str
+    ) -> tuple[POP3Client, float, datetime]:
         limits = self.limits
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.retry_budget
@@ -391,18 +461,33 @@ class SessionPool:
             opened_at_wall = datetime.now(UTC)
             try:
                 client = await factory()
-            except (POP3InUseError, POP3LoginDelayError):
+            except (POP3InUseError, POP3LoginDelayError) as exc:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    if isinstance(exc, POP3LoginDelayError) and self._gate is not None:
+                        await self._gate.note_login_delay(lock)
                     raise
                 self._emit("retry")
                 pause = delay / 2 + random.uniform(0, delay / 2)
                 await asyncio.sleep(min(pause, remaining))
                 delay = min(delay * 2, limits.backoff_max)
                 continue
-            break
+            return client, opened_at, opened_at_wall
+
+    def _opened(
+        self,
+        client: POP3Client,
+        key: str,
+        upstream: str,
+        opened_at: float,
+        opened_at_wall: datetime,
+        quit_on_close: bool,
+        lock: str,
+        token: object | None,
+    ) -> PooledSession:
         if client.state is not State.TRANSACTION:
             client.abort()
+            self._release_gate(lock, token)
             raise POP3StateError("the session factory returned a client that is not logged in")
         session = PooledSession(
             client,
@@ -411,6 +496,8 @@ class SessionPool:
             opened_at=opened_at,
             opened_at_wall=opened_at_wall,
             quit_on_close=quit_on_close,
+            lock=lock,
+            gate_token=token,
         )
         self._emit("open")
         if self._closed:
@@ -540,6 +627,20 @@ class SessionPool:
         session._ended = True
         session.client.abort()
         self._emit("close")
+        self._release_gate(session.lock, session.gate_token)
+        session.gate_token = None
+
+    def _release_gate(self, lock: str, token: object | None) -> None:
+        """Give the maildrop back to other processes once the connection is gone."""
+        if self._gate is None or token is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - dropped outside the loop: the TTL frees it
+            return
+        task = loop.create_task(self._gate.release(lock, token))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _end(self, session: PooledSession) -> None:
         """QUIT a clean session (bounded by ``quit_timeout``); drop anything else."""
@@ -608,6 +709,8 @@ class SessionPool:
             or now - session.opened_at > self._max_age
             or session.client.state is not State.TRANSACTION
         ]
+        if self._gate is not None:
+            await self._tend_gate(expired)
         expired.sort(key=lambda s: s.last_used)
         tasks = []
         for session in expired[: limits.reap_batch]:
@@ -615,6 +718,23 @@ class SessionPool:
             tasks.append(self._retire_in_background(session))
         if tasks:
             await asyncio.wait(tasks)
+
+    async def _tend_gate(self, expired: list[PooledSession]) -> None:
+        """Keep the gate leases of live sessions alive, and give up idle sessions that
+        another process is waiting for (they would otherwise hold the maildrop until they
+        expire)."""
+        assert self._gate is not None
+        live = [
+            *(s for sessions in self._idle.values() for s in sessions),
+            *self._leased,
+        ]
+        held = [(s.lock, s.gate_token) for s in live if s.gate_token is not None]
+        if held:
+            await self._gate.renew(held)
+        idle = [s for sessions in self._idle.values() for s in sessions if s not in expired]
+        if idle:
+            wanted = await self._gate.wanted([s.lock for s in idle])
+            expired.extend(s for s in idle if s.lock in wanted)
 
     # -- events ------------------------------------------------------------------------------
     def _emit(self, kind: str) -> None:
