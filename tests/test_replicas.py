@@ -283,3 +283,30 @@ async def test_three_replicas_one_locking_maildrop(locking_dovecot: Dovecot) -> 
                 proc.kill()
                 proc.wait(timeout=10)
     assert [p.returncode for p in procs] == [0, 0, 0]
+
+
+async def test_closing_a_pool_frees_its_maildrops(
+    locking_server: FakePOP3Server, lock: str
+) -> None:
+    async def factory() -> POP3Client:
+        client = await POP3Client.connect(
+            locking_server.host, locking_server.port, tls=TLSMode.PLAIN
+        )
+        await client.login("alice", "pw")
+        return client
+
+    holder_gate = RedisSessionGate(REDIS, lock_ttl=60)
+    pool = pool_with(holder_gate)
+    try:
+        async with pool.lease("k", "fake", factory, lock=lock):
+            pass  # the session stays idle, holding the lock
+        await pool.close()
+    finally:
+        await holder_gate.close()
+    other = RedisSessionGate(REDIS)
+    try:
+        token = await other.acquire(lock, 0.5)  # not the 60 s TTL: released on close
+        assert token is not None
+        await other.release(lock, token)
+    finally:
+        await other.close()

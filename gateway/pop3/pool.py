@@ -69,6 +69,7 @@ log = logging.getLogger("gateway.pop3.pool")
 EVENT_KINDS: Final = frozenset({"open", "reuse", "close", "timeout", "retry", "noop_failed"})
 
 SessionFactory = Callable[[], Awaitable[POP3Client]]
+_RELEASE_TASK = "pop3-pool-gate-release"
 
 
 class SessionGate(Protocol):
@@ -342,6 +343,11 @@ class SessionPool:
                     await self._drained.wait()
         for session in list(self._leased):
             self._drop(session)
+        # Gate releases free the maildrop for other replicas at once instead of after the
+        # lock's TTL: give them a moment (they are one round trip to the gate).
+        releases = {t for t in self._tasks if t.get_name() == _RELEASE_TASK}
+        if releases:
+            await asyncio.wait(releases, timeout=1.0)
         tasks = set(self._tasks)
         for task in tasks:
             task.cancel()
@@ -638,7 +644,7 @@ class SessionPool:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - dropped outside the loop: the TTL frees it
             return
-        task = loop.create_task(self._gate.release(lock, token))
+        task = loop.create_task(self._gate.release(lock, token), name=_RELEASE_TASK)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
