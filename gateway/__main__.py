@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import weakref
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -21,6 +22,8 @@ from aiohttp import web
 
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
+from .keys import LIFECYCLE
+from .logs import AccessLogger, configure_logging
 
 log = logging.getLogger("gateway")
 
@@ -33,18 +36,33 @@ def _version() -> str:
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log.level, settings.log.format)
 
 
 async def serve(settings: Settings, *, ready_message: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight requests and close."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully:
+
+    1. /readyz answers 503 at once, for ``shutdown_delay_seconds`` (load balancers and
+       Kubernetes endpoints stop sending new requests);
+    2. the listener closes and requests in flight get ``shutdown_grace_seconds`` to finish
+       (a /raw download included);
+    3. the pool QUITs its idle sessions (they hold no DELE marks), replica locks in Redis are
+       released, caches closed; the process exits 0.
+    """
     app = create_app(settings)
+    transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
+
+    async def track(request: web.Request, _response: web.StreamResponse) -> None:
+        if isinstance(request.transport, asyncio.Transport):
+            transports.add(request.transport)
+
+    app.on_response_prepare.append(track)
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("gateway.access"),
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
@@ -58,9 +76,28 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
         print(ready_message, flush=True)
     try:
         await stop.wait()
+        app[LIFECYCLE].shutting_down = True
+        log.info(
+            "shutting down: not ready for %gs, then up to %gs for requests in flight",
+            settings.shutdown_delay_seconds,
+            settings.shutdown_grace_seconds,
+        )
+        await asyncio.sleep(settings.shutdown_delay_seconds)
     finally:
-        log.info("shutting down")
         await runner.cleanup()
+        await _flushed(transports, timeout=10)
+        log.info("stopped")
+
+
+async def _flushed(transports: weakref.WeakSet[asyncio.Transport], timeout: float) -> None:
+    """Wait (bounded) until what was written to clients left the process: a response that
+    finished just before exit (the end of a long download) must not be cut short."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(t.get_write_buffer_size() for t in list(transports)):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("exiting with unsent response bytes after %gs", timeout)
+            return
+        await asyncio.sleep(0.02)
 
 
 async def demo(overrides: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from .api.middlewares import (
 )
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
-from .keys import DIRECTORY, METRICS, SERVICE
+from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .replicas import RedisSessionGate
@@ -143,6 +143,9 @@ def create_app(
             on_event=metrics.cache_event,
         )
     app[METRICS] = metrics
+    app[LIFECYCLE] = Lifecycle(
+        metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    )
     app[DIRECTORY] = build_directory(settings)
     pool: SessionPool | None = None
     gate: RedisSessionGate | None = None
@@ -168,14 +171,14 @@ def create_app(
             gate=gate,
         )
         metrics.watch_pool(pool)
-        sessions = PooledSessions(pool, key=cache_key, on_command=metrics.observe_pop3)
+        sessions = PooledSessions(pool, key=cache_key, observer=metrics)
     app[SERVICE] = MailboxService(
         sessions,
         header_cache,
         cache_key=cache_key,
         max_parse_bytes=settings.max_parse_bytes,
         snapshot_max_age=settings.pool.snapshot_max_age,
-        on_command=metrics.observe_pop3,
+        observer=metrics,
     )
 
     async def close_cache(_app: web.Application) -> AsyncIterator[None]:

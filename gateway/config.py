@@ -242,6 +242,11 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
+    #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load
+    #: balancers stop sending new requests first
+    shutdown_delay_seconds: float = Field(3.0, ge=0, le=120)
+    #: when set, /metrics requires "Authorization: Bearer <token>"
+    metrics_token: SecretStr | None = None
 
     @field_validator("listen")
     @classmethod

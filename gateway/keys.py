@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from .accounts import Directory
 from .metrics import Metrics
 from .service import MailboxService
 
+
+@dataclass
+class Lifecycle:
+    """Where the process is in its life; readiness reads it."""
+
+    shutting_down: bool = False
+    #: when set, /metrics wants "Authorization: Bearer <token>" (never logged or shown)
+    metrics_token: str | None = None
+
+
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 SERVICE: web.AppKey[MailboxService] = web.AppKey("service", MailboxService)
 DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)

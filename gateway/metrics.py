@@ -59,6 +59,31 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.problems = Counter(
+            "pop3gw_problems",
+            "Error answers, by problem type (upstream errors included).",
+            ["type"],
+            registry=self.registry,
+        )
+        self.logins = Counter(
+            "pop3gw_pop3_logins",
+            "POP3 logins, by upstream name and outcome (ok, auth, in-use, login-delay, "
+            "timeout, tls, unreachable, other).",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
+        self.lease_wait = Histogram(
+            "pop3gw_pool_lease_wait_seconds",
+            "Time a request waited for a POP3 session (queueing, connecting, logging in).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.bytes_streamed = Counter(
+            "pop3gw_streamed_bytes",
+            "Message and attachment bytes sent to clients, by kind (raw, attachment).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.cache_events = Counter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
@@ -72,6 +97,12 @@ class Metrics:
     def watch_pool(self, pool: SessionPool) -> None:
         """Read the pool's session counts at scrape time."""
         self.registry.register(_PoolCollector(pool))
+
+    def login(self, upstream: str, outcome: str) -> None:
+        self.logins.labels(upstream, outcome).inc()
+
+    def lease_waited(self, seconds: float) -> None:
+        self.lease_wait.observe(seconds)
 
     def gate_event(self, kind: str) -> None:
         self.gate_events.labels(kind).inc()

@@ -11,6 +11,7 @@ Invariants kept here (DESIGN section 4):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -30,10 +31,15 @@ from .mail import summarize as summarize_headers
 from .pop3 import (
     POP3AuthError,
     POP3Client,
+    POP3ConnectionError,
     POP3Error,
+    POP3InUseError,
+    POP3LoginDelayError,
     POP3OutcomeUnknownError,
     POP3ResponseError,
     POP3ResponseTooLargeError,
+    POP3TimeoutError,
+    POP3TLSError,
     POP3UpdateError,
     SessionPool,
     State,
@@ -204,28 +210,59 @@ class SessionSource(Protocol):
         ...
 
 
-CommandObserver = Callable[[str, str, float], None]
+class SessionObserver(Protocol):
+    """What sessions report (implemented by the metrics)."""
+
+    def observe_pop3(self, command: str, outcome: str, seconds: float) -> None: ...
+
+    def login(self, upstream: str, outcome: str) -> None: ...
+
+    def lease_waited(self, seconds: float) -> None: ...
 
 
-async def _open(account: Account, on_command: CommandObserver | None) -> POP3Client:
-    client = await account.upstream.connect(on_command=on_command)
+def login_outcome(exc: BaseException | None) -> str:
+    """A low-cardinality reason for a login's result (a metric label)."""
+    if exc is None:
+        return "ok"
+    for kind, name in (
+        (POP3AuthError, "auth"),
+        (POP3InUseError, "in-use"),
+        (POP3LoginDelayError, "login-delay"),
+        (POP3TLSError, "tls"),
+        (POP3TimeoutError, "timeout"),
+        (POP3ConnectionError, "unreachable"),
+    ):
+        if isinstance(exc, kind):
+            return name
+    return "other"
+
+
+async def _open(account: Account, observer: SessionObserver | None) -> POP3Client:
+    on_command = observer.observe_pop3 if observer is not None else None
+    client: POP3Client | None = None
     try:
+        client = await account.upstream.connect(on_command=on_command)
         await account.login(client)
-    except BaseException:
-        client.abort()
+    except BaseException as exc:
+        if client is not None:
+            client.abort()
+        if observer is not None and not isinstance(exc, asyncio.CancelledError):
+            observer.login(account.upstream.name, login_outcome(exc))
         raise
+    if observer is not None:
+        observer.login(account.upstream.name, "ok")
     return client
 
 
 class DirectSessions:
     """A new session for every lease, ended when the lease ends (no pooling)."""
 
-    def __init__(self, on_command: CommandObserver | None = None) -> None:
-        self._on_command = on_command
+    def __init__(self, observer: SessionObserver | None = None) -> None:
+        self._observer = observer
 
     @contextlib.asynccontextmanager
     async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
-        client = await _open(account, self._on_command)
+        client = await _open(account, self._observer)
         try:
             yield Session(client, account)
         except BaseException:
@@ -239,22 +276,25 @@ class PooledSessions:
     credential (a changed password never reuses a session of the old one)."""
 
     def __init__(
-        self, pool: SessionPool, *, key: bytes, on_command: CommandObserver | None = None
+        self, pool: SessionPool, *, key: bytes, observer: SessionObserver | None = None
     ) -> None:
         self.pool = pool
         self._key = key
-        self._on_command = on_command
+        self._observer = observer
 
     @contextlib.asynccontextmanager
     async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
+        asked = time.monotonic()
         async with self.pool.lease(
             account.digest(self._key),
             account.upstream.name,
-            lambda: _open(account, self._on_command),
+            lambda: _open(account, self._observer),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,
             lock=account.namespace(self._key),
         ) as pooled:
+            if self._observer is not None:
+                self._observer.lease_waited(time.monotonic() - asked)
             yield Session(
                 pooled.client,
                 account,
@@ -363,10 +403,10 @@ class MailboxService:
         cache_key: bytes,
         max_parse_bytes: int,
         snapshot_max_age: float = 5.0,
-        on_command: CommandObserver | None = None,
+        observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._on_command = on_command
+        self._observer = observer
         self._snapshot_max_age = snapshot_max_age
         self._clock = clock
         self._views: OrderedDict[str, _View] = OrderedDict()
@@ -626,7 +666,10 @@ class MailboxService:
             connect_mode = TLSMode.PLAIN if upstream.tls is TLSMode.STARTTLS else upstream.tls
             client = await step(
                 "connect",
-                lambda: upstream.connect(tls=connect_mode, on_command=self._on_command),
+                lambda: upstream.connect(
+                    tls=connect_mode,
+                    on_command=self._observer.observe_pop3 if self._observer else None,
+                ),
             )
             assert client is not None
             if upstream.tls is TLSMode.STARTTLS:

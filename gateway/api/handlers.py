@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import urllib.parse
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import contract
 from ..accounts import Account
-from ..keys import DIRECTORY, METRICS, SERVICE
+from ..keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE
 from ..mail import Attachment
 from ..service import (
     CheckResult,
@@ -202,10 +203,13 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         request[STREAMING_KEY] = True
         try:
+            counter = request.app[METRICS].bytes_streamed.labels("raw")
             if first:
                 await response.write(first)
+                counter.inc(len(first))
             async for chunk in raw.chunks:
                 await response.write(chunk)
+                counter.inc(len(chunk))
         except BaseException:
             # Headers are gone: the only honest signal left is a broken transfer (no final
             # chunk), never a complete-looking truncated message.
@@ -231,6 +235,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     found: Attachment = await request.app[SERVICE].get_attachment(
         account, message_id, attachment_id
     )
+    request.app[METRICS].bytes_streamed.labels("attachment").inc(len(found.payload))
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
@@ -309,17 +314,38 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready when configured and listening. A cache that does not answer is reported but does
-    not make the replica unready: requests are then served uncached (slower, still right),
-    and taking every replica out of service because Redis is down would turn a slowdown into
-    an outage."""
-    checks: dict[str, dict[str, bool | str | None]] = {"config": {"ok": True, "detail": None}}
+    """Ready when configured, listening and not shutting down.
+
+    A cache that does not answer is reported but does not make the replica unready:
+    requests are then served uncached (slower, still right), and taking every replica out
+    of service because Redis is down would turn a slowdown into an outage.
+    """
+    shutting_down = request.app[LIFECYCLE].shutting_down
+    checks: dict[str, dict[str, bool | str | None]] = {
+        "config": {"ok": True, "detail": None},
+        "lifecycle": {
+            "ok": not shutting_down,
+            "detail": "shutting down: finishing requests in flight" if shutting_down else None,
+        },
+    }
     for name, (ok, detail) in (await request.app[SERVICE].dependencies()).items():
         checks[name] = {"ok": ok, "detail": detail}
+    if shutting_down:
+        return _json({"status": "not-ready", "checks": checks}, status=503)
     return _json({"status": "ready", "checks": checks})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
+    token = request.app[LIFECYCLE].metrics_token
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Problem(
+                "unauthorized",
+                "send the metrics token as 'Authorization: Bearer <token>'",
+                (("WWW-Authenticate", 'Bearer realm="pop3gw-metrics"'),),
+            )
     body, content_type = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 

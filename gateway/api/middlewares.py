@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..keys import METRICS
+from ..logs import REQUEST_ID
 from .errors import Problem, classify, problem_response
 
 log = logging.getLogger("gateway.api")
@@ -34,11 +35,14 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     given = request.headers.get("X-Request-ID", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     request[REQUEST_ID_KEY] = request_id
+    token = REQUEST_ID.set(request_id)
     try:
         return await handler(request)
     except web.HTTPException as exc:
         exc.headers["X-Request-ID"] = request_id
         raise
+    finally:
+        REQUEST_ID.reset(token)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -83,6 +87,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 _describe_cause(exc),
                 extra={"request_id": request_id},
             )
+        request.app[METRICS].problems.labels(problem.slug).inc()
         return problem_response(
             problem.slug,
             problem.detail,
