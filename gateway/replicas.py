@@ -79,6 +79,9 @@ class RedisSessionGate:
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._last_warning = 0.0
+        #: locks whose release failed (Redis unreachable at the time): retried before this
+        #: process waits on them, so it never waits on itself for the rest of the TTL
+        self._unreleased: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return "<RedisSessionGate>"
@@ -99,6 +102,9 @@ class RedisSessionGate:
         waited = False
         while True:
             try:
+                stale = self._unreleased.pop(lock, None)
+                if stale is not None:
+                    await self._release(keys=[key], args=[stale])
                 if await self._redis.set(key, token, nx=True, px=self._lock_ttl_ms):
                     if waited:
                         await self._redis.delete(want)
@@ -122,7 +128,11 @@ class RedisSessionGate:
         try:
             await self._release(keys=[PREFIX + "lock:" + lock], args=[str(token)])
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("release", exc)  # the TTL frees it
+            # Other replicas see it freed by the TTL; this one retries on its next acquire.
+            self._unreleased[lock] = str(token)
+            if len(self._unreleased) > 10_000:
+                self._unreleased.pop(next(iter(self._unreleased)))
+            self._failed("release", exc)
 
     async def renew(self, held: Sequence[tuple[str, object]]) -> None:
         try:
