@@ -22,7 +22,7 @@ from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .replicas import RedisSessionGate
-from .service import MailboxService, PooledSessions, SessionSource
+from .service import LoginThrottle, MailboxService, PooledSessions, SessionSource
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
 
@@ -171,7 +171,14 @@ def create_app(
             gate=gate,
         )
         metrics.watch_pool(pool)
-        sessions = PooledSessions(pool, key=cache_key, observer=metrics)
+        sessions = PooledSessions(
+            pool,
+            key=cache_key,
+            observer=metrics,
+            throttle=LoginThrottle(
+                settings.pool.max_failed_logins, settings.pool.failed_login_window
+            ),
+        )
     app[SERVICE] = MailboxService(
         sessions,
         header_cache,

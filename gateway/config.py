@@ -196,6 +196,11 @@ class PoolSettings(BaseModel):
     idle_timeout: float = Field(120.0, gt=0, le=540)
     #: seconds spent retrying [IN-USE] / [LOGIN-DELAY] logins before answering 423/429
     retry_budget: float = Field(8.0, ge=0, le=120)
+    #: after this many failed logins to one mailbox within failed_login_window seconds, the
+    #: gateway answers 429 instead of trying again (providers block addresses that keep
+    #: failing)
+    max_failed_logins: int = Field(5, ge=1, le=1000)
+    failed_login_window: float = Field(300.0, gt=0, le=86400)
     #: with Redis, after a [LOGIN-DELAY] no replica logs in to that mailbox for this long
     login_delay_seconds: float = Field(60.0, ge=1, le=3600)
 

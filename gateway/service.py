@@ -82,6 +82,17 @@ class DeleteOutcomeUnknownError(ServiceError):
     """QUIT was sent and its answer lost: the deletes may or may not have happened."""
 
 
+class LoginThrottledError(ServiceError):
+    """Too many failed logins for this mailbox: the gateway stops trying for a while, so a
+    client retrying a wrong password does not get the gateway's address blocked."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            f"too many failed logins for this mailbox; try again in {retry_after:.0f} s"
+        )
+        self.retry_after = retry_after
+
+
 class DeleteFailedError(ServiceError):
     """The server refused a delete (DELE or QUIT ``-ERR``): not everything was removed."""
 
@@ -237,7 +248,66 @@ def login_outcome(exc: BaseException | None) -> str:
     return "other"
 
 
-async def _open(account: Account, observer: SessionObserver | None) -> POP3Client:
+class LoginThrottle:
+    """Counts failed logins per mailbox (upstream + user, never the password) and refuses to
+    try again after ``max_failures`` within ``window`` seconds, until the oldest of them
+    leaves the window. Providers block addresses that keep failing; one misconfigured client
+    must not get the gateway (and every other user behind it) blocked.
+
+    A credential that last succeeded for the mailbox (kept as a keyed digest, never in
+    clear) is still let through while it is throttled, so that someone sending wrong
+    passwords cannot lock the mailbox's owner out. Bounded in size."""
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 300.0,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max = max_failures
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._good: OrderedDict[str, str] = OrderedDict()
+
+    def check(self, key: str, credential: str) -> None:
+        """Raise :class:`LoginThrottledError` while ``key`` is throttled, unless
+        ``credential`` (a digest) is the one that last succeeded for it."""
+        now = self._clock()
+        recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
+        if len(recent) >= self._max and self._good.get(key) != credential:
+            raise LoginThrottledError(max(1.0, recent[0] + self._window - now))
+
+    def failed(self, key: str) -> None:
+        now = self._clock()
+        recent = [t for t in self._failures.pop(key, []) if now - t < self._window]
+        recent.append(now)
+        self._failures[key] = recent[-self._max :]
+        while len(self._failures) > self._max_keys:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: str, credential: str) -> None:
+        self._failures.pop(key, None)
+        self._good.pop(key, None)
+        self._good[key] = credential
+        while len(self._good) > self._max_keys:
+            self._good.popitem(last=False)
+
+
+async def _open(
+    account: Account,
+    observer: SessionObserver | None,
+    throttle: LoginThrottle | None = None,
+    throttle_key: str = "",
+    credential: str = "",
+) -> POP3Client:
+    """Connect and log in; with a throttle, refuse early for a mailbox whose logins keep
+    failing (``credential`` is a keyed digest, never the secret)."""
+    if throttle is not None:
+        throttle.check(throttle_key, credential)
     on_command = observer.observe_pop3 if observer is not None else None
     client: POP3Client | None = None
     try:
@@ -246,9 +316,13 @@ async def _open(account: Account, observer: SessionObserver | None) -> POP3Clien
     except BaseException as exc:
         if client is not None:
             client.abort()
+        if throttle is not None and isinstance(exc, POP3AuthError):
+            throttle.failed(throttle_key)
         if observer is not None and not isinstance(exc, asyncio.CancelledError):
             observer.login(account.upstream.name, login_outcome(exc))
         raise
+    if throttle is not None:
+        throttle.succeeded(throttle_key, credential)
     if observer is not None:
         observer.login(account.upstream.name, "ok")
     return client
@@ -276,11 +350,17 @@ class PooledSessions:
     credential (a changed password never reuses a session of the old one)."""
 
     def __init__(
-        self, pool: SessionPool, *, key: bytes, observer: SessionObserver | None = None
+        self,
+        pool: SessionPool,
+        *,
+        key: bytes,
+        observer: SessionObserver | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.pool = pool
         self._key = key
         self._observer = observer
+        self._throttle = throttle
 
     @contextlib.asynccontextmanager
     async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
@@ -288,7 +368,13 @@ class PooledSessions:
         async with self.pool.lease(
             account.digest(self._key),
             account.upstream.name,
-            lambda: _open(account, self._observer),
+            lambda: _open(
+                account,
+                self._observer,
+                self._throttle,
+                account.namespace(self._key),
+                account.digest(self._key),
+            ),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,
             lock=account.namespace(self._key),

@@ -34,6 +34,7 @@ from ..service import (
     DeleteFailedError,
     DeleteOutcomeUnknownError,
     InvalidInputError,
+    LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
 )
@@ -49,6 +50,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "message-too-large": (422, "Message too large to parse"),
     "mailbox-locked": (423, "Mailbox in use"),
     "login-delay": (429, "Logged in too recently"),
+    "login-throttled": (429, "Too many failed logins"),
     "upstream-auth-failed": (502, "Mail server rejected the configured credentials"),
     "upstream-error": (502, "Mail server error"),
     "capability-missing": (502, "Mail server lacks a needed capability"),
@@ -124,6 +126,12 @@ def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
         return Problem("message-too-large", str(exc) + "; fetch it from /raw instead")
     if isinstance(exc, CapabilityMissingError):
         return Problem("capability-missing", str(exc))
+    if isinstance(exc, LoginThrottledError):
+        return Problem(
+            "login-throttled",
+            str(exc),
+            headers=(("Retry-After", str(round(exc.retry_after))),),
+        )
     if isinstance(exc, DeleteOutcomeUnknownError):
         return Problem("delete-outcome-unknown", str(exc))
     if isinstance(exc, DeleteFailedError):

@@ -34,6 +34,9 @@ def live_gateway(dovecot: Dovecot, dovecot_user: DovecotUser) -> Iterator[str]:
         "POP3GW_DEFAULT_UPSTREAM": f"pop3://127.0.0.1:{dovecot.port}",
         "POP3GW_LISTEN": f"127.0.0.1:{port}",
         "POP3GW_PRESETS": "false",
+        # The fuzzer sends wrong credentials on purpose, many times; the failed-login
+        # throttle (tested on its own) would answer 429 to its invalid-auth checks.
+        "POP3GW_POOL__MAX_FAILED_LOGINS": "1000",
     }
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
     base = f"http://127.0.0.1:{port}"

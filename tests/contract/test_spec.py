@@ -38,6 +38,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "message-too-large": (422, False),
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
+    "login-throttled": (429, True),
     "internal": (500, False),
     "upstream-auth-failed": (502, False),
     "upstream-error": (502, False),
