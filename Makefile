@@ -19,7 +19,9 @@ lint: install  ## ruff, mypy and the import contracts only
 	$(VENV)/lint-imports
 
 bench: install  ## benchmarks: ratios against baselines measured in the same run
-	$(VENV)/python -m tests.bench
+	@# orjson: only the bare-app baseline of tests/bench/http_warm.py uses it
+	$(VENV)/python -c 'import orjson' 2>/dev/null || $(VENV)/python -m pip install -q orjson
+	$(VENV)/python -m tests.bench $(BENCH)
 
 clean:  ## remove caches and the virtualenv
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov
@@ -31,3 +33,23 @@ demo:  ## run the gateway with a built-in demo mailbox on http://127.0.0.1:8080
 run:  ## run the gateway from POP3GW_* settings (see README)
 	scripts/bootstrap.sh --python-only
 	$(VENV)/pop3gw serve
+
+.PHONY: deploy-check
+deploy-check:  ## container image + Kubernetes manifests: lint, validate, build, run (root)
+	bash deploy/check.sh
+
+.PHONY: compat
+compat:  ## POP3 client vs Mailutils, Courier, Cyrus from Debian packages (root; manual, not CI)
+	scripts/bootstrap.sh --python-only
+	$(VENV)/python -m tests.compat.run --prepare $(SERVERS)
+
+.PHONY: fuzz soak
+fuzz: install  ## fuzzing: >= 100,000 generated inputs, then schemathesis >= 1,000 live cases
+	@rc=0; \
+	POP3GW_FUZZ=long $(VENV)/pytest tests/fuzz -p no:cacheprovider --timeout=7200 -q -rxX || rc=1; \
+	$(VENV)/python -m tests.fuzz.live_schemathesis --examples $(or $(FUZZ_EXAMPLES),150) \
+		--min-cases 1000 || rc=1; \
+	exit $$rc
+
+soak: install  ## soak: gateway + Dovecot + Redis under mixed load (SOAK_SECONDS, default 600)
+	$(VENV)/python -m tests.soak.run

@@ -10,12 +10,7 @@ from aiohttp import web
 
 from .accounts import Account, ApiKey, ApiKeys, Credential, Directory, Upstream
 from .api.handlers import setup_routes
-from .api.middlewares import (
-    add_request_id,
-    metrics_middleware,
-    problem_middleware,
-    request_id_middleware,
-)
+from .api.middlewares import gateway_middleware
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
@@ -119,7 +114,7 @@ def create_app(
 ) -> web.Application:
     """Build the application. ``sessions`` and ``cache`` replace the defaults (tests)."""
     app = web.Application(
-        middlewares=[metrics_middleware, request_id_middleware, problem_middleware],
+        middlewares=[gateway_middleware],
         client_max_size=1024 * 1024,
     )
     if settings.cache_secret is not None:
@@ -201,6 +196,5 @@ def create_app(
 
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
-    app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app

@@ -7,6 +7,7 @@ outcomes. Never a user, a mailbox id, a unique-id or a secret.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +21,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class Metrics:
     def __init__(self) -> None:
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._pop3_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "pop3gw_http_requests",
@@ -91,6 +94,20 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one request; the labelled children are looked up once and kept
+        (route templates, methods and statuses are few)."""
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def pool_event(self, kind: str) -> None:
         self.pool_events.labels(kind).inc()
 
@@ -111,8 +128,16 @@ class Metrics:
         self.cache_events.labels(kind).inc()
 
     def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
-        self.pop3_commands.labels(command, outcome).inc()
-        self.pop3_latency.labels(command).observe(seconds)
+        key = (command, outcome)
+        children = self._pop3_children.get(key)
+        if children is None:
+            children = (
+                self.pop3_commands.labels(command, outcome),
+                self.pop3_latency.labels(command),
+            )
+            self._pop3_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -29,7 +29,7 @@ from ..service import (
 )
 from .auth import resolve_account
 from .errors import Problem
-from .middlewares import PASSTHROUGH_KEY, STREAMING_KEY
+from .middlewares import PASSTHROUGH_KEY, STREAMING_KEY, request_id_of
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -149,10 +149,18 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         body = json.dumps(_page_json(page), ensure_ascii=False, separators=(",", ":")).encode()
         rendered = page.memo["json"] = (_page_etag(page), body)
     etag, body = rendered
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, content_type="application/json", headers=headers)
+        return web.Response(
+            status=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"}
+        )
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": "application/json",
+            "ETag": etag,
+            "Cache-Control": "private, no-cache",
+        },
+    )
 
 
 def _message_id(request: web.Request) -> str:
@@ -195,6 +203,7 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
                 "Cache-Control": IMMUTABLE,
                 "Content-Disposition": f'inline; filename="{message_id}.eml"',
                 "X-Content-Type-Options": "nosniff",
+                "X-Request-ID": request_id_of(request),
             }
         )
         # The first chunk comes before the status line goes out, so that a failure to start

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.pop3 import POP3Client, TLSMode
+from tests.bench import report
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot
 from tests.support.latency_proxy import LatencyProxy
@@ -114,12 +115,12 @@ def _report(title: str, results: dict[str, Measured], target: float) -> bool:
             f"   {m.session:9.3f} {base.session / m.session:8.1f}x  {len(m.top_seconds)}"
         )
     ratio = base.top / results["pipelined"].top
-    ok = ratio >= target
-    print(
-        f"  target: pipelined TOP phase >= {target:g}x poplib's: {ratio:.1f}x "
-        f"{'PASS' if ok else 'FAIL'}"
+    return report.target(
+        "pop3_top",
+        f"{title}: pipelined TOP phase >= {target:g}x poplib's",
+        f"{ratio:.1f}x",
+        ratio >= target,
     )
-    return ok
 
 
 def run(delay: float = 0.010) -> bool:

@@ -13,6 +13,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from gateway.mail import summarize
+from tests.bench import report
 from tests.support.corpus import simple_message
 
 
@@ -45,9 +46,9 @@ def run() -> bool:
     print(f"\nsummarize: {len(sections)} header sections, {average:.0f} octets on average")
     print(f"summarize:                     {ours:6.1f} us per section")
     print(f"BytesHeaderParser (split only): {baseline:6.1f} us per section")
-    ok = ours < baseline
-    print(
-        f"  target: summarize < the split-only baseline -> {ours / baseline:.2f}x "
-        f"{'PASS' if ok else 'FAIL'}"
+    return report.target(
+        "summary",
+        "summarize < the split-only baseline",
+        f"{ours / baseline:.2f}x",
+        ours < baseline,
     )
-    return ok
