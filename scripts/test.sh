@@ -27,3 +27,4 @@ fi
 echo "== coverage"
 coverage report --fail-under=90
 coverage report --include='gateway/pop3/*' --fail-under=95
+bash deploy/check.sh  # the container image and the Kubernetes manifests (deploy/README.md)
