@@ -387,10 +387,16 @@ class POP3Stream:
             before = len(out)
             pos, at_line_start, done = scan_body(proto.buffer, 0, at_line_start, out)
             proto.consumed(pos)
+            unparsed = len(proto.buffer)  # at most a line-leading "." or ".\r"
             for piece in out[before:]:
                 yield piece
             if done:
                 return
+            if len(proto.buffer) > unparsed:
+                # More arrived while the consumer held the pieces (a slow HTTP client): parse
+                # it first. Waiting for yet more could wait forever when the server has
+                # already sent the rest of the reply.
+                continue
             if proto.closed and proto.buffer:
                 # A lone "." (or ".\r") at the very end of what the server sent before closing.
                 raise POP3ProtocolError("the connection closed inside a multi-line reply")

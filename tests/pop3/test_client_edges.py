@@ -248,3 +248,47 @@ async def test_drain_times_out_when_the_server_reads_nothing(server: FakePOP3Ser
     client.abort()
     with pytest.raises(POP3ConnectionError):
         stream.write(b"NOOP\r\n")
+
+
+async def test_a_slow_consumer_does_not_stall_the_stream() -> None:
+    # The server sends the end of the reply while the consumer holds the first chunk: the
+    # rest is then already buffered, and no more bytes will ever come. The stream must parse
+    # what it has instead of waiting for more (it used to wait until the idle timeout).
+    first, rest = b"a" * 98 + b"\r\n", b"b" * 98 + b"\r\n"
+    body = first * 700 + rest * 1000  # 70 KB, then 100 KB
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"+OK ready\r\n")
+        while line := await reader.readline():
+            if line.startswith(b"RETR"):
+                writer.write(b"+OK\r\n" + first * 700)
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                writer.write(rest * 1000 + b".\r\n")
+            elif line.startswith(b"QUIT"):
+                writer.write(b"+OK\r\n")
+                await writer.drain()
+                break
+            else:
+                writer.write(b"+OK\r\n")
+            await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        client = await POP3Client.connect(
+            "127.0.0.1", port, tls=TLSMode.PLAIN, timeouts=Timeouts(command=2, idle=0.5)
+        )
+        await client.login("u", "p")
+        received = bytearray()
+        async with client.retr_stream(1) as chunks:
+            async for chunk in chunks:
+                if not received:
+                    await asyncio.sleep(1.0)
+                received += chunk
+        assert bytes(received) == body
+        await client.quit()
+    finally:
+        srv.close()
+        await srv.wait_closed()
