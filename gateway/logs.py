@@ -103,7 +103,12 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         route = "unmatched"
         if isinstance(request, web.Request):
-            resource = request.match_info.route.resource
+            try:
+                resource = request.match_info.route.resource
+            except (AssertionError, AttributeError, RuntimeError):
+                # A request whose head did not parse (a NUL in a header, say) never got as
+                # far as routing; it is still logged.
+                resource = None
             if resource is not None:
                 route = resource.canonical
         self.logger.info(

@@ -127,7 +127,7 @@ async def mailbox_stats(request: web.Request) -> web.StreamResponse:
 async def list_messages(request: web.Request) -> web.StreamResponse:
     account = _account(request, "read")
     raw_limit = request.query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 500:
         raise Problem("invalid-request", "limit must be a whole number from 1 to 500")
     order = request.query.get("order", "desc")
     if order not in ("desc", "asc"):

@@ -196,7 +196,7 @@ class Capabilities:
     def login_delay(self) -> int | None:
         """LOGIN-DELAY seconds (RFC 2449 section 6.5), when advertised with a number."""
         args = self.items.get("LOGIN-DELAY", ())
-        return int(args[0]) if args and args[0].isdigit() else None
+        return int(args[0]) if args and _is_number(args[0]) else None
 
     @property
     def implementation(self) -> str | None:
@@ -744,7 +744,7 @@ class POP3Client:
     async def uidl_one(self, number: int) -> str:
         status = await self._simple("UIDL", _check_number(number))
         parts = status.text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not _is_number(parts[0]):
             raise POP3ProtocolError("UIDL reply is not 'number unique-id'")
         return parts[1]
 
@@ -991,9 +991,15 @@ def _error_of(reply: Reply) -> POP3ResponseError:
     raise POP3ProtocolError("a multi-line reply had no body")  # pragma: no cover
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²" or "١", which ``int`` refuses or
+    reads as something else."""
+    return text.isascii() and text.isdigit()
+
+
 def _two_ints(text: str, verb: str) -> tuple[int, int]:
     parts = text.split()
-    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) < 2 or not _is_number(parts[0]) or not _is_number(parts[1]):
         raise POP3ProtocolError(f"{verb} reply is not two numbers")
     return int(parts[0]), int(parts[1])
 

@@ -1,8 +1,6 @@
-"""What the fuzzers found in the gateway, pinned as strict xfails until it is fixed.
+"""What the fuzzers found in the gateway, kept as regression tests now that it is fixed.
 
-Each test states the correct behaviour; ``strict=True`` turns a fix into a failure here, so
-whoever fixes a bug removes its xfail (and, for the first one, the tolerance in
-``tests/fuzz/test_client_fuzz.py:known_bug``).
+Each test states the correct behaviour.
 """
 
 from __future__ import annotations
@@ -24,10 +22,6 @@ from tests.support.dovecot import free_port
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Reply
 
 # str.isdigit() is true for non-ASCII digits such as "²" (U+00B2), which int() refuses.
-ISDIGIT = (
-    "str.isdigit() accepts non-ASCII digits ('²') that int() rejects: a ValueError escapes "
-    "instead of a POP3ProtocolError"
-)
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
 
 
@@ -38,7 +32,6 @@ async def server() -> AsyncIterator[FakePOP3Server]:
         yield srv
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=f"client.py _two_ints: {ISDIGIT}")
 @pytest.mark.parametrize(
     ("verb", "reply"),
     [("STAT", "+OK ² 5\r\n"), ("STAT", "+OK 1 ³\r\n"), ("LIST", "+OK 1 ²\r\n")],
@@ -58,19 +51,11 @@ async def test_non_ascii_digits_in_a_status_line(
         client.abort()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError, reason=f"client.py Capabilities.login_delay: {ISDIGIT}"
-)
 def test_non_ascii_digits_in_login_delay() -> None:
     caps = Capabilities.parse(["LOGIN-DELAY ²"])
     assert caps.login_delay is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=f"a STAT reply '+OK ² 5' is answered 500 internal, not 502 upstream-error: {ISDIGIT}",
-)
 async def test_non_ascii_digits_from_the_server_are_an_upstream_error(
     server: FakePOP3Server,
 ) -> None:
@@ -82,12 +67,6 @@ async def test_non_ascii_digits_from_the_server_are_an_upstream_error(
     assert (resp.status, body["type"]) == (502, "/problems/upstream-error")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="api/handlers.py list_messages: limit.isdigit() accepts '²', int('²') raises "
-    "ValueError, the request is answered 500 internal instead of 400 invalid-request",
-)
 async def test_limit_with_a_non_ascii_digit_is_invalid(server: FakePOP3Server) -> None:
     settings = load_settings(default_upstream=f"pop3://127.0.0.1:{server.port}", presets=False)
     async with TestClient(TestServer(create_app(settings))) as api:
@@ -96,15 +75,6 @@ async def test_limit_with_a_non_ascii_digit_is_invalid(server: FakePOP3Server) -
     assert (resp.status, body["type"]) == (400, "/problems/invalid-request")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="logs.py AccessLogger.log reads request.match_info for a request whose head did "
-    "not parse (e.g. a NUL byte in a header value, 'X-Test: a\\x00b'); aiohttp asserts that "
-    "match_info is set, so every malformed request logs an ERROR 'Unhandled exception' "
-    "traceback from the access logger and leaves no access log line (found by the live "
-    "schemathesis run: its 'NULL byte in headers' probe)",
-)
 async def test_access_log_of_a_malformed_request(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     logged = asyncio.Event()
