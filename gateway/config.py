@@ -343,6 +343,20 @@ def _describe(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def _secret_has_line_breaks(box: MailboxSettings, source: str) -> bool:
+    value: str | None = None
+    if source == "password" and box.password is not None:
+        value = box.password.get_secret_value()
+    elif source in ("password_env", "token_env"):
+        value = os.environ.get(getattr(box, source) or "")
+    elif source in ("password_file", "token_file"):
+        try:
+            value = Path(getattr(box, source)).read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return False  # reported as unreadable, or checked again when it is read
+    return value is not None and any(c in value for c in "\r\n\0")
+
+
 def _cross_check(settings: Settings) -> None:
     problems: list[str] = []
     names = [u.name for u in settings.upstreams]
@@ -408,6 +422,10 @@ def _cross_check(settings: Settings) -> None:
             path = getattr(box, sources[0])
             if not Path(path).is_file():
                 problems.append(f"mailboxes.{i}.{sources[0]}: {path} is not a readable file")
+        if len(sources) == 1 and _secret_has_line_breaks(box, sources[0]):
+            # Never sent, but better refused here than answered to API callers as their
+            # own invalid request. The message says where, never what.
+            problems.append(f"mailboxes.{i}.{sources[0]}: contains CR, LF or NUL")
     known = set(ids)
     key_names = [k.name for k in settings.api_keys]
     for dup in {n for n in key_names if key_names.count(n) > 1}:

@@ -118,6 +118,11 @@ def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
     """The problem for a failure, or None for an unexpected one (a 500)."""
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, POP3ArgumentError) and not passthrough:
+        # Only the operator's configured credential can reach the POP3 layer unchecked.
+        return Problem(
+            "upstream-auth-failed", "the configured credential cannot be sent (CR, LF or NUL)"
+        )
     if isinstance(exc, InvalidInputError | POP3ArgumentError):
         return Problem("invalid-request", str(exc))
     if isinstance(exc, MessageNotFoundError):
