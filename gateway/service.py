@@ -272,6 +272,34 @@ class LoginThrottle:
         self._clock = clock
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
         self._good: OrderedDict[str, str] = OrderedDict()
+        self._in_flight: dict[str, int] = {}
+
+    def begin(self, key: str, credential: str) -> bool:
+        """Before a login: raise while throttled, counting logins still in flight as
+        failures to come (a concurrent burst of wrong passwords must not all reach the
+        server). Returns whether this attempt was counted; pass that to :meth:`end`."""
+        if self._good.get(key) == credential:
+            return False  # the owner's known-good credential is never held back
+        now = self._clock()
+        recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
+        if len(recent) + self._in_flight.get(key, 0) >= self._max:
+            wait = recent[0] + self._window - now if recent else 1.0
+            raise LoginThrottledError(max(1.0, wait))
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return True
+
+    def end(self, key: str, counted: bool, outcome: str, credential: str) -> None:
+        """After a login: ``outcome`` is ``ok``, ``auth`` (credentials refused) or other."""
+        if counted:
+            left = self._in_flight.get(key, 1) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            else:
+                self._in_flight.pop(key, None)
+        if outcome == "ok":
+            self.succeeded(key, credential)
+        elif outcome == "auth":
+            self.failed(key)
 
     def check(self, key: str, credential: str) -> None:
         """Raise :class:`LoginThrottledError` while ``key`` is throttled, unless
@@ -306,8 +334,7 @@ async def _open(
 ) -> POP3Client:
     """Connect and log in; with a throttle, refuse early for a mailbox whose logins keep
     failing (``credential`` is a keyed digest, never the secret)."""
-    if throttle is not None:
-        throttle.check(throttle_key, credential)
+    counted = throttle.begin(throttle_key, credential) if throttle is not None else False
     on_command = observer.observe_pop3 if observer is not None else None
     client: POP3Client | None = None
     try:
@@ -316,13 +343,14 @@ async def _open(
     except BaseException as exc:
         if client is not None:
             client.abort()
-        if throttle is not None and isinstance(exc, POP3AuthError):
-            throttle.failed(throttle_key)
+        if throttle is not None:
+            outcome = "auth" if isinstance(exc, POP3AuthError) else "other"
+            throttle.end(throttle_key, counted, outcome, credential)
         if observer is not None and not isinstance(exc, asyncio.CancelledError):
             observer.login(account.upstream.name, login_outcome(exc))
         raise
     if throttle is not None:
-        throttle.succeeded(throttle_key, credential)
+        throttle.end(throttle_key, counted, "ok", credential)
     if observer is not None:
         observer.login(account.upstream.name, "ok")
     return client

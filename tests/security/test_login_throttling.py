@@ -118,15 +118,6 @@ async def test_configured_mailbox_with_a_stale_password(
     assert set(statuses) == {502, 429}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service.py LoginThrottle is check-then-act: concurrent requests with different "
-    "wrong passwords have different pool keys (the key digests the password), so they are "
-    "not serialised, and each passes LoginThrottle.check() before any failure is recorded. "
-    "A burst of 20 reaches the server up to pool.max_per_upstream times (20 here, 8 by "
-    "default) instead of max_failed_logins (5)",
-)
 async def test_a_burst_of_wrong_passwords(
     aiohttp_client: ClientFactory, server: FakePOP3Server
 ) -> None:
