@@ -136,6 +136,10 @@ def _decode_cursor(cursor: str, order: Order) -> tuple[str, int]:
         or data.get("v") != _CURSOR_VERSION
         or not isinstance(data.get("u"), str)
         or not isinstance(data.get("n"), int)
+        or isinstance(data.get("n"), bool)
+        # A unique-id comes from a whitespace-split UIDL line: never a control character.
+        or not data["u"]
+        or any(ord(c) < 0x21 or ord(c) == 0x7F for c in data["u"])
     ):
         raise invalid
     if data.get("o") != order:
