@@ -36,6 +36,7 @@ from .pop3 import (
     POP3InUseError,
     POP3LoginDelayError,
     POP3OutcomeUnknownError,
+    POP3ProtocolError,
     POP3ResponseError,
     POP3ResponseTooLargeError,
     POP3TimeoutError,
@@ -824,15 +825,6 @@ def _ms(started: float) -> float:
 
 def describe_failure(exc: BaseException) -> str:
     """Our own words for a failure (never the server's raw text, never a secret)."""
-    from .pop3 import (
-        POP3ConnectionError,
-        POP3InUseError,
-        POP3LoginDelayError,
-        POP3ProtocolError,
-        POP3TimeoutError,
-        POP3TLSError,
-    )
-
     if isinstance(exc, POP3TLSError):
         return "TLS failed (certificate not trusted, wrong host name, or handshake error)"
     if isinstance(exc, POP3TimeoutError):
