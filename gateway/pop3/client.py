@@ -461,7 +461,9 @@ class POP3Client:
             self._on_command(verb, outcome, time.perf_counter() - started)
 
     async def _read_status(self, verb: str) -> StatusLine:
-        line = await self._stream.read_line(self.timeouts.command)
+        return self._status_of(await self._stream.read_line(self.timeouts.command), verb)
+
+    def _status_of(self, line: bytes, verb: str) -> StatusLine:
         status = StatusLine.parse(line)
         if wire_log.isEnabledFor(logging.DEBUG):
             wire_log.debug("S: %s", line[:200].decode("utf-8", "replace"))
@@ -948,9 +950,15 @@ class POP3Client:
                         sent = upto
                         await self._stream.drain(self.timeouts.command)
                     cmd = commands[len(replies)]
-                    status = await self._read_status(cmd.verb)
+                    taken = self._stream.take_reply(cmd.multiline)
+                    if taken is None:
+                        status = await self._read_status(cmd.verb)
+                        body = None
+                        if status.ok and cmd.multiline:
+                            body = await self._stream.read_body()
+                    else:
+                        status, body = self._status_of(taken[0], cmd.verb), taken[1]
                     if status.ok:
-                        body = await self._stream.read_body() if cmd.multiline else None
                         replies.append(Reply(True, status.text, body))
                         self._observe(cmd.verb, "ok", sent_at[len(replies) - 1])
                     else:

@@ -125,6 +125,51 @@ def scan_body(
     return pos, at_line_start, False
 
 
+def complete_reply(
+    buf: bytearray, max_line: int, multiline: bool
+) -> tuple[bytes, bytes | None, int]:
+    """A whole reply at the start of ``buf``, without awaiting: ``(status line, body,
+    consumed)``, or ``consumed == 0`` when not all of it has arrived (nor a line longer than
+    ``max_line``: the slow path reports that).
+
+    The body (for ``multiline`` and a ``+OK`` line, else None) is dot-unstuffed exactly as
+    :func:`scan_body` does it; it is used when many replies are already buffered (a
+    pipelined burst), where the general reader's per-piece bookkeeping would dominate.
+    """
+    hit = buf.find(b"\n")
+    if hit < 0 or hit > max_line:
+        return b"", None, 0
+    line = bytes(buf[: hit - 1 if hit > 0 and buf[hit - 1] == _CR else hit])
+    if not (multiline and line.startswith(b"+OK")):
+        return line, None, hit + 1
+    n = len(buf)
+    stuffed = False
+    # Every line-leading dot of the body follows an LF (the first one the status line's).
+    dot = buf.find(b"\n.", hit)
+    while dot >= 0:
+        after = dot + 2
+        if after >= n:
+            return b"", None, 0
+        nxt = buf[after]
+        if nxt == _LF:
+            end = after + 1
+            break
+        if nxt == _CR:
+            if after + 1 >= n:
+                return b"", None, 0
+            if buf[after + 1] == _LF:
+                end = after + 2
+                break
+        stuffed = True
+        dot = buf.find(b"\n.", after)
+    else:
+        return b"", None, 0
+    if not stuffed:
+        return line, bytes(buf[hit + 1 : dot + 1]), end
+    # Drop the dot that starts each stuffed line (the slice keeps the status line's LF).
+    return line, bytes(buf[hit : dot + 1]).replace(b"\n.", b"\n")[1:], end
+
+
 class _ReaderProtocol(asyncio.Protocol):
     """Buffers what the server sends and wakes the one reader waiting for it."""
 
@@ -349,6 +394,15 @@ class POP3Stream:
                 raise self._eof_error()
             start = len(buf)
             await self._fill(timeout, phase)
+
+    def take_reply(self, multiline: bool) -> tuple[bytes, bytes | None] | None:
+        """The next reply if all of it is already buffered (see :func:`complete_reply`),
+        consumed; else None and nothing consumed."""
+        line, body, used = complete_reply(self._protocol.buffer, self._max_line, multiline)
+        if not used:
+            return None
+        self._protocol.consumed(used)
+        return line, body
 
     async def read_body(self, *, max_bytes: int | None = None) -> bytes:
         """A whole multi-line body, dot-unstuffed, line endings as the server sent them.

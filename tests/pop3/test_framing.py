@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pop3.errors import POP3ProtocolError
-from gateway.pop3.protocol import StatusLine, scan_body
+from gateway.pop3.protocol import StatusLine, complete_reply, scan_body
 
 
 def stuff(body: bytes) -> bytes:
@@ -74,6 +74,55 @@ def test_one_byte_chunks(body: bytes) -> None:
 def test_edge_cases(wire: bytes, body: bytes) -> None:
     for cuts in ([], list(range(len(wire)))):
         assert parse_in_chunks(wire, cuts) == (body, b"")
+
+
+def _scan_reply(wire: bytes) -> tuple[bytes, bytes, int] | None:
+    """The general reader's view of a ``+OK`` reply at the start of ``wire``: (status line,
+    body, bytes used), or None while incomplete."""
+    hit = wire.find(b"\n")
+    if hit < 0:
+        return None
+    out: list[bytes | bytearray] = []
+    pos, _at_line_start, done = scan_body(bytearray(wire[hit + 1 :]), 0, True, out)
+    if not done:
+        return None
+    return wire[:hit].removesuffix(b"\r"), b"".join(out), hit + 1 + pos
+
+
+anything = st.lists(
+    st.one_of(dotty_line, st.sampled_from([b"\r", b"\n", b".", b"\r\n", b".\r", b".\n"])),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=600)
+@given(body=st.one_of(bodies.map(stuff), anything), cut=st.integers(min_value=0, max_value=3000))
+def test_complete_reply_agrees_with_the_streaming_parser(body: bytes, cut: int) -> None:
+    """The burst reader (whole replies already buffered) and the streaming parser give the
+    same status, body and consumed length, on any bytes and any prefix of them; an
+    incomplete reply consumes nothing."""
+    wire = (b"+OK 12 octets\r\n" + body + b"-ERR next\r\n")[:cut]
+    expected = _scan_reply(wire)
+    buf = bytearray(wire)
+    line, got, used = complete_reply(buf, 8192, True)
+    if expected is None:
+        assert used == 0
+        assert got is None
+    else:
+        assert (line, got, used) == expected
+    assert buf == wire  # it reads, the caller consumes
+
+
+def test_complete_reply_single_line_and_limits() -> None:
+    assert complete_reply(bytearray(b"-ERR no such message\r\n+OK"), 512, True) == (
+        b"-ERR no such message",
+        None,
+        22,
+    )
+    assert complete_reply(bytearray(b"+OK 3 octets\n"), 512, False) == (b"+OK 3 octets", None, 13)
+    # A status line past the cap, or one not yet ended, is left to the streaming reader.
+    assert complete_reply(bytearray(b"+OK " + b"x" * 600 + b"\r\n.\r\n"), 512, True)[2] == 0
+    assert complete_reply(bytearray(b"+OK partial"), 512, True)[2] == 0
 
 
 def test_long_line_streams_without_a_line_end() -> None:
