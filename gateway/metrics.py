@@ -6,11 +6,16 @@ outcomes. Never a user, a mailbox id, a unique-id or a secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -21,35 +26,25 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class Metrics:
     def __init__(self) -> None:
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._pop3_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
-        self.http_requests = Counter(
+        self._http = _CountedTimings(
             "pop3gw_http_requests",
             "HTTP requests answered, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.http_latency = Histogram(
+            ("route", "method", "status"),
             "pop3gw_http_request_duration_seconds",
             "Time to answer an HTTP request (streamed bodies included), by route template.",
-            ["route", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            ("route", "method"),
         )
-        self.pop3_commands = Counter(
+        self._pop3 = _CountedTimings(
             "pop3gw_pop3_commands",
             "POP3 commands sent, by command and outcome (ok, err, failed).",
-            ["command", "outcome"],
-            registry=self.registry,
-        )
-        self.pop3_latency = Histogram(
+            ("command", "outcome"),
             "pop3gw_pop3_command_duration_seconds",
             "Time from sending a POP3 command to the end of its reply, by command.",
-            ["command"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            ("command",),
         )
+        self.registry.register(self._http)
+        self.registry.register(self._pop3)
         self.pool_events = Counter(
             "pop3gw_pool_events",
             "Session pool events (open, reuse, close, timeout, retry, noop_failed).",
@@ -95,18 +90,8 @@ class Metrics:
         )
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count and time one request; the labelled children are looked up once and kept
-        (route templates, methods and statuses are few)."""
-        key = (route, method, status)
-        children = self._http_children.get(key)
-        if children is None:
-            children = (
-                self.http_requests.labels(route, method, str(status)),
-                self.http_latency.labels(route, method),
-            )
-            self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count and time one request."""
+        self._http.observe((route, method, str(status)), (route, method), seconds)
 
     def pool_event(self, kind: str) -> None:
         self.pool_events.labels(kind).inc()
@@ -128,19 +113,78 @@ class Metrics:
         self.cache_events.labels(kind).inc()
 
     def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
-        key = (command, outcome)
-        children = self._pop3_children.get(key)
-        if children is None:
-            children = (
-                self.pop3_commands.labels(command, outcome),
-                self.pop3_latency.labels(command),
-            )
-            self._pop3_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count and time one POP3 command (every command of a pipelined burst)."""
+        self._pop3.observe((command, outcome), (command,), seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _CountedTimings(Collector):
+    """A counter and a histogram fed together on the hot paths (every HTTP request, every
+    POP3 command of a pipelined burst), kept as plain numbers and read at scrape time.
+
+    prometheus_client's own types take a lock for every change, which cost more than the
+    rest of a warm listing's bookkeeping. These are changed and read only from the event
+    loop's thread (the /metrics handler runs there too), so they need none.
+    """
+
+    def __init__(
+        self,
+        counter: str,
+        counter_help: str,
+        counter_labels: Sequence[str],
+        histogram: str,
+        histogram_help: str,
+        histogram_labels: Sequence[str],
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self._names = (counter, counter_help, list(counter_labels))
+        self._histogram = (histogram, histogram_help, list(histogram_labels))
+        self._buckets = tuple(buckets)
+        self._bounds = [_le(b) for b in self._buckets] + ["+Inf"]
+        self._counts: dict[tuple[str, ...], int] = {}
+        #: per label values: one count per bucket (not cumulative), the +Inf one, the sum
+        self._timings: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(
+        self, counter_labels: tuple[str, ...], histogram_labels: tuple[str, ...], seconds: float
+    ) -> None:
+        counts = self._counts
+        counts[counter_labels] = counts.get(counter_labels, 0) + 1
+        timing = self._timings.get(histogram_labels)
+        if timing is None:
+            timing = self._timings[histogram_labels] = [0.0] * (len(self._buckets) + 2)
+        timing[bisect_left(self._buckets, seconds)] += 1
+        timing[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        name, help_text, labels = self._names
+        counter = CounterMetricFamily(name, help_text, labels=labels)
+        for values, count in list(self._counts.items()):
+            counter.add_metric(list(values), count)
+        yield counter
+        name, help_text, labels = self._histogram
+        histogram = HistogramMetricFamily(name, help_text, labels=labels)
+        for values, timing in list(self._timings.items()):
+            cumulative: list[tuple[str, float]] = []
+            total = 0.0
+            for bound, observed in zip(self._bounds, timing, strict=False):
+                total += observed
+                cumulative.append((bound, total))
+            histogram.add_metric(list(values), cumulative, timing[-1])
+        yield histogram
+
+    def describe(self) -> Iterator[Metric]:
+        name, help_text, labels = self._names
+        yield CounterMetricFamily(name, help_text, labels=labels)
+        name, help_text, labels = self._histogram
+        yield HistogramMetricFamily(name, help_text, labels=labels)
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.005``, ``1.0``)."""
+    return repr(float(bound))
 
 
 class _PoolCollector(Collector):
