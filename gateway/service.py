@@ -529,6 +529,8 @@ class MailboxService:
         self._snapshot_max_age = snapshot_max_age
         self._clock = clock
         self._views: OrderedDict[str, _View] = OrderedDict()
+        #: view keys whose snapshot a request is renewing now, with the event it sets then
+        self._refreshing: dict[str, asyncio.Event] = {}
         self._sessions = sessions
         self._cache = cache
         self._cache_key = cache_key
@@ -565,6 +567,12 @@ class MailboxService:
         view_key = account.digest(self._cache_key)
         page_key = (order, cursor, limit)
         view = None if fresh else self._live_view(view_key)
+        if view is None and not fresh and view_key in self._refreshing:
+            # Another request of the same login is renewing the snapshot: wait for it
+            # instead of queueing for the session behind it (a burst of callers after
+            # snapshot_max_age costs one lease, not one each).
+            await self._refreshing[view_key].wait()
+            view = self._live_view(view_key)
         if view is not None:
             # Within snapshot_max_age of the last login the maildrop as POP3 shows it has not
             # changed: serve from that snapshot, without a session, when the cache has every
@@ -576,14 +584,24 @@ class MailboxService:
                     self._remember(view, page_key, page)
             if page is not None:
                 return page
-        async with self._sessions.lease(account, fresh=fresh) as session:
-            snap = await session.snapshot()
-            page = await self._page(account, snap, order, after, limit, session)
-            assert page is not None  # with a session every header can be fetched
-            born = session.born
-        view = self._store_view(view_key, snap, born)
-        self._remember(view, page_key, page)
-        return page
+        renewed = None
+        if view_key not in self._refreshing:
+            renewed = self._refreshing[view_key] = asyncio.Event()
+        try:
+            async with self._sessions.lease(account, fresh=fresh) as session:
+                snap = await session.snapshot()
+                page = await self._page(account, snap, order, after, limit, session)
+                assert page is not None  # with a session every header can be fetched
+                born = session.born
+            view = self._store_view(view_key, snap, born)
+            self._remember(view, page_key, page)
+            return page
+        finally:
+            if renewed is not None:
+                # Success or not: the waiters look again (and lease themselves if the
+                # snapshot is still missing, so one caller's failure is not theirs).
+                del self._refreshing[view_key]
+                renewed.set()
 
     async def _page(
         self,

@@ -135,3 +135,59 @@ async def test_pool_metrics(aiohttp_client: ClientFactory, fake_server: FakePOP3
     assert 'pop3gw_pool_events_total{kind="open"} 1.0' in scrape
     assert 'pop3gw_pop3_commands_total{command="TOP",outcome="ok"} 2.0' in scrape
     assert "alice" not in scrape
+
+
+def _leases(scrape: str) -> float:
+    line = next(
+        x for x in scrape.splitlines() if x.startswith("pop3gw_pool_lease_wait_seconds_count")
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_a_burst_after_the_snapshot_expired_costs_one_lease(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """Callers that find the snapshot expired while another request of the same login is
+    renewing it wait for that renewal instead of queueing for the session one by one."""
+    api = await aiohttp_client(
+        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 0.3}))
+    )
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    before = _leases(await (await api.get("/metrics")).text())
+    await asyncio.sleep(0.4)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    answers = await asyncio.gather(
+        *(api.get("/v1/mailboxes/me/messages", headers=ALICE) for _ in range(16))
+    )
+    pages = [await checked(resp, 200) for resp in answers]
+    assert {page["total"] for page in pages} == {3}
+    assert _leases(await (await api.get("/metrics")).text()) == before + 1
+    assert logins(fake_server) == 2
+
+
+async def test_a_failed_renewal_is_not_the_waiters_failure(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """The request renewing the snapshot fails (the server stalls past the command timeout);
+    the requests that waited for it lease a session of their own and get their answer."""
+    api = await aiohttp_client(
+        create_app(
+            settings_for(
+                fake_server.port,
+                pool={"snapshot_max_age": 0.2, "retry_budget": 0},
+                timeouts={"connect": 2, "tls": 2, "command": 0.5, "idle": 0.5},
+            )
+        )
+    )
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    await asyncio.sleep(0.3)
+    fake_server.script("UIDL", Stall())  # the next session's UIDL only
+    first = asyncio.create_task(api.get("/v1/mailboxes/me/messages", headers=ALICE))
+    await asyncio.sleep(0.1)
+    others = await asyncio.gather(
+        *(api.get("/v1/mailboxes/me/messages", headers=ALICE) for _ in range(3))
+    )
+    await checked(await first, 504)
+    for resp in others:
+        page = await checked(resp, 200)
+        assert page["total"] == 2
