@@ -142,15 +142,14 @@ class Account:
         material = "\0".join(
             (self.upstream.name, self.upstream.host, str(self.upstream.port), self.user)
         )
-        mac = hmac.new(key, material.encode(), hashlib.sha256)
-        mac.update(b"\0" + self.credential.secret().encode())
-        return mac.hexdigest()
+        secret = self.credential.secret()
+        return hmac.digest(key, f"{material}\0{secret}".encode(), "sha256").hex()
 
     def namespace(self, key: bytes) -> str:
         """A keyed digest of upstream + user: the cache namespace (no secret in it, so it
         survives a password change; no user name in clear)."""
         material = "\0".join((self.upstream.host, str(self.upstream.port), self.user))
-        return hmac.new(key, material.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(key, material.encode(), "sha256")[:16].hex()
 
     async def login(self, client: POP3Client) -> None:
         secret = self.credential.secret()
