@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import urllib.parse
 from datetime import datetime
 from typing import Any
 
+import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,9 +37,15 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_
 IMMUTABLE = "private, max-age=31536000, immutable"
 
 
+def _dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (pydantic's serializer: the same text as ``json.dumps`` with
+    ``ensure_ascii=False`` and compact separators, several times faster on listing pages)."""
+    return pydantic_core.to_json(data)
+
+
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        body=_dumps(data),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -146,7 +152,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     rendered = page.memo.get("json")
     if rendered is None:
         # Pages are immutable and may be served again from the same snapshot: render once.
-        body = json.dumps(_page_json(page), ensure_ascii=False, separators=(",", ":")).encode()
+        body = _dumps(_page_json(page))
         rendered = page.memo["json"] = (_page_etag(page), body)
     etag, body = rendered
     if _not_modified(request, etag):
