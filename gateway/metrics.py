@@ -82,12 +82,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        self.cache_events = Counter(
+        self._cache_events = _PlainCounter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
-            ["kind"],
-            registry=self.registry,
+            "kind",
         )
+        self.registry.register(self._cache_events)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count and time one request."""
@@ -110,7 +110,8 @@ class Metrics:
         self.gate_events.labels(kind).inc()
 
     def cache_event(self, kind: str) -> None:
-        self.cache_events.labels(kind).inc()
+        """One header cache event (one call per looked-up entry on a listing page)."""
+        self._cache_events.inc(kind)
 
     def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
         """Count and time one POP3 command (every command of a pipelined burst)."""
@@ -180,6 +181,27 @@ class _CountedTimings(Collector):
         yield CounterMetricFamily(name, help_text, labels=labels)
         name, help_text, labels = self._histogram
         yield HistogramMetricFamily(name, help_text, labels=labels)
+
+
+class _PlainCounter(Collector):
+    """A counter with one label, as a plain dict read at scrape time (the same reasoning
+    as `_CountedTimings`: changed and read from the event loop's thread only)."""
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        self._name, self._help, self._label = name, help_text, label
+        self._counts: dict[str, int] = {}
+
+    def inc(self, value: str) -> None:
+        self._counts[value] = self._counts.get(value, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._help, labels=[self._label])
+        for value, count in list(self._counts.items()):
+            family.add_metric([value], count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._help, labels=[self._label])
 
 
 def _le(bound: float) -> str:

@@ -62,3 +62,14 @@ def test_pop3_commands_are_counted_by_outcome() -> None:
     assert _samples(text, "pop3gw_pop3_command_duration_seconds_count") == {
         'pop3gw_pop3_command_duration_seconds_count{command="TOP"}': 4.0
     }
+
+
+def test_cache_events_are_counted_by_kind() -> None:
+    metrics = Metrics()
+    for kind in ("hit", "hit", "miss", "error"):
+        metrics.cache_event(kind)
+    assert _samples(metrics.exposition()[0].decode(), "pop3gw_header_cache_events_total") == {
+        'pop3gw_header_cache_events_total{kind="hit"}': 2.0,
+        'pop3gw_header_cache_events_total{kind="miss"}': 1.0,
+        'pop3gw_header_cache_events_total{kind="error"}': 1.0,
+    }
