@@ -341,23 +341,44 @@ _COMMON_DATE = re.compile(
 )
 
 
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def parse_date(value: str) -> str | None:
     """An RFC 5322 date as ISO 8601 with its offset, or None when it cannot be read."""
+    common = _COMMON_DATE.fullmatch(value)
+    if common is not None:
+        month = _MONTHS.get(common.group(2).lower())
+        if month is not None:
+            return _common_date(common, month)
     try:
-        common = _COMMON_DATE.fullmatch(value)
-        if common is not None and common.group(2).lower() in _MONTHS:
-            day, month, year, hour, minute, second, sign, tz_hours, tz_minutes = common.groups()
-            offset = (int(tz_hours) * 60 + int(tz_minutes)) * (-60 if sign == "-" else 60)
-            fields = (int(year), _MONTHS[month.lower()], int(day), int(hour), int(minute))
-            seconds = int(second or 0)
-        else:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is None:
-                return None
-            fields, seconds, offset = parsed[:5], parsed[5], parsed[9] or 0
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
         when = dt.datetime(
-            *fields, min(seconds, 59), tzinfo=dt.timezone(dt.timedelta(seconds=offset))
+            *parsed[:5],
+            min(parsed[5], 59),
+            tzinfo=dt.timezone(dt.timedelta(seconds=parsed[9] or 0)),
         )
     except Exception:  # the standard library's date parser raises odd errors on junk
         return None
     return when.isoformat()
+
+
+def _common_date(found: re.Match[str], month: int) -> str | None:
+    """``datetime(...).isoformat()`` of the common form, written directly (a listing reads
+    one date per message): the same text, and None where ``datetime`` would refuse it."""
+    day, _, year, hour, minute, second, sign, tz_hours, tz_minutes = found.groups()
+    y, d, h, m = int(year), int(day), int(hour), int(minute)
+    s = min(int(second or 0), 59)
+    last = _DAYS_IN_MONTH[month]
+    if month == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
+        last = 29
+    offset = int(tz_hours) * 60 + int(tz_minutes)
+    if not (y >= 1 and 1 <= d <= last and h <= 23 and m <= 59 and offset < 24 * 60):
+        return None
+    east = "-" if sign == "-" and offset else "+"
+    return (
+        f"{y:04d}-{month:02d}-{d:02d}T{h:02d}:{m:02d}:{s:02d}"
+        f"{east}{offset // 60:02d}:{offset % 60:02d}"
+    )

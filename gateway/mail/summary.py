@@ -7,12 +7,14 @@ shape that is cached; `HeaderSummary.as_api` is the shape the HTTP API returns.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._headers import HeaderBlock, parse_addresses, parse_date, parse_params, split_headers
-from ._text import clean_header
+from ._text import clean_header, decode_encoded_words
 
 __all__ = ["JSON_VERSION", "Address", "HeaderSummary", "summarize"]
 
@@ -159,7 +161,112 @@ def _optional_str(data: dict[str, Any], key: str) -> str | None:
 
 def summarize(header_bytes: bytes, *, size: int | None = None) -> HeaderSummary:
     """Summarise a header section (``TOP n 0`` output) or a whole message. Never raises."""
-    return summary_from_block(split_headers(bytes(header_bytes)), size=size)
+    raw = bytes(header_bytes)
+    summary = _plain_summary(raw, size)
+    if summary is None:
+        summary = summary_from_block(split_headers(raw), size=size)
+    return summary
+
+
+# -- the common case, read directly ----------------------------------------------------------
+#
+# Nearly all mail a listing meets has an ASCII header section in which every line is a field
+# or a continuation. For those, only the ten fields a summary shows are looked at, with one
+# pattern search, instead of splitting every field (Received, DKIM-Signature, ...) first.
+# The result is the same summary `summary_from_block` makes (a property test holds the two
+# together); anything else goes the general way.
+
+# A field's first line: a name of printable ASCII except ":", optional blanks, ":".
+_FIELD_START = re.compile(r"[!-9;-~]+[ \t]*:", re.ASCII)
+# A line that is neither a field's first line nor a continuation (preceded by its LF).
+_STRAY_LINE = re.compile(r"\n(?![ \t]|[!-9;-~]+[ \t]*:)", re.ASCII)
+# The fields a summary reads, with their continuation lines (each preceded by an LF).
+_SUMMARY_FIELD = re.compile(
+    r"\n(subject|from|to|cc|reply-to|date|message-id|in-reply-to|content-type|"
+    r"content-disposition)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def _plain_summary(raw: bytes, size: int | None) -> HeaderSummary | None:
+    """The summary of an ASCII header section whose lines are all fields or continuations,
+    or None for any other input (the caller then takes the general way)."""
+    if not raw.isascii():
+        return None
+    text = raw.decode("ascii")
+    if not _FIELD_START.match(text):
+        return None
+    # The first line that is neither a field nor a continuation must be the empty line that
+    # ends the section (or the end of the input, after its last LF).
+    stray = _STRAY_LINE.search(text)
+    if stray is not None:
+        end = stray.start() + 1
+        if not (end == len(text) or text.startswith(("\n", "\r\n"), end)):
+            return None
+        text = text[:end]
+    found: dict[str, list[str]] = {}
+    for name, value in _SUMMARY_FIELD.findall("\n" + text):
+        if "\n" in value:
+            value = value.replace("\r\n", "").replace("\n", "")
+        found.setdefault(name.lower(), []).append(value.strip(" \t\r"))
+    return _summary_of_fields(found, size)
+
+
+def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderSummary:
+    """`summary_from_block`'s rules on unfolded ASCII field values (first value wins, every
+    value of an address field counts)."""
+    content_type = "text/plain"
+    if "content-type" in found:
+        main = "".join(found["content-type"][0].partition(";")[0].strip().lower().split())
+        if _MIME_TYPE.fullmatch(main):
+            content_type = main
+    subject = found.get("subject")
+    senders = _plain_addresses(found["from"][:1]) if "from" in found else []
+    date = found.get("date")
+    message_id = found.get("message-id")
+    in_reply_to = found.get("in-reply-to")
+    hint = content_type.startswith("multipart/") and (content_type not in _SINGLE_BODY_MULTIPARTS)
+    if not content_type.startswith(("multipart/", "text/")):
+        hint = True
+    disposition = found.get("content-disposition")
+    if disposition is not None and disposition[0].partition(";")[0].strip().lower() == "attachment":
+        hint = True
+    return HeaderSummary(
+        subject=None if subject is None else _cap(clean_header(decode_encoded_words(subject[0]))),
+        from_=senders[0] if senders else None,
+        to=_plain_addresses(found.get("to", ()))[:MAX_SUMMARY_ADDRESSES],
+        cc=_plain_addresses(found.get("cc", ()))[:MAX_SUMMARY_ADDRESSES],
+        reply_to=_plain_addresses(found.get("reply-to", ()))[:MAX_SUMMARY_ADDRESSES],
+        date=None if date is None else parse_date(clean_header(date[0])),
+        message_id=None if message_id is None else _cap(first_message_id(message_id[0])),
+        in_reply_to=None if in_reply_to is None else _cap(first_message_id(in_reply_to[0])),
+        content_type=content_type,
+        has_attachments_hint=hint,
+        size=size,
+    )
+
+
+def _plain_addresses(values: Iterable[str]) -> list[Address]:
+    out: list[Address] = []
+    for value in values:
+        out.extend(addresses_of(value))
+    return out
+
+
+def addresses_of(value: str) -> tuple[Address, ...]:
+    """The mailboxes of one address field's text; short values are remembered (the same
+    To and From come back in message after message of a mailbox)."""
+    if len(value) > _MAX_REMEMBERED_ADDRESS:
+        return tuple(Address(name, address) for name, address in parse_addresses(value))
+    return _remembered_addresses(value)
+
+
+_MAX_REMEMBERED_ADDRESS = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_addresses(value: str) -> tuple[Address, ...]:
+    return tuple(Address(name, address) for name, address in parse_addresses(value))
 
 
 def content_type_of(block: HeaderBlock) -> tuple[str, dict[str, str]]:
@@ -243,8 +350,4 @@ def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> Header
 
 
 def _addresses(block: HeaderBlock, values: list[bytes]) -> list[Address]:
-    out: list[Address] = []
-    for value in values:
-        for name, address in parse_addresses(block.text(value)):
-            out.append(Address(name=name, address=address))
-    return out
+    return _plain_addresses(block.text(value) for value in values)
