@@ -673,13 +673,18 @@ class MailboxService:
         if missing:
             if session is None:
                 return None
-            replies = await session.client.top_many(missing, 0)
             fresh: dict[str, dict[str, Any]] = {}
-            for number, reply in zip(missing, replies, strict=True):
+
+            def read(index: int, reply: bytes | POP3ResponseError) -> None:
+                # Each header section is read as it arrives, while the server answers the
+                # next commands of the pipeline.
                 if isinstance(reply, bytes):
+                    number = missing[index]
                     summary = summarize_headers(reply, size=snap.sizes[number])
                     found[snap.uids[number]] = summary
                     fresh[snap.uids[number]] = summary.to_json()
+
+            await session.client.top_each(missing, read)
             if fresh:
                 await self._cache.set_many(namespace, fresh)
         return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]

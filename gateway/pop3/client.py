@@ -878,6 +878,26 @@ class POP3Client:
         replies = await self._pipeline(cmds)
         return [r.body if r.body is not None else _error_of(r) for r in replies]
 
+    async def top_each(
+        self,
+        numbers: Sequence[int],
+        handle: Callable[[int, bytes | POP3ResponseError], None],
+        lines: int = 0,
+    ) -> None:
+        """Like :meth:`top_many`, but each reply goes to ``handle(index, reply)`` as soon as
+        it is read, while the later commands of the window are still being answered: the
+        caller's work on one reply overlaps the server's on the next ones. An exception from
+        ``handle`` ends the session (the pipeline is left half-read)."""
+        n_lines = _check_number(lines, "lines", 0)
+        cmds = [
+            _Command("TOP", self._line("TOP", _check_number(n), n_lines), True) for n in numbers
+        ]
+
+        def each(index: int, reply: Reply) -> None:
+            handle(index, reply.body if reply.body is not None else _error_of(reply))
+
+        await self._pipeline(cmds, each)
+
     async def retr_many(self, numbers: Sequence[int]) -> builtins.list[bytes | POP3ResponseError]:
         """RETR for each number, pipelined when possible (whole messages in memory)."""
         cmds = [_Command("RETR", self._line("RETR", _check_number(n)), True) for n in numbers]
@@ -911,7 +931,11 @@ class POP3Client:
         self._marked += sum(1 for r in replies if r.ok)
         return [r.error for r in replies]
 
-    async def _pipeline(self, commands: Sequence[_Command]) -> builtins.list[Reply]:
+    async def _pipeline(
+        self,
+        commands: Sequence[_Command],
+        on_reply: Callable[[int, Reply], None] | None = None,
+    ) -> builtins.list[Reply]:
         """Run TRANSACTION-state commands, pipelined in a bounded window when the server's
         TRANSACTION CAPA lists PIPELINING (and the caller allows it), else in lockstep.
 
@@ -965,9 +989,15 @@ class POP3Client:
                         error = response_error(cmd.verb, status.code, status.text)
                         replies.append(Reply(False, status.text, None, error))
                         self._observe(cmd.verb, "err", sent_at[len(replies) - 1])
+                    if on_reply is not None:
+                        on_reply(len(replies) - 1, replies[-1])
         except BaseException:
             if len(replies) < sent:
                 self._observe(commands[len(replies)].verb, "failed", sent_at[len(replies)])
+            if len(replies) < total:
+                # Whatever failed (a reply handler too), replies are still due: the session
+                # cannot be used again.
+                self.abort()
             raise
         return replies
 

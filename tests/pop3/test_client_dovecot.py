@@ -120,6 +120,43 @@ async def test_pipelined_top_of_1000_equals_lockstep(
     assert len({hashlib.sha256(h).digest() for h in fast if isinstance(h, bytes)}) == 1000
 
 
+async def test_top_each_hands_over_replies_while_the_pipeline_runs(
+    dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    """Replies reach the handler in order, -ERR ones as errors, the same as top_many."""
+    dovecot_user.deliver_many([simple_message(i) for i in range(600)])
+    client = await logged_in(dovecot, dovecot_user)
+    numbers = [*range(1, 601), 9999]
+    expected = await client.top_many(numbers, 0)
+    seen: list[tuple[int, bytes | POP3ResponseError]] = []
+
+    def handle(index: int, reply: bytes | POP3ResponseError) -> None:
+        seen.append((index, reply))
+
+    await client.top_each(numbers, handle)
+    assert [i for i, _ in seen] == list(range(601))
+    assert [r for _, r in seen[:600]] == expected[:600]
+    assert isinstance(seen[600][1], POP3ResponseError)
+    await client.quit()
+
+
+async def test_a_failing_reply_handler_ends_the_session(
+    dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    dovecot_user.deliver_many([simple_message(i) for i in range(300)])
+    client = await logged_in(dovecot, dovecot_user)
+
+    def handle(index: int, reply: bytes | POP3ResponseError) -> None:
+        if index == 5:
+            raise ValueError("handler failed")
+
+    with pytest.raises(ValueError, match="handler failed"):
+        await client.top_each(range(1, 301), handle)
+    # Replies were still due: the session was dropped rather than left half-read.
+    assert client.state is State.CLOSED
+    assert len(dovecot_user.messages()) == 300
+
+
 async def test_a_refused_command_in_a_pipeline_keeps_the_session(
     dovecot: Dovecot, dovecot_user: DovecotUser
 ) -> None:
