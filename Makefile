@@ -18,9 +18,8 @@ lint: install  ## ruff, mypy and the import contracts only
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 
-bench: install  ## benchmarks: ratios against baselines measured in the same run
-	@# orjson: only the bare-app baseline of tests/bench/http_warm.py uses it
-	$(VENV)/python -c 'import orjson' 2>/dev/null || $(VENV)/python -m pip install -q orjson
+bench:  ## benchmarks: ratios against baselines measured in the same run
+	scripts/bootstrap.sh --bench
 	$(VENV)/python -m tests.bench $(BENCH)
 
 clean:  ## remove caches and the virtualenv

@@ -5,10 +5,14 @@
 #   - a Redis server answering on 127.0.0.1:6379 (installed and started when none answers);
 #   - a virtualenv in .venv with the project and its test/lint dependencies.
 # With --python-only, only the virtualenv (what `make demo` needs; no root required).
+# With --bench, also what only the benchmarks use: wrk (Debian) and orjson (the bare-app
+# baseline of tests/bench/http_warm.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_only=0
+bench=0
 [ "${1:-}" = "--python-only" ] && python_only=1
+[ "${1:-}" = "--bench" ] && bench=1
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -43,6 +47,11 @@ except OSError:
 PY
 }
 
+if [ "$bench" -eq 1 ] && ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk from Debian's packages"
+    apt_install wrk
+fi
+
 if [ "$python_only" -eq 0 ] && ! redis_answers; then
     if ! command -v redis-server >/dev/null 2>&1; then
         log "installing redis-server from Debian's packages"
@@ -67,4 +76,8 @@ if ! [ -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test,lint]'
     touch "$stamp"
+fi
+if [ "$bench" -eq 1 ] && ! .venv/bin/python -c 'import orjson' 2>/dev/null; then
+    log "installing orjson (benchmark baseline only)"
+    .venv/bin/python -m pip install -q orjson
 fi
