@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,49 @@ class ApiKeys:
         return found
 
 
+class RecentAccounts:
+    """Passthrough accounts built for recent requests, found again by what the caller
+    presented (an HTTP client sends the same credentials with every request).
+
+    Entries are found by a keyed BLAKE2b digest of the presented value, never by the value
+    itself (the key is random per process); each is kept at most ``ttl`` seconds, and at
+    most ``size`` are kept. The accounts hold their secret as every account does (a
+    session needs it to log in); nothing here holds another copy.
+    """
+
+    def __init__(
+        self, size: int = 1024, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._key = os.urandom(32)
+        self._size = size
+        self._ttl = ttl
+        self._clock = clock
+        self._items: dict[bytes, tuple[float, Account]] = {}
+
+    def _digest(self, presented: str) -> bytes:
+        data = presented.encode("utf-8", "surrogateescape")
+        return hashlib.blake2b(data, key=self._key, digest_size=32).digest()
+
+    def get(self, presented: str) -> Account | None:
+        key = self._digest(presented)
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= self._clock():
+            del self._items[key]
+            return None
+        return item[1]
+
+    def put(self, presented: str, account: Account) -> None:
+        items = self._items
+        items[self._digest(presented)] = (self._clock() + self._ttl, account)
+        while len(items) > self._size:
+            del items[next(iter(items))]  # the oldest first (dicts keep insertion order)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Directory:
     """Resolves who a request is: configured mailboxes and passthrough routing."""
 
@@ -251,6 +295,8 @@ class Directory:
         self._presets = presets
         self.passthrough = passthrough
         self._timeouts = timeouts
+        #: passthrough accounts of recent requests, by what they presented
+        self.recent = RecentAccounts()
 
     def upstream_for_user(self, user: str) -> Upstream | None:
         domain = user.rpartition("@")[2].lower() if "@" in user else ""

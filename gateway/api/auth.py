@@ -53,6 +53,19 @@ def resolve_account(request: web.Request, directory: Directory, scope: str) -> A
 def _passthrough(request: web.Request, directory: Directory) -> Account:
     if not directory.passthrough:
         raise Problem("forbidden", "passthrough logins are disabled on this gateway")
+    presented = request.headers.get("Authorization")
+    if presented is not None and len(presented) <= MAX_AUTH_HEADER:
+        # The same header as a recent request that passed every check below.
+        account = directory.recent.get(presented)
+        if account is not None:
+            return account
+    account = _checked_passthrough(request, directory)
+    if presented is not None:
+        directory.recent.put(presented, account)
+    return account
+
+
+def _checked_passthrough(request: web.Request, directory: Directory) -> Account:
     value = _credentials(request, "Basic")
     if value is None:
         raise Problem(
