@@ -871,12 +871,9 @@ class POP3Client:
     ) -> builtins.list[bytes | POP3ResponseError]:
         """TOP for each number, pipelined when possible; in order. A refused message gives its
         ``-ERR`` as a :class:`POP3ResponseError` item instead of failing the batch."""
-        n_lines = _check_number(lines, "lines", 0)
-        cmds = [
-            _Command("TOP", self._line("TOP", _check_number(n), n_lines), True) for n in numbers
-        ]
-        replies = await self._pipeline(cmds)
-        return [r.body if r.body is not None else _error_of(r) for r in replies]
+        replies: builtins.list[bytes | POP3ResponseError] = []
+        await self.top_each(numbers, lambda _index, reply: replies.append(reply), lines)
+        return replies
 
     async def top_each(
         self,
