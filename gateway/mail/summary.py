@@ -257,16 +257,18 @@ def addresses_of(value: str) -> tuple[Address, ...]:
     """The mailboxes of one address field's text; short values are remembered (the same
     To and From come back in message after message of a mailbox)."""
     if len(value) > _MAX_REMEMBERED_ADDRESS:
-        return tuple(Address(name, address) for name, address in parse_addresses(value))
+        return _parsed_addresses(value)
     return _remembered_addresses(value)
 
 
 _MAX_REMEMBERED_ADDRESS = 512
 
 
-@functools.lru_cache(maxsize=4096)
-def _remembered_addresses(value: str) -> tuple[Address, ...]:
+def _parsed_addresses(value: str) -> tuple[Address, ...]:
     return tuple(Address(name, address) for name, address in parse_addresses(value))
+
+
+_remembered_addresses = functools.lru_cache(maxsize=4096)(_parsed_addresses)
 
 
 def content_type_of(block: HeaderBlock) -> tuple[str, dict[str, str]]:
