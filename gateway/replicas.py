@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .pop3 import PoolTimeoutError, POP3LoginDelayError
 
@@ -70,6 +70,7 @@ class RedisSessionGate:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             max_connections=32,
+            protocol=2,  # RESP2: no HELLO round trip, the same on every redis-py release
         )
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._login_delay = login_delay

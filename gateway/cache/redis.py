@@ -329,6 +329,7 @@ def _make_pool(
             socket_timeout=timeout,
             socket_connect_timeout=connect_timeout,
             retry=Retry(NoBackoff(), 0),  # no retries: the next request is the retry
+            protocol=2,  # RESP2: no HELLO round trip, the same on every redis-py release
         )
     except Exception:
         return None
