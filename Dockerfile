@@ -6,7 +6,7 @@
 #
 # The base image is a build argument so that CI can build on a locally made base (see
 # deploy/check.sh); it needs a Python 3.11 with the venv module. Dependencies are pinned
-# with hashes in deploy/requirements.lock (regenerate with deploy/lock.py).
+# with hashes in requirements/runtime.lock (regenerate with scripts/lock.sh).
 ARG BASE_IMAGE=python:3.11-slim
 
 # -- build stage: pinned build tools, the project's wheel, a virtualenv to ship ------------
@@ -19,13 +19,13 @@ WORKDIR /src
 # Dependencies first: this layer is rebuilt only when a lock file changes. The build tools
 # (pip, setuptools, wheel) live in /opt/build; /opt/venv, the one that is shipped, gets no
 # pip at all.
-COPY deploy/build-requirements.lock deploy/requirements.lock /src/deploy/
+COPY requirements/build.lock requirements/runtime.lock /src/requirements/
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/python -m pip install --no-cache-dir --require-hashes --only-binary=:all: \
-        -r deploy/build-requirements.lock \
+        -r requirements/build.lock \
     && python3 -m venv --without-pip /opt/venv \
     && /opt/build/bin/python -m pip --python /opt/venv/bin/python install --no-cache-dir \
-        --require-hashes --only-binary=:all: --no-deps -r deploy/requirements.lock
+        --require-hashes --only-binary=:all: --no-deps -r requirements/runtime.lock
 
 # Then the project, as a wheel built from the repository's sources; `pip check` proves the
 # lock satisfies everything the wheel declares.

@@ -1,12 +1,12 @@
 # The index of what one can do with pop3gw.
-.PHONY: help install test lint bench run demo clean
+.PHONY: help install test lint bench run demo clean lock deps-latest
 
 VENV := .venv/bin
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install:  ## install Dovecot, Redis and the Python deps (idempotent)
+install:  ## install Dovecot, Redis and the Python deps from requirements/dev.lock (idempotent)
 	scripts/bootstrap.sh
 
 test:  ## everything CI runs: install, ruff, mypy, import contracts, pytest + coverage
@@ -21,6 +21,12 @@ lint: install  ## ruff, mypy and the import contracts only
 bench:  ## benchmarks: ratios against baselines measured in the same run
 	scripts/bootstrap.sh --bench
 	$(VENV)/python -m tests.bench $(BENCH)
+
+lock:  ## re-resolve requirements/*.lock after a change to pyproject.toml (asks PyPI)
+	scripts/lock.sh
+
+deps-latest:  ## the suite in a throw-away venv with the newest releases: what would break
+	scripts/deps-latest.sh
 
 clean:  ## remove caches and the virtualenv
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov

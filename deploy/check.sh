@@ -212,7 +212,7 @@ expect_failure "USER root (hadolint)" DL3002 \
 # -- 3. lock ---------------------------------------------------------------------------------
 
 stage "requirements lock vs pyproject.toml"
-"$PY" deploy/validate.py lock pyproject.toml deploy/requirements.lock || fail "lock"
+"$PY" deploy/validate.py lock pyproject.toml requirements/runtime.lock || fail "lock"
 
 # -- 4. checkov ------------------------------------------------------------------------------
 

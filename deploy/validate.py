@@ -317,10 +317,10 @@ def cmd_lock(pyproject: str, lock: str) -> int:
             continue
         version = pins.get(canonicalize_name(req.name))
         if version is None:
-            errors.append(f"{lock}: {req.name} is not pinned (python3 deploy/lock.py)")
+            errors.append(f"{lock}: {req.name} is not pinned (scripts/lock.sh)")
         elif not req.specifier.contains(version, prereleases=True):
             errors.append(
-                f"{lock}: {req.name}=={version} is outside {req.specifier} (python3 deploy/lock.py)"
+                f"{lock}: {req.name}=={version} is outside {req.specifier} (scripts/lock.sh)"
             )
     return problems_of(errors)
 

@@ -5,8 +5,8 @@
 #   - a Redis server answering on 127.0.0.1:6379 (installed and started when none answers);
 #   - a virtualenv in .venv with the project and its test/lint dependencies.
 # With --python-only, only the virtualenv (what `make demo` needs; no root required).
-# With --bench, also what only the benchmarks use: wrk (Debian) and orjson (the bare-app
-# baseline of tests/bench/http_warm.py).
+# With --bench, also wrk (Debian), which only the benchmarks use (orjson, their other extra,
+# is in the dev lock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_only=0
@@ -65,19 +65,40 @@ if [ "$python_only" -eq 0 ] && ! redis_answers; then
     redis_answers || { log "redis-server did not answer on 127.0.0.1:6379"; exit 1; }
 fi
 
+# Python dependencies come only from the locks (scripts/lock.sh writes them): exact versions
+# with hashes, so a release published by someone else never changes what the tests run on.
+# VENV names another virtualenv (make deps-latest uses a throw-away one); with
+# POP3GW_DEPS=latest the newest releases pyproject.toml allows are installed instead.
 PY=${PYTHON:-python3}
-if ! [ -x .venv/bin/python ]; then
-    log "creating .venv"
-    "$PY" -m venv .venv
+VENV=${VENV:-.venv}
+deps=${POP3GW_DEPS:-locked}
+if ! [ -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
 fi
-stamp=.venv/.pop3gw-deps
-if ! [ -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    log "installing Python dependencies"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test,lint]'
-    touch "$stamp"
+pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+if [ "$deps" = latest ]; then
+    log "installing the newest releases pyproject.toml allows (not the locks)"
+    "${pip[@]}" --upgrade pip setuptools wheel
+    "${pip[@]}" --upgrade --upgrade-strategy eager -e '.[test,lint,bench]'
+    exit 0
 fi
-if [ "$bench" -eq 1 ] && ! .venv/bin/python -c 'import orjson' 2>/dev/null; then
-    log "installing orjson (benchmark baseline only)"
-    .venv/bin/python -m pip install -q orjson
+if [ "$python_only" -eq 1 ]; then
+    want=runtime
+else
+    want=dev
+fi
+# The stamp records which lock (and which version of it) the virtualenv holds; the dev lock
+# holds everything the runtime lock does.
+lock_digest() { cat pyproject.toml requirements/build.lock "requirements/$1.lock" | sha256sum | cut -c1-16; }
+stamp="$VENV/.pop3gw-deps"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$want $(lock_digest "$want")" ] && [ "$have" != "dev $(lock_digest dev)" ]; then
+    log "installing Python dependencies from requirements/$want.lock"
+    "${pip[@]}" --require-hashes -r requirements/build.lock
+    "${pip[@]}" --require-hashes -r "requirements/$want.lock"
+    "${pip[@]}" --no-deps --no-build-isolation -e .
+    "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null || {
+        "$VENV/bin/python" -m pip check; log "the lock does not satisfy pyproject.toml: run scripts/lock.sh"; exit 1; }
+    echo "$want $(lock_digest "$want")" >"$stamp"
 fi

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The one command that passes all tests on a fresh machine: installs what is missing
-# (scripts/bootstrap.sh), then lint, types, import contracts and the test suite with coverage.
+# (scripts/bootstrap.sh: Debian packages, Redis, the Python dependencies from
+# requirements/dev.lock), then lint, types, import contracts and the test suite with coverage.
+# Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-export PATH="$PWD/.venv/bin:$PATH"
+VENV=${VENV:-.venv}
+PATH="$(cd "$VENV/bin" && pwd):$PATH"
+export PATH
 
 echo "== ruff"
 ruff check gateway tests
