@@ -47,7 +47,7 @@ class Metrics:
         self.registry.register(self._pop3)
         self.pool_events = Counter(
             "pop3gw_pool_events",
-            "Session pool events (open, reuse, close, timeout, retry, noop_failed).",
+            "Session pool events (open, reuse, close, timeout, retry, noop_failed, reaper_error).",
             ["kind"],
             registry=self.registry,
         )

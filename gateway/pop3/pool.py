@@ -58,15 +58,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Protocol
 
 from .client import POP3Client, State
 from .errors import POP3Error, POP3InUseError, POP3LoginDelayError, POP3StateError
 
 log = logging.getLogger("gateway.pop3.pool")
-
-#: The kinds of event passed to ``on_event``.
-EVENT_KINDS: Final = frozenset({"open", "reuse", "close", "timeout", "retry", "noop_failed"})
 
 SessionFactory = Callable[[], Awaitable[POP3Client]]
 _RELEASE_TASK = "pop3-pool-gate-release"
@@ -646,7 +643,13 @@ class SessionPool:
             return
         task = loop.create_task(self._gate.release(lock, token), name=_RELEASE_TASK)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A gate must not raise (its TTL frees the lock anyway): say so, never lose it.
+            log.error("releasing a replica lock failed", exc_info=task.exception())
 
     async def _end(self, session: PooledSession) -> None:
         """QUIT a clean session (bounded by ``quit_timeout``); drop anything else."""
@@ -698,35 +701,50 @@ class SessionPool:
             )
 
     async def _reap_forever(self) -> None:
+        """The reaper's loop, supervised: a failed tick is logged and counted, and the next
+        one comes as usual (idle cleanup and gate renewal must never stop for good)."""
         while True:
             await asyncio.sleep(self.limits.reap_interval)
-            await self._reap_once()
+            try:
+                await self._reap_once()
+            except Exception:
+                self._emit("reaper_error")
+                log.exception("a tick of the session pool's reaper failed; it goes on")
 
     async def _reap_once(self) -> None:
         """QUIT up to ``reap_batch`` idle sessions that are idle too long, too old to be
-        reused, or already disconnected; the longest idle first."""
+        reused, already disconnected, or wanted by another process; the longest idle first.
+
+        The gate is tended first (network round trips, during which leases come and go);
+        the idle sessions to end are chosen after the last ``await``, from what is idle then,
+        so a session leased meanwhile is never taken from its lease."""
+        wanted: set[str] = set()
+        if self._gate is not None:
+            wanted = await self._tend_gate()
         now = self._clock()
-        limits = self.limits
         expired = [
             session
             for sessions in self._idle.values()
             for session in sessions
-            if now - session.last_used > limits.idle_timeout
-            or now - session.opened_at > self._max_age
-            or session.client.state is not State.TRANSACTION
+            if self._expired(session, now) or session.lock in wanted
         ]
-        if self._gate is not None:
-            await self._tend_gate(expired)
         expired.sort(key=lambda s: s.last_used)
         tasks = []
-        for session in expired[: limits.reap_batch]:
+        for session in expired[: self.limits.reap_batch]:
             self._take_idle(session)
             tasks.append(self._retire_in_background(session))
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _tend_gate(self, expired: list[PooledSession]) -> None:
-        """Keep the gate leases of live sessions alive, and give up idle sessions that
+    def _expired(self, session: PooledSession, now: float) -> bool:
+        return (
+            now - session.last_used > self.limits.idle_timeout
+            or now - session.opened_at > self._max_age
+            or session.client.state is not State.TRANSACTION
+        )
+
+    async def _tend_gate(self) -> set[str]:
+        """Keep the gate leases of live sessions alive; the locks of idle sessions that
         another process is waiting for (they would otherwise hold the maildrop until they
         expire)."""
         assert self._gate is not None
@@ -737,10 +755,11 @@ class SessionPool:
         held = [(s.lock, s.gate_token) for s in live if s.gate_token is not None]
         if held:
             await self._gate.renew(held)
-        idle = [s for sessions in self._idle.values() for s in sessions if s not in expired]
-        if idle:
-            wanted = await self._gate.wanted([s.lock for s in idle])
-            expired.extend(s for s in idle if s.lock in wanted)
+        # Read again: the renewal was a round trip.
+        idle = [s.lock for sessions in self._idle.values() for s in sessions]
+        if not idle:
+            return set()
+        return await self._gate.wanted(idle)
 
     # -- events ------------------------------------------------------------------------------
     def _emit(self, kind: str) -> None:
