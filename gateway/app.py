@@ -16,6 +16,7 @@ from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings
 from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
+from .redis import SharedRedis
 from .replicas import RedisSessionGate
 from .service import LoginThrottle, MailboxService, PooledSessions, SessionSource
 
@@ -122,14 +123,21 @@ def create_app(
     else:
         cache_key = os.urandom(32)  # one process: keys need not survive a restart
     metrics = Metrics()
+    # One Redis client for everything that uses Redis, with one failure policy; it is
+    # opened and closed by the app's lifecycle (redis_client below).
+    redis = (
+        SharedRedis(settings.redis_url.get_secret_value())
+        if settings.redis_url is not None
+        else None
+    )
+    if redis is not None:
+        redis.listeners.append(metrics.redis_event)
     header_cache: HeaderCache
     if cache is not None:
         header_cache = cache
-    elif settings.redis_url is not None:
+    elif redis is not None:
         header_cache = RedisHeaderCache(
-            settings.redis_url.get_secret_value(),
-            ttl=settings.cache_ttl_seconds,
-            on_event=metrics.cache_event,
+            redis, ttl=settings.cache_ttl_seconds, on_event=metrics.cache_event
         )
     else:
         header_cache = MemoryHeaderCache(
@@ -145,9 +153,9 @@ def create_app(
     pool: SessionPool | None = None
     gate: RedisSessionGate | None = None
     if sessions is None:
-        if settings.redis_url is not None:
+        if redis is not None:
             gate = RedisSessionGate(
-                settings.redis_url.get_secret_value(),
+                redis,
                 login_delay=settings.pool.login_delay_seconds,
                 on_event=metrics.gate_event,
             )
@@ -174,6 +182,12 @@ def create_app(
                 settings.pool.max_failed_logins, settings.pool.failed_login_window
             ),
         )
+    readiness = {}
+    if gate is not None:
+        readiness["replica_lock"] = (
+            gate.ping,
+            "Redis does not answer: replicas cannot coordinate, sessions proceed uncoordinated",
+        )
     app[SERVICE] = MailboxService(
         sessions,
         header_cache,
@@ -181,7 +195,15 @@ def create_app(
         max_parse_bytes=settings.max_parse_bytes,
         snapshot_max_age=settings.pool.snapshot_max_age,
         observer=metrics,
+        readiness=readiness,
     )
+
+    async def redis_client(_app: web.Application) -> AsyncIterator[None]:
+        if redis is not None:
+            redis.open()
+        yield
+        if redis is not None:
+            await redis.close()  # after the pool below released its replica locks
 
     async def close_cache(_app: web.Application) -> AsyncIterator[None]:
         yield
@@ -194,6 +216,7 @@ def create_app(
         if gate is not None:
             await gate.close()
 
+    app.cleanup_ctx.append(redis_client)  # first in, last out
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     setup_routes(app)

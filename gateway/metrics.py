@@ -53,7 +53,15 @@ class Metrics:
         )
         self.gate_events = Counter(
             "pop3gw_replica_gate_events",
-            "Cross-replica mailbox coordination in Redis (wait, error).",
+            "Cross-replica mailbox coordination in Redis (wait, error, skipped: Redis backing "
+            "off, the gate opened without asking).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.redis_events = Counter(
+            "pop3gw_redis_events",
+            "The shared Redis client: failed calls (error) and recoveries (reconnect). While "
+            "it backs off after a failure, its users do without Redis and send nothing.",
             ["kind"],
             registry=self.registry,
         )
@@ -108,6 +116,9 @@ class Metrics:
 
     def gate_event(self, kind: str) -> None:
         self.gate_events.labels(kind).inc()
+
+    def redis_event(self, kind: str) -> None:
+        self.redis_events.labels(kind).inc()
 
     def cache_event(self, kind: str) -> None:
         """One header cache event (one call per looked-up entry on a listing page)."""

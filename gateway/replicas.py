@@ -11,28 +11,30 @@ gateway process, and ``[LOGIN-DELAY]`` honoured by all of them.
   ``[LOGIN-DELAY]``: every replica then answers 429 at once instead of logging in again
   (repeated logins are what gets a gateway's address blocked by providers).
 
-``{mailbox}`` is an HMAC of upstream and user (never a user name in clear). When Redis
-cannot be reached the gate opens (sessions proceed uncoordinated, as with one replica) and
-says so in the logs and metrics: a Redis outage must not stop mail.
+``{mailbox}`` is an HMAC of upstream and user (never a user name in clear). The gate talks to
+Redis through the process's one :class:`gateway.redis.SharedRedis`, with its timeouts and
+its backoff: when Redis cannot be reached the gate opens (sessions proceed uncoordinated, as
+with one replica) and says so in the logs and metrics, and while the shared client backs off
+the gate answers at once, without a round trip. A Redis outage, or a Redis that accepts
+connections and never answers, must not stop mail nor slow every login down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from .pop3 import PoolTimeoutError, POP3LoginDelayError
+from .redis import RedisFailedError, RedisUnavailableError, SharedRedis
 
 log = logging.getLogger("gateway.replicas")
+_T = TypeVar("_T")
 
 PREFIX = "pop3gw:v1:"
 
@@ -50,50 +52,84 @@ return 0
 """
 
 
+class _Unavailable(Exception):
+    """Redis could not be used for this step: the gate opens."""
+
+
 class RedisSessionGate:
-    """A :class:`gateway.pop3.pool.SessionGate` on Redis."""
+    """A :class:`gateway.pop3.pool.SessionGate` on Redis.
+
+    Events passed to ``on_event``: ``wait`` (a lease waits for another replica), ``error``
+    (a Redis call of the gate's failed), ``skipped`` (Redis is backing off: the gate opened
+    without asking it)."""
 
     def __init__(
         self,
-        url: str,
+        redis: SharedRedis,
         *,
         lock_ttl: float = 15.0,
         login_delay: float = 60.0,
-        timeout: float = 0.5,
         poll_initial: float = 0.02,
         poll_max: float = 0.25,
         on_event: Callable[[str], None] | None = None,
+        owns_redis: bool = False,
     ) -> None:
-        self._redis: Redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=32,
-            protocol=2,  # RESP2: no HELLO round trip, the same on every redis-py release
-        )
+        self._redis = redis
+        self._owns_redis = owns_redis
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._login_delay = login_delay
         self._poll_initial = poll_initial
         self._poll_max = poll_max
         self._on_event = on_event
-        self._renew = self._redis.register_script(_RENEW)
-        self._release = self._redis.register_script(_RELEASE)
-        self._last_warning = 0.0
+        self._scripts: dict[str, Any] = {}
+        self._last_warning = float("-inf")
         #: locks whose release failed (Redis unreachable at the time): retried before this
         #: process waits on them, so it never waits on itself for the rest of the TTL
         self._unreleased: dict[str, str] = {}
 
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 0.5, **options: Any) -> RedisSessionGate:
+        """A gate with a Redis client of its own (closed with the gate)."""
+        redis = SharedRedis.connect(url, timeout=timeout, connect_timeout=timeout)
+        return cls(redis, owns_redis=True, **options)
+
     def __repr__(self) -> str:
         return "<RedisSessionGate>"
 
-    def _failed(self, what: str, exc: BaseException) -> None:
+    async def _call(
+        self, what: str, operation: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+    ) -> _T:
+        try:
+            return await self._redis.call(what, operation, *args, **kwargs)
+        except RedisFailedError:
+            self._emit("error")
+            self._warn(what)
+            raise _Unavailable from None
+        except RedisUnavailableError:
+            self._emit("skipped")
+            raise _Unavailable from None
+
+    def _script(self, source: str) -> Any:
+        """A Lua script registered on the shared client (made once it is open)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis.client.register_script(source)
+        return script
+
+    async def _eval(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._script(source)(keys=keys, args=args)
+
+    def _emit(self, kind: str) -> None:
         if self._on_event is not None:
-            self._on_event("error")
+            self._on_event(kind)
+
+    def _warn(self, what: str) -> None:
         now = time.monotonic()
         if now - self._last_warning > 10:
             self._last_warning = now
-            log.warning("replica coordination unavailable (%s: %s)", what, type(exc).__name__)
+            log.warning(
+                "replica coordination unavailable (%s); sessions proceed uncoordinated", what
+            )
 
     async def acquire(self, lock: str, timeout: float) -> object | None:
         token = secrets.token_hex(16)
@@ -105,17 +141,18 @@ class RedisSessionGate:
             try:
                 stale = self._unreleased.pop(lock, None)
                 if stale is not None:
-                    await self._release(keys=[key], args=[stale])
-                if await self._redis.set(key, token, nx=True, px=self._lock_ttl_ms):
+                    await self._call("release", self._eval, _RELEASE, [key], [stale])
+                if await self._call(
+                    "acquire", self._set, key, token, nx=True, px=self._lock_ttl_ms
+                ):
                     if waited:
-                        await self._redis.delete(want)
+                        await self._call("acquire", self._delete, want)
                     return token
-                await self._redis.set(want, "1", px=2000)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._failed("acquire", exc)
+                await self._call("acquire", self._set, want, "1", px=2000)
+            except _Unavailable:
                 return None  # open gate: proceed as a single replica would
-            if not waited and self._on_event is not None:
-                self._on_event("wait")
+            if not waited:
+                self._emit("wait")
             waited = True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -127,40 +164,44 @@ class RedisSessionGate:
 
     async def release(self, lock: str, token: object) -> None:
         try:
-            await self._release(keys=[PREFIX + "lock:" + lock], args=[str(token)])
-        except (RedisError, OSError, TimeoutError) as exc:
+            await self._call(
+                "release", self._eval, _RELEASE, [PREFIX + "lock:" + lock], [str(token)]
+            )
+        except _Unavailable:
             # Other replicas see it freed by the TTL; this one retries on its next acquire.
             self._unreleased[lock] = str(token)
             if len(self._unreleased) > 10_000:
                 self._unreleased.pop(next(iter(self._unreleased)))
-            self._failed("release", exc)
 
     async def renew(self, held: Sequence[tuple[str, object]]) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for lock, token in held:
-                    await self._renew(
-                        keys=[PREFIX + "lock:" + lock],
-                        args=[str(token), self._lock_ttl_ms],
-                        client=pipe,
-                    )
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("renew", exc)
+        # On failure the locks live until their TTL; the next tick tries again.
+        with contextlib.suppress(_Unavailable):
+            await self._call("renew", self._renew_all, held)
+
+    async def _renew_all(self, held: Sequence[tuple[str, object]]) -> None:
+        script = self._script(_RENEW)
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            for lock, token in held:
+                await script(
+                    keys=[PREFIX + "lock:" + lock],
+                    args=[str(token), self._lock_ttl_ms],
+                    client=pipe,
+                )
+            await pipe.execute()
 
     async def wanted(self, locks: Sequence[str]) -> set[str]:
         try:
-            found = await self._redis.mget([PREFIX + "want:" + lock for lock in locks])
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("wanted", exc)
+            found = await self._call(
+                "wanted", self._mget, [PREFIX + "want:" + lock for lock in locks]
+            )
+        except _Unavailable:
             return set()
         return {lock for lock, value in zip(locks, found, strict=True) if value is not None}
 
     async def check_login_delay(self, lock: str) -> None:
         try:
-            left = await self._redis.pttl(PREFIX + "delay:" + lock)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("login-delay", exc)
+            left = await self._call("login-delay", self._pttl, PREFIX + "delay:" + lock)
+        except _Unavailable:
             return
         if left > 0:
             raise POP3LoginDelayError(
@@ -170,16 +211,31 @@ class RedisSessionGate:
             )
 
     async def note_login_delay(self, lock: str) -> None:
-        try:
-            await self._redis.set(PREFIX + "delay:" + lock, "1", px=int(self._login_delay * 1000))
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("login-delay", exc)
+        with contextlib.suppress(_Unavailable):
+            await self._call(
+                "login-delay",
+                self._set,
+                PREFIX + "delay:" + lock,
+                "1",
+                px=int(self._login_delay * 1000),
+            )
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError, TimeoutError):
-            return False
+        return await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_redis:
+            await self._redis.close()
+
+    # -- the redis-py calls, run through the shared client's policy ---------------------------
+    async def _set(self, key: str, value: str, **options: Any) -> Any:
+        return await self._redis.client.set(key, value, **options)
+
+    async def _delete(self, key: str) -> Any:
+        return await self._redis.client.delete(key)
+
+    async def _mget(self, keys: list[str]) -> list[Any]:
+        return await self._redis.client.mget(keys)
+
+    async def _pttl(self, key: str) -> int:
+        return int(await self._redis.client.pttl(key))

@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -524,7 +524,9 @@ class MailboxService:
         snapshot_max_age: float = 5.0,
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        readiness: Mapping[str, tuple[Callable[[], Awaitable[bool]], str]] | None = None,
     ) -> None:
+        self._readiness = dict(readiness or {})
         self._observer = observer
         self._snapshot_max_age = snapshot_max_age
         self._clock = clock
@@ -539,12 +541,16 @@ class MailboxService:
     async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
         """What readiness reports: each dependency, whether it answers, and why not."""
         cache_ok = await self._cache.ping()
-        return {
+        found: dict[str, tuple[bool, str | None]] = {
             "header_cache": (
                 cache_ok,
                 None if cache_ok else "the header cache does not answer; serving uncached",
             )
         }
+        for name, (check, failure) in self._readiness.items():
+            ok = await check()
+            found[name] = (ok, None if ok else failure)
+        return found
 
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
         async with self._sessions.lease(account, fresh=fresh) as session:

@@ -12,6 +12,7 @@ import redis
 from gateway.app import create_app
 from tests.api.conftest import ClientFactory, settings_for
 from tests.api.contract import checked
+from tests.cache.servers import StallServer
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot, DovecotUser, free_port
 
@@ -77,5 +78,30 @@ async def test_dead_redis_only_costs_speed(
         assert page["total"] == 1
     ready = await checked(await api.get("/readyz"), 200)
     assert ready["checks"]["header_cache"]["ok"] is False
+    assert ready["checks"]["replica_lock"]["ok"] is False
     scrape = await (await api.get("/metrics")).text()
-    assert metric(scrape, 'pop3gw_header_cache_events_total{kind="error"}') >= 1
+    assert metric(scrape, 'pop3gw_redis_events_total{kind="error"}') >= 1
+    assert metric(scrape, 'pop3gw_header_cache_events_total{kind="miss"}') >= 1
+
+
+async def test_a_redis_that_never_answers_is_asked_once_per_backoff(
+    aiohttp_client: ClientFactory, dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    """A Redis that accepts connections and answers nothing costs one timeout, then the
+    shared client backs off for everyone (cache and replica gate): new POP3 sessions do not
+    each wait for it (they did, twice per login, before the gate shared the backoff)."""
+    dovecot_user.deliver(simple_message(1))
+    async with StallServer() as black_hole:
+        settings = settings_for(dovecot.port, redis_url=black_hole.url(), cache_secret="s")
+        api = await aiohttp_client(create_app(settings))
+        for _ in range(4):  # four new sessions, four logins
+            page = await checked(
+                await api.get("/v1/mailboxes/me/messages?fresh=true", headers=basic(dovecot_user)),
+                200,
+            )
+            assert page["total"] == 1
+        # One round trip timed out; at most one probe after the first backoff (>= 0.5 s).
+        # Without the shared backoff: two per login (LOGIN-DELAY check, lock), 8 or more.
+        assert 1 <= black_hole.accepted <= 2
+        scrape = await (await api.get("/metrics")).text()
+        assert metric(scrape, 'pop3gw_replica_gate_events_total{kind="skipped"}') >= 6

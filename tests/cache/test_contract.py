@@ -52,7 +52,7 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[HeaderCache]:
         request.applymarker(pytest.mark.redis)
         url: str = request.getfixturevalue("redis_url")
         prefix: str = request.getfixturevalue("prefix")
-        impl = RedisHeaderCache(url, prefix=prefix, ttl=600)
+        impl = RedisHeaderCache.from_url(url, prefix=prefix, ttl=600)
     try:
         yield impl
     finally:

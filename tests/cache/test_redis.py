@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from gateway.cache import RedisHeaderCache
-from gateway.cache.redis import DEFAULT_PREFIX, encode_uid, redact_url
+from gateway.cache.redis import DEFAULT_PREFIX, encode_uid
+from gateway.redis import redact_url
 
 from .conftest import FakeClock
 from .servers import RedisProxy, ScriptedServer, StallServer, handshake_or
@@ -58,7 +59,7 @@ async def make_cache(
             "jitter": lambda: 1.0,  # the full backoff, so the tests can step over it
         }
         options.update(kwargs)
-        cache = RedisHeaderCache(url, **options)
+        cache = RedisHeaderCache.from_url(url, **options)
         made.append(cache)
         return cache
 
@@ -128,7 +129,7 @@ async def test_keys_values_and_ttl_on_the_wire(
 
 
 async def test_default_prefix_and_repr(redis_url: str) -> None:
-    cache = RedisHeaderCache(redis_url)
+    cache = RedisHeaderCache.from_url(redis_url)
     try:
         assert cache.key("ns", "a") == f"{DEFAULT_PREFIX}ns:YQ"
         assert DEFAULT_PREFIX == "pop3gw:v1:hdr:"
@@ -471,7 +472,7 @@ async def test_a_failing_metric_does_not_fail_the_cache(
 )
 def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RedisHeaderCache("redis://127.0.0.1:6379", **kwargs)
+        RedisHeaderCache.from_url("redis://127.0.0.1:6379", **kwargs)
 
 
 # -- secrets ----------------------------------------------------------------------------------
@@ -520,7 +521,7 @@ def test_bad_url_error_hides_the_password() -> None:
         f"redis://:{SECRET_IN_URL}@127.0.0.1:6379/0?socket_timeout=soon",
     ):
         with pytest.raises(ValueError, match="invalid redis URL") as caught:
-            RedisHeaderCache(url)
+            RedisHeaderCache.from_url(url)
         assert_no_secret(str(caught.value))
         assert caught.value.__cause__ is None
         assert caught.value.__context__ is None
