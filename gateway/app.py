@@ -18,7 +18,13 @@ from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
 from .replicas import RedisSessionGate
-from .service import LoginThrottle, MailboxService, PooledSessions, SessionSource
+from .service import (
+    LoginThrottle,
+    MailboxService,
+    PooledSessions,
+    SessionOpener,
+    SessionSource,
+)
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
 
@@ -174,14 +180,14 @@ def create_app(
             gate=gate,
         )
         metrics.watch_pool(pool)
-        sessions = PooledSessions(
-            pool,
+        opener = SessionOpener(
             key=cache_key,
             observer=metrics,
             throttle=LoginThrottle(
                 settings.pool.max_failed_logins, settings.pool.failed_login_window
             ),
         )
+        sessions = PooledSessions(pool, opener, key=cache_key, observer=metrics)
     readiness = {}
     if gate is not None:
         readiness["replica_lock"] = (

@@ -117,6 +117,14 @@ class Metrics:
     def gate_event(self, kind: str) -> None:
         self.gate_events.labels(kind).inc()
 
+    def problem(self, slug: str) -> None:
+        """One error answer, by problem type."""
+        self.problems.labels(slug).inc()
+
+    def streamed(self, kind: str, octets: int) -> None:
+        """Bytes sent to a client: ``raw`` (a message) or ``attachment``."""
+        self.bytes_streamed.labels(kind).inc(octets)
+
     def redis_event(self, kind: str) -> None:
         self.redis_events.labels(kind).inc()
 

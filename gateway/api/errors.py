@@ -9,35 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..pop3 import (
-    PoolClosedError,
-    PoolTimeoutError,
-    POP3ArgumentError,
-    POP3AuthError,
-    POP3ConnectionError,
-    POP3Error,
-    POP3InUseError,
-    POP3LoginDelayError,
-    POP3ProtocolError,
-    POP3ResponseError,
-    POP3SysPermError,
-    POP3SysTempError,
-    POP3TimeoutError,
-    POP3TLSError,
-)
-from ..service import (
-    CapabilityMissingError,
-    DeleteFailedError,
-    DeleteOutcomeUnknownError,
-    InvalidInputError,
-    LoginThrottledError,
-    MessageNotFoundError,
-    MessageTooLargeError,
-)
+from ..pop3 import POP3Error, POP3TimeoutError
+from ..service import LoginThrottledError, ServiceError, failure_reason
 
 log = logging.getLogger("gateway.api")
 
@@ -114,67 +92,98 @@ def problem_response(
     )
 
 
+_WWW_AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),)
+
+
+def _as_is(slug: str) -> Callable[[BaseException, bool], Problem]:
+    """A problem whose detail is the failure's own words (our service's, never a server's)."""
+    return lambda exc, _passthrough: Problem(slug, str(exc))
+
+
+def _fixed(slug: str, detail: str) -> Callable[[BaseException, bool], Problem]:
+    return lambda _exc, _passthrough: Problem(slug, detail)
+
+
+def _argument(exc: BaseException, passthrough: bool) -> Problem:
+    if passthrough:
+        return Problem("invalid-request", str(exc))
+    # Only the operator's configured credential can reach the POP3 layer unchecked.
+    return Problem(
+        "upstream-auth-failed", "the configured credential cannot be sent (CR, LF or NUL)"
+    )
+
+
+def _auth(_exc: BaseException, passthrough: bool) -> Problem:
+    if passthrough:
+        return Problem(
+            "unauthorized",
+            "the mail server rejected the user name or password",
+            headers=_WWW_AUTHENTICATE,
+        )
+    return Problem("upstream-auth-failed", "the mail server rejected the configured login")
+
+
+def _throttled(exc: BaseException, _passthrough: bool) -> Problem:
+    wait = exc.retry_after if isinstance(exc, LoginThrottledError) else 60.0
+    return Problem("login-throttled", str(exc), headers=(("Retry-After", str(round(wait))),))
+
+
+def _timeout(exc: BaseException, _passthrough: bool) -> Problem:
+    phase = exc.phase if isinstance(exc, POP3TimeoutError) else "network"
+    return Problem("upstream-timeout", f"the mail server did not answer in time ({phase})")
+
+
+def _refused(exc: BaseException, _passthrough: bool) -> Problem:
+    command = getattr(exc, "command", "a command")
+    return Problem("upstream-error", f"the mail server refused {command}")
+
+
+#: The one table from a failure's ``reason`` (gateway.service.failure_reason) to a problem.
+PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
+    # the service's own failures
+    "invalid-input": _as_is("invalid-request"),
+    "not-found": _as_is("not-found"),
+    "too-large": lambda exc, _p: Problem("message-too-large", f"{exc}; fetch it from /raw instead"),
+    "capability-missing": _as_is("capability-missing"),
+    "login-throttled": _throttled,
+    "delete-outcome-unknown": _as_is("delete-outcome-unknown"),
+    "delete-failed": _as_is("delete-failed"),
+    # the pool's
+    "pool-timeout": _fixed(
+        "pool-exhausted", "every session for this mailbox is busy; retry shortly"
+    ),
+    "pool-closed": _fixed(
+        "pool-exhausted", "the gateway is shutting down; retry on another replica"
+    ),
+    # the POP3 layer's
+    "argument": _argument,
+    "auth": _auth,
+    "in-use": _fixed("mailbox-locked", "the mailbox is in use by another session"),
+    "login-delay": _fixed("login-delay", "the mail server asks to wait before logging in again"),
+    "sys-temp": _fixed("upstream-unavailable", "the mail server reported a temporary failure"),
+    "sys-perm": _fixed("upstream-error", "the mail server reported a permanent failure"),
+    "timeout": _timeout,
+    "tls": _fixed("upstream-error", "TLS with the mail server failed"),
+    "unreachable": _fixed(
+        "upstream-error", "cannot reach the mail server, or the connection broke"
+    ),
+    "outcome-unknown": _fixed(
+        "upstream-error", "cannot reach the mail server, or the connection broke"
+    ),
+    "protocol": _fixed("upstream-error", "the mail server answered something that is not POP3"),
+    "refused": _refused,
+    "update-failed": _refused,
+}
+_UPSTREAM_OTHER = _fixed("upstream-error", "the mail server could not be used")
+
+
 def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
     """The problem for a failure, or None for an unexpected one (a 500)."""
     if isinstance(exc, Problem):
         return exc
-    if isinstance(exc, POP3ArgumentError) and not passthrough:
-        # Only the operator's configured credential can reach the POP3 layer unchecked.
-        return Problem(
-            "upstream-auth-failed", "the configured credential cannot be sent (CR, LF or NUL)"
-        )
-    if isinstance(exc, InvalidInputError | POP3ArgumentError):
-        return Problem("invalid-request", str(exc))
-    if isinstance(exc, MessageNotFoundError):
-        return Problem("not-found", str(exc))
-    if isinstance(exc, MessageTooLargeError):
-        return Problem("message-too-large", str(exc) + "; fetch it from /raw instead")
-    if isinstance(exc, CapabilityMissingError):
-        return Problem("capability-missing", str(exc))
-    if isinstance(exc, LoginThrottledError):
-        return Problem(
-            "login-throttled",
-            str(exc),
-            headers=(("Retry-After", str(round(exc.retry_after))),),
-        )
-    if isinstance(exc, DeleteOutcomeUnknownError):
-        return Problem("delete-outcome-unknown", str(exc))
-    if isinstance(exc, DeleteFailedError):
-        return Problem("delete-failed", str(exc))
-    if isinstance(exc, POP3Error):
-        return _classify_pop3(exc, passthrough=passthrough)
-    return None
-
-
-def _classify_pop3(exc: POP3Error, *, passthrough: bool) -> Problem:
-    if isinstance(exc, PoolTimeoutError):
-        return Problem("pool-exhausted", "every session for this mailbox is busy; retry shortly")
-    if isinstance(exc, PoolClosedError):
-        return Problem("pool-exhausted", "the gateway is shutting down; retry on another replica")
-    if isinstance(exc, POP3AuthError):
-        if passthrough:
-            return Problem(
-                "unauthorized",
-                "the mail server rejected the user name or password",
-                headers=(("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),),
-            )
-        return Problem("upstream-auth-failed", "the mail server rejected the configured login")
-    if isinstance(exc, POP3InUseError):
-        return Problem("mailbox-locked", "the mailbox is in use by another session")
-    if isinstance(exc, POP3LoginDelayError):
-        return Problem("login-delay", "the mail server asks to wait before logging in again")
-    if isinstance(exc, POP3SysTempError):
-        return Problem("upstream-unavailable", "the mail server reported a temporary failure")
-    if isinstance(exc, POP3TimeoutError):
-        return Problem("upstream-timeout", f"the mail server did not answer in time ({exc.phase})")
-    if isinstance(exc, POP3TLSError):
-        return Problem("upstream-error", "TLS with the mail server failed")
-    if isinstance(exc, POP3ConnectionError):
-        return Problem("upstream-error", "cannot reach the mail server, or the connection broke")
-    if isinstance(exc, POP3ProtocolError):
-        return Problem("upstream-error", "the mail server answered something that is not POP3")
-    if isinstance(exc, POP3SysPermError):
-        return Problem("upstream-error", "the mail server reported a permanent failure")
-    if isinstance(exc, POP3ResponseError):
-        return Problem("upstream-error", f"the mail server refused {exc.command}")
-    return Problem("upstream-error", "the mail server could not be used")
+    if not isinstance(exc, POP3Error | ServiceError):
+        return None
+    build = PROBLEMS.get(failure_reason(exc))
+    if build is None:
+        return _UPSTREAM_OTHER(exc, passthrough) if isinstance(exc, POP3Error) else None
+    return build(exc, passthrough)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import urllib.parse
-from datetime import datetime
 from typing import Any
 
-import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,35 +14,24 @@ from .. import contract
 from ..accounts import Account
 from ..keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE
 from ..mail import Attachment
-from ..service import (
-    CheckResult,
-    MessageTooLargeError,
-    Order,
-    Page,
-    Stats,
-    Summary,
-    decode_id,
-    encode_id,
-)
+from ..service import MessageTooLargeError, Order, check_limit
+from . import serializers
 from .auth import resolve_account
 from .errors import Problem
 from .middlewares import PASSTHROUGH_KEY, STREAMING_KEY, request_id_of
+from .serializers import PageRenderings, dumps
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 IMMUTABLE = "private, max-age=31536000, immutable"
-
-
-def _dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON (pydantic's serializer: the same text as ``json.dumps`` with
-    ``ensure_ascii=False`` and compact separators, several times faster on listing pages)."""
-    return pydantic_core.to_json(data)
+#: Rendered listing pages (the API layer's own cache: pages are immutable).
+RENDERINGS: web.AppKey[PageRenderings] = web.AppKey("renderings", PageRenderings)
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=_dumps(data),
+        body=dumps(data),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -69,54 +55,10 @@ def _flag(request: web.Request, name: str) -> bool:
     raise Problem("invalid-request", f"{name} must be true or false")
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
-
-
-def _summary_json(item: Summary) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": encode_id(item.uid), "uid": item.uid, "size": item.size}
-    if item.headers is not None:
-        data.update(item.headers.as_api())
-    else:
-        data.update(
-            subject=None,
-            to=[],
-            cc=[],
-            reply_to=[],
-            date=None,
-            message_id=None,
-            in_reply_to=None,
-            content_type="text/plain",
-        )
-        data["from"] = None
-    return data
-
-
-def _stats_json(mailbox: str, stats: Stats) -> dict[str, Any]:
-    return {
-        "mailbox": mailbox,
-        "messages": stats.messages,
-        "octets": stats.octets,
-        "snapshot_at": _iso(stats.snapshot_at),
-        "capabilities": stats.capabilities,
-    }
-
-
-def _page_json(page: Page) -> dict[str, Any]:
-    return {
-        "messages": [_summary_json(item) for item in page.items],
-        "total": page.total,
-        "next_cursor": page.next_cursor,
-        "snapshot_at": _iso(page.snapshot_at),
-    }
-
-
-def _page_etag(page: Page) -> str:
-    digest = hashlib.sha256()
-    for item in page.items:
-        digest.update(item.uid.encode("latin-1") + b"\0" + str(item.size).encode() + b"\0")
-    digest.update(f"{page.total}\0{page.next_cursor}".encode())
-    return f'"{digest.hexdigest()[:32]}"'
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    return check_limit(number)  # the service's one rule (and its message) for a page size
 
 
 def _not_modified(request: web.Request, etag: str) -> bool:
@@ -127,34 +69,24 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 async def mailbox_stats(request: web.Request) -> web.StreamResponse:
     account = _account(request, "read")
     stats = await request.app[SERVICE].stats(account, fresh=_flag(request, "fresh"))
-    return _json(_stats_json(account.mailbox_id, stats))
+    return _json(serializers.stats(account.mailbox_id, stats))
 
 
 async def list_messages(request: web.Request) -> web.StreamResponse:
     account = _account(request, "read")
-    raw_limit = request.query.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 500:
-        raise Problem("invalid-request", "limit must be a whole number from 1 to 500")
+    limit = _limit(request)
     order = request.query.get("order", "desc")
     if order not in ("desc", "asc"):
         raise Problem("invalid-request", "order must be desc or asc")
     ordered: Order = "desc" if order == "desc" else "asc"
-    cursor = request.query.get("cursor")
-    if cursor is not None and not 1 <= len(cursor) <= 200:
-        raise Problem("invalid-request", "the cursor must be 1 to 200 characters")
     page = await request.app[SERVICE].list_messages(
         account,
-        limit=int(raw_limit),
-        cursor=cursor,
+        limit=limit,
+        cursor=request.query.get("cursor"),
         order=ordered,
         fresh=_flag(request, "fresh"),
     )
-    rendered = page.memo.get("json")
-    if rendered is None:
-        # Pages are immutable and may be served again from the same snapshot: render once.
-        body = _dumps(_page_json(page))
-        rendered = page.memo["json"] = (_page_etag(page), body)
-    etag, body = rendered
+    etag, body = request.app[RENDERINGS].render(page)
     if _not_modified(request, etag):
         return web.Response(
             status=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"}
@@ -170,9 +102,8 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
 
 
 def _message_id(request: web.Request) -> str:
-    message_id = request.match_info["id"]
-    decode_id(message_id)  # invalid ids are refused before any POP3 traffic
-    return message_id
+    # Checked by the service (decode_id) before any POP3 traffic.
+    return request.match_info["id"]
 
 
 async def get_message(request: web.Request) -> web.StreamResponse:
@@ -193,7 +124,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
             extra=(("raw_url", raw_url), ("limit", exc.limit)),
         ) from exc
     data = {"id": message_id, "uid": message.uid, "size": message.size}
-    data.update(message.parsed.as_api())
+    data.update(serializers.parsed_message(message.parsed))
     return _json(data, headers=headers)
 
 
@@ -218,13 +149,13 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         request[STREAMING_KEY] = True
         try:
-            counter = request.app[METRICS].bytes_streamed.labels("raw")
+            metrics = request.app[METRICS]
             if first:
                 await response.write(first)
-                counter.inc(len(first))
+                metrics.streamed("raw", len(first))
             async for chunk in raw.chunks:
                 await response.write(chunk)
-                counter.inc(len(chunk))
+                metrics.streamed("raw", len(chunk))
         except BaseException:
             # Headers are gone: the only honest signal left is a broken transfer (no final
             # chunk), never a complete-looking truncated message.
@@ -250,7 +181,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     found: Attachment = await request.app[SERVICE].get_attachment(
         account, message_id, attachment_id
     )
-    request.app[METRICS].bytes_streamed.labels("attachment").inc(len(found.payload))
+    request.app[METRICS].streamed("attachment", len(found.payload))
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
@@ -296,32 +227,13 @@ async def delete_messages(request: web.Request) -> web.StreamResponse:
         raise Problem("invalid-request", f"{where}: {first['msg']}") from None
     if len(set(body.ids)) != len(body.ids):
         raise Problem("invalid-request", "ids must not repeat")
-    for message_id in body.ids:
-        decode_id(message_id)
     result = await request.app[SERVICE].delete_messages(account, body.ids)
-    return _json(
-        {
-            "deleted": [encode_id(uid) for uid in result.deleted],
-            "not_found": [encode_id(uid) for uid in result.not_found],
-        }
-    )
-
-
-def _check_json(result: CheckResult) -> dict[str, Any]:
-    return {
-        "ok": result.ok,
-        "steps": [
-            {"name": s.name, "ok": s.ok, "ms": s.ms, "detail": s.detail} for s in result.steps
-        ],
-        "capabilities": result.capabilities,
-        "messages": result.messages,
-        "octets": result.octets,
-    }
+    return _json(serializers.delete_result(result))
 
 
 async def check_mailbox(request: web.Request) -> web.StreamResponse:
     account = _account(request, "read")
-    return _json(_check_json(await request.app[SERVICE].check(account)))
+    return _json(serializers.check_result(await request.app[SERVICE].check(account)))
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -395,6 +307,7 @@ MESSAGE = MAILBOX + "/messages/{id:(?!delete$)[^/]+}"
 
 
 def setup_routes(app: web.Application) -> None:
+    app[RENDERINGS] = PageRenderings()
     router = app.router
     router.add_get(MAILBOX, mailbox_stats)
     router.add_get(MAILBOX + "/messages", list_messages)

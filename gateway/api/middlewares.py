@@ -107,7 +107,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
                 _describe_cause(exc),
                 extra={"request_id": request_id},
             )
-        request.app[METRICS].problems.labels(problem.slug).inc()
+        request.app[METRICS].problem(problem.slug)
         return problem_response(
             problem.slug,
             problem.detail,

@@ -16,7 +16,7 @@ import binascii
 import email.errors
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from ._headers import HeaderBlock, parse_params, split_headers, unfold
 from ._text import clean_body, clean_header, decode_declared, decode_encoded_words
@@ -75,16 +75,6 @@ class AttachmentInfo:
     disposition: Disposition
     content_id: str | None
 
-    def as_api(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "size": self.size,
-            "disposition": self.disposition,
-            "content_id": self.content_id,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Attachment(AttachmentInfo):
@@ -131,19 +121,6 @@ class ParsedMessage:
             has_attachments_hint=self.has_attachments_hint,
             size=self.size,
         )
-
-    def as_api(self) -> dict[str, Any]:
-        """The message as the HTTP API returns it (JSON-serialisable)."""
-        out = self.summary.as_api()
-        out.update(
-            references=list(self.references),
-            headers=[{"name": name, "value": value} for name, value in self.headers],
-            text=self.text,
-            html=self.html,
-            attachments=[a.as_api() for a in self.attachments],
-            defects=list(self.defects),
-        )
-        return out
 
 
 # -- the MIME walk ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `summarize` reads only the header section (a whole message works too), takes bytes exactly
 as the server sent them and never raises. `HeaderSummary.to_json` is the compact, versioned
-shape that is cached; `HeaderSummary.as_api` is the shape the HTTP API returns.
+shape that is cached; the HTTP API's shape is `gateway.api.serializers`'s.
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ class Address:
     name: str | None
     address: str
 
-    def as_api(self) -> dict[str, str | None]:
-        return {"name": self.name, "address": self.address}
-
 
 @dataclass(frozen=True, slots=True)
 class HeaderSummary:
@@ -59,20 +56,6 @@ class HeaderSummary:
     content_type: str = "text/plain"
     has_attachments_hint: bool = False
     size: int | None = None
-
-    def as_api(self) -> dict[str, Any]:
-        """The listing entry's header fields as the HTTP API returns them."""
-        return {
-            "subject": self.subject,
-            "from": None if self.from_ is None else self.from_.as_api(),
-            "to": [a.as_api() for a in self.to],
-            "cc": [a.as_api() for a in self.cc],
-            "reply_to": [a.as_api() for a in self.reply_to],
-            "date": self.date,
-            "message_id": self.message_id,
-            "in_reply_to": self.in_reply_to,
-            "content_type": self.content_type,
-        }
 
     def to_json(self) -> dict[str, Any]:
         """A compact dict for the cache: short keys, defaults left out, ``"v"`` versioned.

@@ -11,13 +11,22 @@ and the raw code is kept in ``code`` (unknown codes too).
 The server's own ``-ERR`` text is kept in ``server_text`` for logs; ``str(error)`` is our own
 words plus that text, and never contains a credential (arguments of USER/PASS/AUTH/APOP are
 never put into an error).
+
+Each class names its ``reason``: a short, stable word for the kind of failure (inherited by
+subclasses that do not name their own). It is what everything above this layer sorts
+failures by (metric labels, the words of ``/check``, the API's problem types), so a failure
+is classified once, here, by the class that raised it, never by a chain of ``isinstance``.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class POP3Error(Exception):
     """Base of everything the POP3 layer raises."""
+
+    reason: ClassVar[str] = "other"
 
 
 class POP3ArgumentError(POP3Error, ValueError):
@@ -26,21 +35,31 @@ class POP3ArgumentError(POP3Error, ValueError):
     Raised before anything reaches the wire.
     """
 
+    reason: ClassVar[str] = "argument"
+
 
 class POP3StateError(POP3Error):
     """The command is not allowed in the session's current state (nothing was sent)."""
+
+    reason: ClassVar[str] = "state"
 
 
 class POP3CapabilityError(POP3Error):
     """The server lacks what the operation needs (STLS, UIDL, a SASL mechanism...)."""
 
+    reason: ClassVar[str] = "capability"
+
 
 class POP3ConnectionError(POP3Error, ConnectionError):
     """The connection could not be made, or it broke: the session is closed."""
 
+    reason: ClassVar[str] = "unreachable"
+
 
 class POP3TLSError(POP3ConnectionError):
     """TLS failed: handshake, certificate verification, fingerprint mismatch."""
+
+    reason: ClassVar[str] = "tls"
 
 
 class POP3TimeoutError(POP3Error, TimeoutError):
@@ -49,6 +68,8 @@ class POP3TimeoutError(POP3Error, TimeoutError):
     ``phase`` names the step: ``connect``, ``tls``, ``greeting``, ``command`` or ``idle``.
     """
 
+    reason: ClassVar[str] = "timeout"
+
     def __init__(self, message: str, *, phase: str) -> None:
         super().__init__(message)
         self.phase = phase
@@ -56,6 +77,8 @@ class POP3TimeoutError(POP3Error, TimeoutError):
 
 class POP3ProtocolError(POP3Error):
     """The server sent something that is not POP3: the session is closed."""
+
+    reason: ClassVar[str] = "protocol"
 
 
 class POP3LineTooLongError(POP3ProtocolError):
@@ -81,6 +104,8 @@ class POP3OutcomeUnknownError(POP3ConnectionError):
     session (deletes are idempotent by unique-id).
     """
 
+    reason: ClassVar[str] = "outcome-unknown"
+
 
 class POP3ResponseError(POP3Error):
     """The server answered ``-ERR``.
@@ -89,6 +114,8 @@ class POP3ResponseError(POP3Error):
     ``None``; ``server_text`` is the rest of the server's line (for logs, not for end users);
     ``command`` is the verb that was refused.
     """
+
+    reason: ClassVar[str] = "refused"
 
     def __init__(self, command: str, code: str | None, server_text: str) -> None:
         self.command = command
@@ -106,21 +133,31 @@ class POP3ResponseError(POP3Error):
 class POP3AuthError(POP3ResponseError):
     """The credentials were refused (``[AUTH]``, or a plain ``-ERR`` to USER/PASS/AUTH/APOP)."""
 
+    reason: ClassVar[str] = "auth"
+
 
 class POP3InUseError(POP3ResponseError):
     """``[IN-USE]``: the maildrop is locked by another session; retry later."""
+
+    reason: ClassVar[str] = "in-use"
 
 
 class POP3LoginDelayError(POP3ResponseError):
     """``[LOGIN-DELAY]``: logged in too soon after the last session; retry later."""
 
+    reason: ClassVar[str] = "login-delay"
+
 
 class POP3SysTempError(POP3ResponseError):
     """``[SYS/TEMP]``: a temporary server-side failure; retry later."""
 
+    reason: ClassVar[str] = "sys-temp"
+
 
 class POP3SysPermError(POP3ResponseError):
     """``[SYS/PERM]``: a permanent server-side failure; retrying will not help."""
+
+    reason: ClassVar[str] = "sys-perm"
 
 
 class POP3UTF8Error(POP3ResponseError):
@@ -129,6 +166,8 @@ class POP3UTF8Error(POP3ResponseError):
 
 class POP3UpdateError(POP3ResponseError):
     """QUIT answered ``-ERR`` in the UPDATE state: some marked messages were not removed."""
+
+    reason: ClassVar[str] = "update-failed"
 
 
 _CODE_CLASSES: dict[str, type[POP3ResponseError]] = {

@@ -58,7 +58,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from .client import POP3Client, State
 from .errors import POP3Error, POP3InUseError, POP3LoginDelayError, POP3StateError
@@ -107,9 +107,13 @@ class SessionGate(Protocol):
 class PoolTimeoutError(POP3Error, TimeoutError):
     """No session could be had within ``acquire_timeout`` (every slot stayed busy)."""
 
+    reason: ClassVar[str] = "pool-timeout"
+
 
 class PoolClosedError(POP3Error):
     """The pool is closed (or closing): no new leases."""
+
+    reason: ClassVar[str] = "pool-closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +170,7 @@ class PoolStats:
 class PooledSession:
     """A logged-in session lent by a :class:`SessionPool`.
 
-    ``state`` is scratch space for the caller (a cached UIDL listing, say); it lives and dies
-    with the session. ``opened_at_wall`` (UTC) and ``opened_at`` (the pool's clock) are taken
+    ``opened_at_wall`` (UTC) and ``opened_at`` (the pool's clock) are taken
     just before the login that produced this session: the maildrop shown is at least that
     recent.
     """
@@ -183,7 +186,6 @@ class PooledSession:
         "opened_at",
         "opened_at_wall",
         "quit_on_close",
-        "state",
         "upstream",
     )
 
@@ -208,7 +210,6 @@ class PooledSession:
         self.opened_at_wall = opened_at_wall
         self.last_used = opened_at
         self.quit_on_close = quit_on_close
-        self.state: dict[str, object] = {}
         self._discarded = False
         self._ended = False
 

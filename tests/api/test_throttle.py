@@ -44,21 +44,38 @@ async def test_repeated_failures_are_refused_locally(
 def test_the_window_slides() -> None:
     now = [0.0]
     throttle = LoginThrottle(2, 60, clock=lambda: now[0])
+
+    def attempt(key: str, credential: str) -> None:
+        """A login that gets past the throttle and then fails for another reason."""
+        counted = throttle.begin(key, credential)
+        throttle.end(key, counted, "other", credential)
+
     throttle.failed("k")
     now[0] = 30
     throttle.failed("k")
     with pytest.raises(LoginThrottledError) as caught:
-        throttle.check("k", "digest")
+        attempt("k", "digest")
     assert caught.value.retry_after == pytest.approx(30)
-    throttle.check("other", "digest")
+    attempt("other", "digest")
     now[0] = 61  # the first failure left the window
-    throttle.check("k", "digest")
+    attempt("k", "digest")
     throttle.succeeded("k", "good")
     throttle.failed("k")
     throttle.failed("k")
-    throttle.check("k", "good")
+    attempt("k", "good")  # the known-good credential is never held back
     with pytest.raises(LoginThrottledError):
-        throttle.check("k", "unknown")
+        attempt("k", "unknown")
+
+
+def test_logins_in_flight_count_as_failures_to_come() -> None:
+    throttle = LoginThrottle(2, 60, clock=lambda: 0.0)
+    first = throttle.begin("k", "a")
+    second = throttle.begin("k", "b")
+    with pytest.raises(LoginThrottledError):
+        throttle.begin("k", "c")  # two wrong passwords may already be on their way
+    throttle.end("k", first, "auth", "a")
+    throttle.end("k", second, "ok", "b")
+    assert throttle.begin("k", "c")  # a success cleared the failures
 
 
 def test_the_throttle_is_bounded() -> None:

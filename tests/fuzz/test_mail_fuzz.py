@@ -10,6 +10,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.api.serializers import attachment_info, header_fields, parsed_message
 from gateway.mail import (
     MAX_NESTING_DEPTH,
     HeaderSummary,
@@ -35,12 +36,12 @@ def api_json(data: object) -> None:
 
 def check(raw: bytes) -> None:
     summary = summarize(raw, size=len(raw))
-    api_json(summary.as_api())
+    api_json(header_fields(summary))
     cached = json.loads(json.dumps(summary.to_json()))
     assert HeaderSummary.from_json(cached) == summary
 
     parsed = parse_message(raw)
-    api_json(parsed.as_api())
+    api_json(parsed_message(parsed))
     assert parsed.summary == summarize(raw, size=len(raw))
     ids = [info.id for info in parsed.attachments]
     assert len(ids) == len(set(ids)), ids
@@ -51,7 +52,7 @@ def check(raw: bytes) -> None:
         assert (found.id, found.size, found.filename) == (info.id, info.size, info.filename)
         assert len(found.payload) == info.size
         assert found.id.count(".") <= MAX_NESTING_DEPTH
-        api_json(found.as_api())
+        api_json(attachment_info(found))
 
 
 # -- random bytes -----------------------------------------------------------------------------
@@ -299,5 +300,5 @@ def test_find_attachment_any_id(raw: bytes, attachment_id: str) -> None:
     if found is not None:
         assert found.id == attachment_id
         assert found.size == len(found.payload)
-        api_json(found.as_api())
+        api_json(attachment_info(found))
         assert attachment_id in [a.id for a in parse_message(raw).attachments]

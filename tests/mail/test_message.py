@@ -8,6 +8,7 @@ import quopri
 
 import pytest
 
+from gateway.api.serializers import parsed_message
 from gateway.mail import (
     MAX_NESTING_DEPTH,
     MAX_PARTS,
@@ -207,7 +208,7 @@ def test_headers_references_and_defects() -> None:
 
 def test_as_api_shape() -> None:
     raw = message(multipart("b", TEXT, attachment("filename=a.bin", b"abc")))
-    api = parse_message(raw).as_api()
+    api = parsed_message(parse_message(raw))
     assert set(api) == {
         "subject", "from", "to", "cc", "reply_to", "date", "message_id", "in_reply_to",
         "content_type", "references", "headers", "text", "html", "attachments", "defects",

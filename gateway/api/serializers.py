@@ -1,0 +1,154 @@
+"""Wire shapes: how the service's results look as JSON (the OpenAPI contract's schemas).
+
+The domain (``service``, ``mail``) returns plain values; only this module knows the names and
+nesting the HTTP API uses. :class:`PageRenderings` keeps the rendered JSON of listing pages,
+which are immutable and served again from the same snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+import pydantic_core
+
+from ..mail import Address, AttachmentInfo, HeaderSummary, ParsedMessage
+from ..service import CheckResult, DeleteResult, Page, Stats, Summary, encode_id
+
+#: Rendered pages kept at most.
+MAX_RENDERINGS = 4096
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON (pydantic's serializer: the same text as ``json.dumps`` with
+    ``ensure_ascii=False`` and compact separators, several times faster on listing pages)."""
+    return pydantic_core.to_json(data)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def address(value: Address) -> dict[str, str | None]:
+    return {"name": value.name, "address": value.address}
+
+
+def header_fields(summary: HeaderSummary | ParsedMessage) -> dict[str, Any]:
+    """The header fields of a listing entry (and of a parsed message)."""
+    return {
+        "subject": summary.subject,
+        "from": None if summary.from_ is None else address(summary.from_),
+        "to": [address(a) for a in summary.to],
+        "cc": [address(a) for a in summary.cc],
+        "reply_to": [address(a) for a in summary.reply_to],
+        "date": summary.date,
+        "message_id": summary.message_id,
+        "in_reply_to": summary.in_reply_to,
+        "content_type": summary.content_type,
+    }
+
+
+#: A listing entry whose headers the server would not give (TOP refused).
+_NO_HEADERS = header_fields(HeaderSummary())
+
+
+def summary(item: Summary) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": encode_id(item.uid), "uid": item.uid, "size": item.size}
+    data.update(_NO_HEADERS if item.headers is None else header_fields(item.headers))
+    return data
+
+
+def attachment_info(info: AttachmentInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "filename": info.filename,
+        "content_type": info.content_type,
+        "size": info.size,
+        "disposition": info.disposition,
+        "content_id": info.content_id,
+    }
+
+
+def parsed_message(message: ParsedMessage) -> dict[str, Any]:
+    """A parsed message's fields (the caller adds ``id``, ``uid`` and ``size``)."""
+    out = header_fields(message)
+    out.update(
+        references=list(message.references),
+        headers=[{"name": name, "value": value} for name, value in message.headers],
+        text=message.text,
+        html=message.html,
+        attachments=[attachment_info(a) for a in message.attachments],
+        defects=list(message.defects),
+    )
+    return out
+
+
+def stats(mailbox: str, value: Stats) -> dict[str, Any]:
+    return {
+        "mailbox": mailbox,
+        "messages": value.messages,
+        "octets": value.octets,
+        "snapshot_at": iso(value.snapshot_at),
+        "capabilities": value.capabilities,
+    }
+
+
+def page(value: Page) -> dict[str, Any]:
+    return {
+        "messages": [summary(item) for item in value.items],
+        "total": value.total,
+        "next_cursor": value.next_cursor,
+        "snapshot_at": iso(value.snapshot_at),
+    }
+
+
+def page_etag(value: Page) -> str:
+    digest = hashlib.sha256()
+    for item in value.items:
+        digest.update(item.uid.encode("latin-1") + b"\0" + str(item.size).encode() + b"\0")
+    digest.update(f"{value.total}\0{value.next_cursor}".encode())
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def delete_result(result: DeleteResult) -> dict[str, Any]:
+    return {
+        "deleted": [encode_id(uid) for uid in result.deleted],
+        "not_found": [encode_id(uid) for uid in result.not_found],
+    }
+
+
+def check_result(result: CheckResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "steps": [
+            {"name": s.name, "ok": s.ok, "ms": s.ms, "detail": s.detail} for s in result.steps
+        ],
+        "capabilities": result.capabilities,
+        "messages": result.messages,
+        "octets": result.octets,
+    }
+
+
+class PageRenderings:
+    """ETag and JSON body of pages already rendered, for as long as the service keeps the
+    page (a weak reference) and at most ``max_entries`` of them."""
+
+    def __init__(self, max_entries: int = MAX_RENDERINGS) -> None:
+        self._max = max_entries
+        self._done: OrderedDict[int, tuple[weakref.ref[Page], str, bytes]] = OrderedDict()
+
+    def render(self, value: Page) -> tuple[str, bytes]:
+        key = id(value)
+        found = self._done.get(key)
+        if found is not None and found[0]() is value:
+            self._done.move_to_end(key)
+            return found[1], found[2]
+        etag, body = page_etag(value), dumps(page(value))
+        self._done[key] = (weakref.ref(value), etag, body)
+        self._done.move_to_end(key)
+        while len(self._done) > self._max:
+            self._done.popitem(last=False)
+        return etag, body

@@ -1,0 +1,188 @@
+"""Mailbox use cases over POP3 sessions, the header cache and mail parsing (no HTTP here).
+
+:class:`MailboxService` is the API layer's one entry; each use case lives in a module of its
+own:
+
+- ``errors``: the service's failures and :func:`failure_reason`, the one way failures are
+  sorted;
+- ``ids``: public message ids and listing cursors;
+- ``sessions``: opening sessions (:class:`SessionOpener`) and lending them (the pool);
+- ``limits``: what one mailbox's callers may make the gateway do (the login throttle);
+- ``listing``: snapshots (:class:`SnapshotCache`) and pages of header summaries;
+- ``messages``: one message, parsed, raw or one attachment;
+- ``deletes``: deletes, reported only after QUIT answered ``+OK``;
+- ``check``: the "test settings" of an account.
+
+The invariants of DESIGN section 4 that live here are kept by ``messages`` (1), ``deletes``
+(2) and ``listing`` (3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..accounts import Account
+from ..cache import HeaderCache
+from ..mail import Attachment
+from .check import Checker, CheckResult, CheckStep, describe_failure
+from .deletes import DeleteResult, Deletes
+from .errors import (
+    CapabilityMissingError,
+    DeleteFailedError,
+    DeleteOutcomeUnknownError,
+    InvalidInputError,
+    LoginThrottledError,
+    MessageNotFoundError,
+    MessageTooLargeError,
+    ServiceError,
+    failure_reason,
+)
+from .ids import Order, decode_id, encode_id
+from .limits import LoginThrottle
+from .listing import MAX_LIMIT, Listing, Page, Snapshot, SnapshotCache, Summary, check_limit
+from .messages import FullMessage, Messages, RawMessage, check_attachment_id
+from .sessions import (
+    PooledSessions,
+    Session,
+    SessionObserver,
+    SessionOpener,
+    SessionSource,
+    end_session,
+    login_outcome,
+)
+
+__all__ = [
+    "MAX_LIMIT",
+    "CapabilityMissingError",
+    "CheckResult",
+    "CheckStep",
+    "DeleteFailedError",
+    "DeleteOutcomeUnknownError",
+    "DeleteResult",
+    "FullMessage",
+    "InvalidInputError",
+    "LoginThrottle",
+    "LoginThrottledError",
+    "MailboxService",
+    "MessageNotFoundError",
+    "MessageTooLargeError",
+    "Order",
+    "Page",
+    "PooledSessions",
+    "RawMessage",
+    "ServiceError",
+    "Session",
+    "SessionObserver",
+    "SessionOpener",
+    "SessionSource",
+    "Snapshot",
+    "Stats",
+    "Summary",
+    "check_attachment_id",
+    "check_limit",
+    "decode_id",
+    "describe_failure",
+    "encode_id",
+    "end_session",
+    "failure_reason",
+    "login_outcome",
+]
+
+#: A readiness check: an async probe, and what it means when it fails.
+ReadinessCheck = tuple[Callable[[], Awaitable[bool]], str]
+
+
+@dataclass(frozen=True)
+class Stats:
+    messages: int
+    octets: int
+    snapshot_at: datetime
+    capabilities: list[str]
+
+
+class MailboxService:
+    """The use cases the API offers, over one session source and one header cache."""
+
+    def __init__(
+        self,
+        sessions: SessionSource,
+        cache: HeaderCache,
+        *,
+        cache_key: bytes,
+        max_parse_bytes: int,
+        snapshot_max_age: float = 5.0,
+        observer: SessionObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        readiness: Mapping[str, ReadinessCheck] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._cache = cache
+        self._readiness = dict(readiness or {})
+        snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
+        self._listing = Listing(sessions, snapshots, cache, cache_key=cache_key)
+        self._messages = Messages(sessions, snapshots, max_parse_bytes=max_parse_bytes)
+        self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
+        self._checker = Checker(observer)
+
+    @property
+    def max_parse_bytes(self) -> int:
+        return self._messages.max_parse_bytes
+
+    async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
+        """What readiness reports: each dependency, whether it answers, and why not."""
+        cache_ok = await self._cache.ping()
+        found: dict[str, tuple[bool, str | None]] = {
+            "header_cache": (
+                cache_ok,
+                None if cache_ok else "the header cache does not answer; serving uncached",
+            )
+        }
+        for name, (check, failure) in self._readiness.items():
+            ok = await check()
+            found[name] = (ok, None if ok else failure)
+        return found
+
+    async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
+        async with self._sessions.lease(account, fresh=fresh) as session:
+            count, octets = await session.client.stat()
+            caps = await session.client.ensure_transaction_capabilities()
+            return Stats(count, octets, session.opened_at, sorted(caps.items))
+
+    async def list_messages(
+        self,
+        account: Account,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        order: Order = "desc",
+        fresh: bool = False,
+    ) -> Page:
+        return await self._listing.list_messages(
+            account, limit=limit, cursor=cursor, order=order, fresh=fresh
+        )
+
+    async def message_exists(self, account: Account, message_id: str) -> bool:
+        return await self._messages.exists(account, message_id)
+
+    async def get_message(self, account: Account, message_id: str) -> FullMessage:
+        return await self._messages.get(account, message_id)
+
+    def open_raw(
+        self, account: Account, message_id: str
+    ) -> contextlib.AbstractAsyncContextManager[RawMessage]:
+        return self._messages.open_raw(account, message_id)
+
+    async def get_attachment(
+        self, account: Account, message_id: str, attachment_id: str
+    ) -> Attachment:
+        return await self._messages.attachment(account, message_id, attachment_id)
+
+    async def delete_messages(self, account: Account, message_ids: Sequence[str]) -> DeleteResult:
+        return await self._deletes.delete_messages(account, message_ids)
+
+    async def check(self, account: Account) -> CheckResult:
+        return await self._checker.check(account)

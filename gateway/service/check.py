@@ -1,0 +1,122 @@
+"""The account wizard's "test settings": connect, TLS, authenticate, CAPA and STAT, each
+timed, stopping at the first failure, described in our own words."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..accounts import Account
+from ..pop3 import POP3AuthError, POP3Client, POP3Error, POP3TimeoutError, TLSMode
+from .errors import failure_reason
+from .sessions import SessionObserver, end_session
+
+#: Our own words for each kind of failure (never the server's text, never a secret).
+_DESCRIPTIONS: dict[str, str] = {
+    "tls": "TLS failed (certificate not trusted, wrong host name, or handshake error)",
+    "auth": "the server rejected the credentials",
+    "in-use": "the mailbox is locked by another session",
+    "login-delay": "the server asks to wait before logging in again",
+    "unreachable": "cannot reach the server or the connection broke",
+    "outcome-unknown": "cannot reach the server or the connection broke",
+    "protocol": "the server answered something that is not POP3",
+}
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Our own words for a failure (never the server's raw text, never a secret)."""
+    reason = failure_reason(exc)
+    if reason == "timeout":
+        phase = exc.phase if isinstance(exc, POP3TimeoutError) else "network"
+        return f"timed out ({phase})"
+    if reason in _DESCRIPTIONS:
+        return _DESCRIPTIONS[reason]
+    command = getattr(exc, "command", None)
+    if isinstance(command, str):  # a -ERR of the server (POP3ResponseError)
+        code = getattr(exc, "code", None)
+        return f"the server refused {command}" + (f" [{code}]" if code else "")
+    return type(exc).__name__
+
+
+@dataclass
+class CheckStep:
+    name: str
+    ok: bool
+    ms: float
+    detail: str | None = None
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    steps: list[CheckStep]
+    capabilities: list[str]
+    messages: int | None = None
+    octets: int | None = None
+
+
+class Checker:
+    def __init__(self, observer: SessionObserver | None = None) -> None:
+        self._observer = observer
+
+    async def check(self, account: Account) -> CheckResult:
+        """Connect, TLS, authenticate, CAPA and STAT, each timed; stops at the first
+        failure."""
+        steps: list[CheckStep] = []
+        upstream = account.upstream
+        client: POP3Client | None = None
+        caps: list[str] = []
+        messages = octets = None
+
+        async def step(name: str, action: Callable[[], Awaitable[Any]]) -> Any:
+            started = time.perf_counter()
+            try:
+                result = await action()
+            except (POP3Error, OSError) as exc:
+                steps.append(CheckStep(name, False, _ms(started), describe_failure(exc)))
+                raise
+            steps.append(CheckStep(name, True, _ms(started)))
+            return result
+
+        try:
+            connect_mode = TLSMode.PLAIN if upstream.tls is TLSMode.STARTTLS else upstream.tls
+            client = await step(
+                "connect",
+                lambda: upstream.connect(
+                    tls=connect_mode,
+                    on_command=self._observer.observe_pop3 if self._observer else None,
+                ),
+            )
+            assert client is not None
+            if upstream.tls is TLSMode.STARTTLS:
+                await step("tls", client.stls)
+            elif upstream.tls is TLSMode.IMPLICIT:
+                steps.append(CheckStep("tls", True, 0.0, "implicit TLS, negotiated on connect"))
+            else:
+                steps.append(CheckStep("tls", False, 0.0, "plaintext: no TLS configured"))
+            await step("greeting", _noop)
+            await step("auth", lambda: account.login(client))
+            capabilities = await step("capa", client.capa)
+            caps = sorted(capabilities.items)
+            messages, octets = await step("stat", client.stat)
+        except POP3AuthError:
+            if account.passthrough:
+                raise  # the caller's own credentials are wrong: a 401, as on every endpoint
+        except (POP3Error, OSError):
+            pass
+        finally:
+            if client is not None:
+                await end_session(client, account)
+        ok = all(s.ok for s in steps if s.name != "tls" or upstream.tls is not TLSMode.PLAIN)
+        ok = ok and any(s.name == "stat" for s in steps)
+        return CheckResult(ok, steps, caps, messages, octets)
+
+
+async def _noop() -> None:
+    return None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,85 @@
+"""The service's own failures, and the one way every failure is sorted.
+
+Each error class, here and in the POP3 layer (:mod:`gateway.pop3.errors`, the pool's
+errors), names its ``reason``: a short stable word. :func:`failure_reason` reads it, and
+the three places that tell failures apart (login metrics, ``/check``'s words, the API's
+problem types) each keep one table keyed by it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """A request cannot be answered for a reason of the mailbox or the input."""
+
+    reason: ClassVar[str] = "other"
+
+
+class InvalidInputError(ServiceError):
+    """Bad id, cursor or argument: nothing was sent to the POP3 server."""
+
+    reason: ClassVar[str] = "invalid-input"
+
+
+class MessageNotFoundError(ServiceError):
+    """No message with that id in the mailbox (or no such attachment)."""
+
+    reason: ClassVar[str] = "not-found"
+
+
+class MessageTooLargeError(ServiceError):
+    reason: ClassVar[str] = "too-large"
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        shown = f"{size} octets" if size is not None else "larger than the limit"
+        super().__init__(f"the message is {shown}; messages over {limit} octets are not parsed")
+        self.size = size
+        self.limit = limit
+
+
+class CapabilityMissingError(ServiceError):
+    reason: ClassVar[str] = "capability-missing"
+
+    def __init__(self, capability: str) -> None:
+        super().__init__(f"the POP3 server does not support {capability}")
+        self.capability = capability
+
+
+class DeleteOutcomeUnknownError(ServiceError):
+    """QUIT was sent and its answer lost: the deletes may or may not have happened."""
+
+    reason: ClassVar[str] = "delete-outcome-unknown"
+
+
+class LoginThrottledError(ServiceError):
+    """Too many failed logins for this mailbox: the gateway stops trying for a while, so a
+    client retrying a wrong password does not get the gateway's address blocked."""
+
+    reason: ClassVar[str] = "login-throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            f"too many failed logins for this mailbox; try again in {retry_after:.0f} s"
+        )
+        self.retry_after = retry_after
+
+
+class DeleteFailedError(ServiceError):
+    """The server refused a delete (DELE or QUIT ``-ERR``): not everything was removed."""
+
+    reason: ClassVar[str] = "delete-failed"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The ``reason`` of a failure: its class's (the most specific one that names it), or
+    ``timeout`` / ``unreachable`` for the built-in socket errors, else ``other``."""
+    reason = getattr(type(exc), "reason", None)
+    if isinstance(reason, str):
+        return reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return "unreachable"
+    return "other"

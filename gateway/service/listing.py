@@ -1,0 +1,331 @@
+"""Listings: the maildrop as a session sees it (snapshots), kept for a few seconds, and pages
+of header summaries from the header cache and pipelined ``TOP n 0``.
+
+Invariant 3 (DESIGN section 4) is kept here: cached headers are looked up only for the
+unique-ids of the caller's own session listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..accounts import Account
+from ..cache import HeaderCache
+from ..mail import HeaderSummary
+from ..mail import summarize as summarize_headers
+from ..pop3 import POP3ResponseError
+from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundError
+from .ids import Order, decode_cursor, encode_cursor
+from .sessions import Session, SessionSource
+
+#: Snapshots kept at most (one per recently used login); pages kept per snapshot.
+MAX_VIEWS = 4096
+MAX_PAGES_PER_VIEW = 64
+#: Largest page of a listing.
+MAX_LIMIT = 500
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a page size this service serves (the one rule for it)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInputError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return limit
+
+
+@dataclass
+class Snapshot:
+    """The maildrop as a session sees it: numbers, unique-ids and sizes."""
+
+    at: datetime
+    numbers: list[int]
+    uids: dict[int, str]
+    sizes: dict[int, int]
+    by_uid: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for number in self.numbers:
+            self.by_uid.setdefault(self.uids[number], []).append(number)
+
+    def number_of(self, uid: str) -> int:
+        numbers = self.by_uid.get(uid)
+        if not numbers:
+            raise MessageNotFoundError("no message with that id in the mailbox")
+        return numbers[0]
+
+
+@dataclass(frozen=True)
+class Summary:
+    uid: str
+    size: int
+    headers: HeaderSummary | None  #: None when the server refused TOP for it
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of a listing; immutable, so it may be served again from the same snapshot."""
+
+    items: list[Summary]
+    total: int
+    next_cursor: str | None
+    snapshot_at: datetime
+
+
+@dataclass
+class _View:
+    """The snapshot one login produced, and the pages already built from it."""
+
+    snapshot: Snapshot
+    born: float  #: monotonic time of the login that produced it
+    pages: dict[tuple[str, str | None, int], Page] = field(default_factory=dict)
+
+
+class SnapshotCache:
+    """The one place snapshots are kept: per login (account key), the last snapshot read,
+    with the pages built from it.
+
+    - A session's snapshot (UIDL + LIST) is read once per login: the next lease of the same
+      pooled session finds it here (matched by the login's monotonic time).
+    - Within ``max_age`` of that login, a listing may be served from it without any session
+      (the maildrop as POP3 shows it has not changed), when every header it needs is cached.
+    - ``renewal`` makes a burst of callers after ``max_age`` wait for one renewal instead of
+      queueing for the session one by one.
+    Bounded: ``max_views`` logins (least recently used dropped), ``max_pages`` per login.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_views: int = MAX_VIEWS,
+        max_pages: int = MAX_PAGES_PER_VIEW,
+    ) -> None:
+        self._key = key
+        self._max_age = max_age
+        self._clock = clock
+        self._max_views = max_views
+        self._max_pages = max_pages
+        self._views: OrderedDict[str, _View] = OrderedDict()
+        #: view keys whose snapshot a request is renewing now, with the event it sets then
+        self._refreshing: dict[str, asyncio.Event] = {}
+
+    def view_key(self, account: Account) -> str:
+        return account.digest(self._key)
+
+    async def snapshot(self, session: Session) -> Snapshot:
+        """UIDL + LIST of ``session``, read once per login."""
+        view_key = self.view_key(session.account)
+        view = self._views.get(view_key)
+        if view is not None and view.born == session.born:
+            return view.snapshot
+        snapshot = await _read_snapshot(session)
+        self._store(view_key, snapshot, session.born)
+        return snapshot
+
+    def live(self, view_key: str) -> _View | None:
+        """The view of a login younger than ``max_age``, if there is one."""
+        view = self._views.get(view_key)
+        if view is None:
+            return None
+        if self._clock() - view.born >= self._max_age:
+            del self._views[view_key]
+            return None
+        self._views.move_to_end(view_key)
+        return view
+
+    def page(self, view: _View, page_key: tuple[str, str | None, int]) -> Page | None:
+        return view.pages.get(page_key)
+
+    def remember(self, view: _View, page_key: tuple[str, str | None, int], page: Page) -> None:
+        if len(view.pages) < self._max_pages:
+            view.pages[page_key] = page
+
+    def view_of(self, session: Session) -> _View | None:
+        """The view holding ``session``'s snapshot (None if it was dropped meanwhile)."""
+        view = self._views.get(self.view_key(session.account))
+        return view if view is not None and view.born == session.born else None
+
+    def forget(self, account: Account) -> None:
+        self._views.pop(self.view_key(account), None)
+
+    async def wait_for_renewal(self, view_key: str) -> bool:
+        """If another request is renewing ``view_key``'s snapshot, wait for it; whether one
+        was."""
+        event = self._refreshing.get(view_key)
+        if event is None:
+            return False
+        await event.wait()
+        return True
+
+    @contextlib.contextmanager
+    def renewal(self, view_key: str) -> Any:
+        """Mark ``view_key`` as being renewed for the time of the block (unless another
+        request already does); waiters look again when it ends, success or not."""
+        if view_key in self._refreshing:
+            yield
+            return
+        event = self._refreshing[view_key] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._refreshing[view_key]
+            event.set()
+
+    def _store(self, view_key: str, snapshot: Snapshot, born: float) -> None:
+        self._views[view_key] = _View(snapshot, born)
+        self._views.move_to_end(view_key)
+        while len(self._views) > self._max_views:
+            self._views.popitem(last=False)
+
+
+async def _read_snapshot(session: Session) -> Snapshot:
+    try:
+        uids, sizes = await session.client.uidl_and_list()
+    except POP3ResponseError as exc:
+        if exc.command != "UIDL" or exc.code is not None:
+            raise  # [SYS/TEMP] and friends are failures, not a missing capability
+        raise CapabilityMissingError("UIDL") from exc
+    numbers = sorted(uids)
+    return Snapshot(
+        at=session.opened_at,
+        numbers=numbers,
+        uids=uids,
+        sizes={n: sizes.get(n, 0) for n in numbers},
+    )
+
+
+class Listing:
+    """Pages of header summaries."""
+
+    def __init__(
+        self,
+        sessions: SessionSource,
+        snapshots: SnapshotCache,
+        cache: HeaderCache,
+        *,
+        cache_key: bytes,
+    ) -> None:
+        self._sessions = sessions
+        self._snapshots = snapshots
+        self._cache = cache
+        self._cache_key = cache_key
+
+    async def list_messages(
+        self,
+        account: Account,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        order: Order = "desc",
+        fresh: bool = False,
+    ) -> Page:
+        check_limit(limit)
+        after = decode_cursor(cursor, order) if cursor is not None else None
+        snapshots = self._snapshots
+        view_key = snapshots.view_key(account)
+        page_key = (order, cursor, limit)
+        view = None if fresh else snapshots.live(view_key)
+        if view is None and not fresh and await snapshots.wait_for_renewal(view_key):
+            # Another request of the same login renewed the snapshot meanwhile: a burst of
+            # callers after max_age costs one lease, not one each.
+            view = snapshots.live(view_key)
+        if view is not None:
+            # Within max_age of the last login the maildrop as POP3 shows it has not changed:
+            # serve from that snapshot, without a session, when the cache has every header
+            # of the page. Only uids of this caller's own listing are looked up.
+            page = snapshots.page(view, page_key)
+            if page is None:
+                page = await self._page(account, view.snapshot, order, after, limit, None)
+                if page is not None:
+                    snapshots.remember(view, page_key, page)
+            if page is not None:
+                return page
+        with snapshots.renewal(view_key):
+            async with self._sessions.lease(account, fresh=fresh) as session:
+                snap = await snapshots.snapshot(session)
+                page = await self._page(account, snap, order, after, limit, session)
+                assert page is not None  # with a session every header can be fetched
+                view = snapshots.view_of(session)
+            if view is not None:
+                snapshots.remember(view, page_key, page)
+            return page
+
+    async def _page(
+        self,
+        account: Account,
+        snap: Snapshot,
+        order: Order,
+        after: tuple[str, int] | None,
+        limit: int,
+        session: Session | None,
+    ) -> Page | None:
+        """A page of ``snap``; without a session, None unless every header is cached."""
+        ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
+        start = _resume_index(ordered, snap, after, order) if after is not None else 0
+        page_numbers = ordered[start : start + limit]
+        items = await self._summaries(account, snap, page_numbers, session)
+        if items is None:
+            return None
+        next_cursor = None
+        if start + limit < len(ordered) and page_numbers:
+            last = page_numbers[-1]
+            next_cursor = encode_cursor(order, snap.uids[last], last)
+        return Page(items, len(ordered), next_cursor, snap.at)
+
+    async def _summaries(
+        self,
+        account: Account,
+        snap: Snapshot,
+        numbers: Sequence[int],
+        session: Session | None,
+    ) -> list[Summary] | None:
+        """Header summaries for ``numbers``: from the cache, the rest with one pipelined
+        burst of ``TOP n 0`` written back in one go. Without a session, None on any miss."""
+        namespace = account.namespace(self._cache_key)
+        uids = [snap.uids[n] for n in numbers]
+        cached = await self._cache.get_many(namespace, set(uids))
+        found: dict[str, HeaderSummary] = {}
+        for uid, entry in cached.items():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                found[uid] = HeaderSummary.from_json(entry)
+        missing = [n for n in numbers if snap.uids[n] not in found]
+        if missing:
+            if session is None:
+                return None
+            fresh: dict[str, dict[str, Any]] = {}
+
+            def read(index: int, reply: bytes | POP3ResponseError) -> None:
+                # Each header section is read as it arrives, while the server answers the
+                # next commands of the pipeline.
+                if isinstance(reply, bytes):
+                    number = missing[index]
+                    summary = summarize_headers(reply, size=snap.sizes[number])
+                    found[snap.uids[number]] = summary
+                    fresh[snap.uids[number]] = summary.to_json()
+
+            await session.client.top_each(missing, read)
+            if fresh:
+                await self._cache.set_many(namespace, fresh)
+        return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
+
+
+def _resume_index(ordered: list[int], snap: Snapshot, after: tuple[str, int], order: Order) -> int:
+    """Where the page after ``after`` starts. The uid normally identifies the last item; if it
+    is gone (deleted meanwhile), continue from its message number."""
+    uid, number = after
+    numbers = snap.by_uid.get(uid)
+    if numbers:
+        last = numbers[0] if order == "asc" else numbers[-1]
+        return ordered.index(last) + 1
+    for i, n in enumerate(ordered):
+        if (order == "asc" and n > number) or (order == "desc" and n < number):
+            return i
+    return len(ordered)

@@ -1,0 +1,172 @@
+"""Opening POP3 sessions for accounts, and lending them to one request at a time.
+
+:class:`SessionOpener` connects and logs in (with the login throttle and the login
+metrics); :class:`PooledSessions` lends sessions from the POP3 pool, keyed so that a
+changed credential never reuses a session of the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Protocol
+
+from ..accounts import Account
+from ..pop3 import POP3Client, POP3Error, SessionPool, State
+from .errors import failure_reason
+from .limits import LoginThrottle
+
+#: Login outcomes that are metric labels of their own; every other failure is ``other``.
+_LOGIN_OUTCOMES = frozenset({"auth", "in-use", "login-delay", "tls", "timeout", "unreachable"})
+#: Failure reasons that mean "cannot reach the server" for the login metric.
+_UNREACHABLE = frozenset({"unreachable", "outcome-unknown"})
+
+
+class Session:
+    """A logged-in POP3 session lent to one request.
+
+    ``opened_at`` (UTC) is when it logged in: POP3 shows the maildrop as it was then.
+    ``born`` is the same moment on the monotonic clock: it names the login, so that what
+    was read in it (its snapshot) can be reused by the next lease of the same session.
+    """
+
+    __slots__ = ("account", "born", "client", "opened_at")
+
+    def __init__(
+        self,
+        client: POP3Client,
+        account: Account,
+        *,
+        opened_at: datetime | None = None,
+        born: float | None = None,
+    ) -> None:
+        self.client = client
+        self.account = account
+        self.opened_at = opened_at or datetime.now(UTC)
+        self.born = time.monotonic() if born is None else born
+
+
+class SessionSource(Protocol):
+    """Where sessions come from (a pool, or a test's own)."""
+
+    def lease(
+        self, account: Account, *, fresh: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Session]:
+        """A session for ``account`` for the time of the block. ``fresh`` asks for a session
+        opened now (new mail is visible only in a new session). An exception in the block
+        drops the session without QUIT; a session the block closed is not reused."""
+        ...
+
+
+class SessionObserver(Protocol):
+    """What sessions report (implemented by the metrics)."""
+
+    def observe_pop3(self, command: str, outcome: str, seconds: float) -> None: ...
+
+    def login(self, upstream: str, outcome: str) -> None: ...
+
+    def lease_waited(self, seconds: float) -> None: ...
+
+
+def login_outcome(exc: BaseException | None) -> str:
+    """A low-cardinality reason for a login's result (a metric label)."""
+    if exc is None:
+        return "ok"
+    reason = failure_reason(exc)
+    if reason in _UNREACHABLE:
+        return "unreachable"
+    return reason if reason in _LOGIN_OUTCOMES else "other"
+
+
+class SessionOpener:
+    """Connects and logs in; with a throttle, refuses early for a mailbox whose logins keep
+    failing. The throttle sees a keyed digest of the credential, never the secret."""
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        observer: SessionObserver | None = None,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
+        self._key = key
+        self._observer = observer
+        self._throttle = throttle
+
+    async def open(self, account: Account) -> POP3Client:
+        throttle = self._throttle
+        throttle_key = account.namespace(self._key)
+        credential = account.digest(self._key)
+        counted = throttle.begin(throttle_key, credential) if throttle is not None else False
+        observer = self._observer
+        on_command = observer.observe_pop3 if observer is not None else None
+        client: POP3Client | None = None
+        try:
+            client = await account.upstream.connect(on_command=on_command)
+            await account.login(client)
+        except BaseException as exc:
+            if client is not None:
+                client.abort()
+            if throttle is not None:
+                outcome = "auth" if failure_reason(exc) == "auth" else "other"
+                throttle.end(throttle_key, counted, outcome, credential)
+            if observer is not None and not isinstance(exc, asyncio.CancelledError):
+                observer.login(account.upstream.name, login_outcome(exc))
+            raise
+        if throttle is not None:
+            throttle.end(throttle_key, counted, "ok", credential)
+        if observer is not None:
+            observer.login(account.upstream.name, "ok")
+        return client
+
+
+class PooledSessions:
+    """Sessions from a :class:`SessionPool`, keyed by a keyed digest of upstream + user +
+    credential (a changed password never reuses a session of the old one); the maildrop
+    lock across replicas is named by upstream + user alone."""
+
+    def __init__(
+        self,
+        pool: SessionPool,
+        opener: SessionOpener,
+        *,
+        key: bytes,
+        observer: SessionObserver | None = None,
+    ) -> None:
+        self.pool = pool
+        self._opener = opener
+        self._key = key
+        self._observer = observer
+
+    @contextlib.asynccontextmanager
+    async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
+        asked = time.monotonic()
+        async with self.pool.lease(
+            account.digest(self._key),
+            account.upstream.name,
+            functools.partial(self._opener.open, account),
+            fresh=fresh,
+            quit_on_close=not account.upstream.read_only_sessions,
+            lock=account.namespace(self._key),
+        ) as pooled:
+            if self._observer is not None:
+                self._observer.lease_waited(time.monotonic() - asked)
+            yield Session(
+                pooled.client, account, opened_at=pooled.opened_at_wall, born=pooled.opened_at
+            )
+
+
+async def end_session(client: POP3Client, account: Account) -> None:
+    """End a session that holds no DELE marks: QUIT, or just drop it where reads must not
+    change the mailbox (read-only upstreams)."""
+    if client.state is State.CLOSED:
+        return
+    if account.upstream.read_only_sessions or client.deleted_marks:
+        client.abort()
+        return
+    with contextlib.suppress(POP3Error):
+        await client.quit()
