@@ -10,8 +10,8 @@ first to render OpenAPI 3.1): ``docs_html()`` is the page and ``docs_asset(name)
 it loads, so the page works without internet access. Only the names in ``DOCS_ASSETS`` are
 served: a name is a key of that table, never a path.
 
-The response validator the tests use lives in ``gateway.contract.validate``; it needs the
-``test`` extra (jsonschema).
+This package holds only the document and the docs assets: the checker the tests run on every
+response lives in ``tests/support/contract.py`` (it needs the ``test`` extra).
 """
 
 from __future__ import annotations

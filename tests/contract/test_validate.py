@@ -6,9 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate as validate_openapi
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from schemathesis.core.errors import InvalidSchema, RefResolutionError
 
 from gateway.contract import load_spec
-from gateway.contract.validate import ResponseValidator
+from tests.support.contract import ResponseValidator
 
 MAILBOX = "/v1/mailboxes/{mailbox}"
 MESSAGES = "/v1/mailboxes/{mailbox}/messages"
@@ -324,7 +327,8 @@ def rejects(validator: ResponseValidator, match: str, *args: Any) -> None:
 def test_rejects_an_undocumented_status(validator: ResponseValidator) -> None:
     rejects(
         validator,
-        r"GET /v1/mailboxes/\{mailbox\} -> 201: status 201 is not documented \(documented: 200,",
+        r"GET /v1/mailboxes/\{mailbox\} -> 201: Undocumented status code: Received: 201 "
+        r"Documented: 200, 400,",
         "GET",
         MAILBOX,
         201,
@@ -338,18 +342,18 @@ def test_rejects_a_problem_status_the_operation_does_not_document(
     validator: ResponseValidator,
 ) -> None:
     body = dumps(problem("message-too-large", 422, raw_url="/x/raw"))
-    rejects(validator, "status 422 is not documented", "GET", MAILBOX, 422, PROBLEM, body, RID)
+    rejects(validator, "Received: 422 Documented: 200,", "GET", MAILBOX, 422, PROBLEM, body, RID)
 
 
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ({k: v for k, v in stats().items() if k != "octets"}, r"at \$: 'octets' is a required"),
-        (stats(messages="1"), r"at \$\.messages: '1' is not of type 'integer'"),
+        ({k: v for k, v in stats().items() if k != "octets"}, r'at \$: "octets" is a required'),
+        (stats(messages="1"), r'at \$\.messages: "1" is not of type "integer"'),
         (stats(messages=-1), r"at \$\.messages: -1 is less than the minimum of 0"),
-        (stats(snapshot_at="yesterday"), r"at \$\.snapshot_at: 'yesterday' is not a 'date-time'"),
+        (stats(snapshot_at="yesterday"), r'at \$\.snapshot_at: "yesterday" is not a "date-time"'),
         (stats(password="hunter2"), r"Additional properties are not allowed \('password'"),
-        (stats(capabilities="TOP"), r"at \$\.capabilities: 'TOP' is not of type 'array'"),
+        (stats(capabilities="TOP"), r'at \$\.capabilities: "TOP" is not of type "array"'),
     ],
 )
 def test_rejects_a_body_that_does_not_match(
@@ -361,15 +365,15 @@ def test_rejects_a_body_that_does_not_match(
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (page(messages=[summary(size=None)]), r"at \$\.messages\[0\]\.size: None is not of type"),
-        (page(messages=[summary(id="a")]), r"at \$\.messages\[0\]\.id: 'a' does not match"),
+        (page(messages=[summary(size=None)]), r"at \$\.messages\[0\]\.size: null is not of type"),
+        (page(messages=[summary(id="a")]), r'at \$\.messages\[0\]\.id: "a" does not match'),
         (page(messages=[summary(uid="has space")]), r"at \$\.messages\[0\]\.uid"),
         (page(messages=[summary(extra=1)]), r"Unevaluated properties are not allowed \('extra'"),
         (
             page(messages=[summary(**{"from": {"address": 1, "name": None}})]),
-            r"at \$\.messages\[0\]\.from\.address: 1 is not of type 'string'",
+            r"at \$\.messages\[0\]\.from: .*\"address\":1.* is not valid under any of the schemas",
         ),
-        (page(next_cursor="x" * 201), r"at \$\.next_cursor: 'xxx.* is too long"),
+        (page(next_cursor="x" * 201), r'at \$\.next_cursor: "xxx.* is longer than 200 characters'),
     ],
 )
 def test_rejects_a_page_that_does_not_match(
@@ -382,7 +386,7 @@ def test_rejects_a_message_summary_where_a_message_is_due(validator: ResponseVal
     headers = {**RID, "ETag": '"m"', "Cache-Control": "private, max-age=31536000, immutable"}
     rejects(
         validator,
-        "'defects' is a required property",
+        r'at \$: "references" is a required property',  # the first of those missing
         "GET",
         MESSAGE,
         200,
@@ -415,10 +419,13 @@ def test_lists_every_error_with_its_location(validator: ResponseValidator) -> No
     [
         (
             "text/html",
-            r"content type 'text/html' is not documented \(documented: application/json\)",
+            "Undocumented Content-Type: Received: text/html Documented: application/json",
         ),
-        ("application/problem+json", "content type 'application/problem\\+json' is not documented"),
-        ("", "no Content-Type"),
+        (
+            "application/problem+json",
+            r"Undocumented Content-Type: Received: application/problem\+json",
+        ),
+        ("", "Missing Content-Type header"),
     ],
 )
 def test_rejects_an_undocumented_content_type(
@@ -431,7 +438,7 @@ def test_rejects_json_where_a_problem_is_due(validator: ResponseValidator) -> No
     body = dumps(problem("not-found", 404))
     rejects(
         validator,
-        "content type 'application/json' is not documented",
+        "Received: application/json; charset=utf-8 Documented: application/problem",
         "GET",
         MAILBOX,
         404,
@@ -444,16 +451,15 @@ def test_rejects_json_where_a_problem_is_due(validator: ResponseValidator) -> No
 def test_rejects_a_raw_message_with_another_type(validator: ResponseValidator) -> None:
     headers = {**RID, "X-Content-Type-Options": "nosniff"}
     rejects(
-        validator, "'text/plain' is not documented", "GET", RAW, 200, "text/plain", b"x", headers
+        validator, "Received: text/plain Documented:", "GET", RAW, 200, "text/plain", b"x", headers
     )
 
 
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (b"{", "the body is not valid JSON"),
-        (b'{"status": NaN}', "the body is not valid JSON"),
-        (b"\xff", "the body is not valid JSON"),
+        (b"{", "JSON deserialization error"),
+        (b"\xff", "Content deserialization error"),
     ],
 )
 def test_rejects_a_body_that_is_not_json(
@@ -462,10 +468,27 @@ def test_rejects_a_body_that_is_not_json(
     rejects(validator, match, "GET", "/healthz", 200, JSON, body, RID)
 
 
-def test_rejects_a_missing_json_body(validator: ResponseValidator) -> None:
+def test_rejects_nan(validator: ResponseValidator) -> None:
+    """JSON has no NaN; Python's json module reads it, and the schema check refuses the float
+    (schemathesis shows it as null)."""
+    body = b'{"ok": false, "steps": [], "capabilities": [], "messages": NaN, "octets": null}'
     rejects(
-        validator, "body was documented, but none given", "GET", "/healthz", 200, JSON, None, RID
+        validator, r"at \$\.messages: null is not of types", "POST", CHECK, 200, JSON, body, RID
     )
+
+
+def test_a_failing_branch_does_not_also_report_its_properties_as_unevaluated(
+    validator: ResponseValidator,
+) -> None:
+    body = dumps(page(messages=[summary(size=None)]))
+    with pytest.raises(AssertionError) as caught:
+        validator.validate("GET", MESSAGES, 200, JSON, body, {**RID, "ETag": '"e"'})
+    assert "size: null is not of type" in str(caught.value)
+    assert "Unevaluated" not in str(caught.value)
+
+
+def test_rejects_a_missing_json_body(validator: ResponseValidator) -> None:
+    rejects(validator, "JSON deserialization error", "GET", "/healthz", 200, JSON, None, RID)
 
 
 def test_rejects_a_body_where_none_is_documented(validator: ResponseValidator) -> None:
@@ -488,27 +511,27 @@ def test_rejects_a_body_on_head(validator: ResponseValidator) -> None:
 @pytest.mark.parametrize(
     ("status", "slug", "headers", "match"),
     [
-        (200, None, {}, "the required header X-Request-ID is missing"),
-        (401, "unauthorized", RID, "the required header WWW-Authenticate is missing"),
-        (423, "mailbox-locked", RID, "the required header Retry-After is missing"),
-        (503, "upstream-unavailable", RID, "the required header Retry-After is missing"),
+        (200, None, {}, "required headers are missing from the response: - `X-Request-ID`"),
+        (401, "unauthorized", RID, "are missing from the response: - `WWW-Authenticate`"),
+        (423, "mailbox-locked", RID, "are missing from the response: - `Retry-After`"),
+        (503, "upstream-unavailable", RID, "are missing from the response: - `Retry-After`"),
         (
             503,
             "pool-exhausted",
             {**RID, "Retry-After": "soon"},
-            "header Retry-After: 'soon' is not an integer",
+            r'header does not conform to the schema: at \$: "soon" is not of type "integer"',
         ),
         (
             503,
             "pool-exhausted",
             {**RID, "Retry-After": "-1"},
-            r"Retry-After: '-1' does not match its schema",
+            r"header does not conform to the schema: at \$: -1 is less than the minimum of 0",
         ),
         (
             200,
             None,
             {"X-Request-ID": "has space"},
-            "header X-Request-ID: 'has space' does not match",
+            r'header does not conform to the schema: at \$: "has space" does not match',
         ),
     ],
 )
@@ -526,21 +549,48 @@ def test_rejects_missing_or_malformed_headers(
 
 def test_rejects_conditional_headers_that_do_not_fit(validator: ResponseValidator) -> None:
     weak = {**RID, "ETag": 'W/"m"', "Cache-Control": "private, max-age=31536000, immutable"}
-    rejects(validator, "header ETag", "GET", MESSAGE, 200, JSON, dumps(message()), weak)
+    rejects(
+        validator,
+        r'header does not .*: "W/\\"m\\"" does not',
+        "GET",
+        MESSAGE,
+        200,
+        JSON,
+        dumps(message()),
+        weak,
+    )
     short = {**RID, "ETag": '"m"', "Cache-Control": "max-age=60"}
-    rejects(validator, "header Cache-Control", "GET", MESSAGE, 200, JSON, dumps(message()), short)
-    rejects(validator, "the required header ETag is missing", "GET", MESSAGES, 304, "", None, RID)
+    rejects(
+        validator,
+        r'header does not .*immutable" was expected',
+        "GET",
+        MESSAGE,
+        200,
+        JSON,
+        dumps(message()),
+        short,
+    )
+    rejects(
+        validator, "are missing from the response: - `ETag`", "GET", MESSAGES, 304, "", None, RID
+    )
 
 
 def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseValidator) -> None:
     inline = {**RID, "Content-Disposition": "inline", "X-Content-Type-Options": "nosniff"}
     rejects(
-        validator, "header Content-Disposition", "GET", ATTACHMENT, 200, "text/html", b"", inline
+        validator,
+        r'header does not conform .*: "inline" does not',
+        "GET",
+        ATTACHMENT,
+        200,
+        "text/html",
+        b"",
+        inline,
     )
     sniff = {**RID, "Content-Disposition": "attachment"}
     rejects(
         validator,
-        "X-Content-Type-Options is missing",
+        "are missing from the response: - `X-Content-Type-Options`",
         "GET",
         ATTACHMENT,
         200,
@@ -553,7 +603,7 @@ def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseVa
 @pytest.mark.parametrize(
     ("status", "body", "headers", "match"),
     [
-        (404, problem("internal", 404), RID, r"at \$\.type: '/problems/not-found' was expected"),
+        (404, problem("internal", 404), RID, r'at \$\.type: "/problems/not-found" was expected'),
         (404, problem("not-found", 500), RID, r"at \$\.status: 404 was expected"),
         (404, problem("no-such-slug", 404), RID, r"at \$\.type"),
         (
@@ -566,7 +616,7 @@ def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseVa
             404,
             {k: v for k, v in problem("not-found", 404).items() if k != "detail"},
             RID,
-            "'detail' is a required",
+            r'at \$: "detail" is a required',
         ),
         (
             423,
@@ -578,7 +628,7 @@ def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseVa
             502,
             problem("delete-failed", 502),
             RID,
-            r"at \$\.type: '/problems/delete-failed' is not one of",
+            r'at \$\.type: "/problems/delete-failed" is not one of',
         ),
     ],
 )
@@ -594,7 +644,7 @@ def test_rejects_inconsistent_problems(
 
 def test_rejects_a_422_without_raw_url(validator: ResponseValidator) -> None:
     body = dumps(problem("message-too-large", 422))
-    rejects(validator, "'raw_url' is a required property", "GET", MESSAGE, 422, PROBLEM, body, RID)
+    rejects(validator, '"raw_url" is a required property', "GET", MESSAGE, 422, PROBLEM, body, RID)
 
 
 def test_rejects_an_undocumented_method_unless_405(validator: ResponseValidator) -> None:
@@ -610,7 +660,14 @@ def test_rejects_an_undocumented_method_unless_405(validator: ResponseValidator)
     )
     body = dumps(problem("method-not-allowed", 405))
     rejects(
-        validator, "the required header Allow is missing", "PUT", MAILBOX, 405, PROBLEM, body, RID
+        validator,
+        "are missing from the response: - `Allow`",
+        "PUT",
+        MAILBOX,
+        405,
+        PROBLEM,
+        body,
+        RID,
     )
 
 
@@ -671,7 +728,9 @@ def test_validate_path(validator: ResponseValidator) -> None:
     validator.validate_path("GET", "/nowhere", 404, PROBLEM, dumps(problem("not-found", 404)), RID)
     with pytest.raises(AssertionError, match="no documented path matches, so 404 was expected"):
         validator.validate_path("GET", "/nowhere", 200, JSON, b"{}", RID)
-    with pytest.raises(AssertionError, match=r"GET /nowhere -> 404: .*X-Request-ID is missing"):
+    with pytest.raises(
+        AssertionError, match=r"GET /nowhere -> 404: .*missing from the response: - `X-Request-ID`"
+    ):
         validator.validate_path(
             "GET", "/nowhere", 404, PROBLEM, dumps(problem("not-found", 404)), {}
         )
@@ -699,22 +758,12 @@ TINY: dict[str, Any] = {
                             "application/*": {"schema": {"$ref": "#/components/schemas/Thing"}},
                         },
                     },
-                    "default": {"$ref": "#/components/responses/Remote"},
                 }
             }
         },
-        "/loop": {"get": {"responses": {"200": {"$ref": "#/components/responses/Loop"}}}},
-        "/bad": {
-            "get": {
-                "responses": {
-                    "200": {"$ref": "#/x-list/0"},
-                    "201": {"$ref": "#/x-list/1"},
-                    "202": {"$ref": "#/nowhere"},
-                }
-            }
-        },
+        "/listed": {"get": {"responses": {"200": {"$ref": "#/x-list/0"}}}},
     },
-    "x-list": [{"description": "from a list"}, "not an object"],
+    "x-list": [{"description": "from a list"}],
     "components": {
         "schemas": {
             "Thing": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
@@ -722,10 +771,6 @@ TINY: dict[str, Any] = {
         "headers": {
             "Chain": {"$ref": "#/components/headers/Real"},
             "Real": {"required": True, "schema": {"type": "string", "pattern": "^a"}},
-        },
-        "responses": {
-            "Remote": {"$ref": "other.yaml#/components/responses/X"},
-            "Loop": {"$ref": "#/components/responses/Loop"},
         },
     },
 }
@@ -748,14 +793,12 @@ def test_any_document_status_ranges_media_ranges_and_header_types(
 @pytest.mark.parametrize(
     ("headers", "match"),
     [
-        ({"X-Ref": "a", "X-Ratio": "half"}, "X-Ratio: 'half' is not a number"),
-        (
-            {"X-Ref": "a", "X-Ratio": "2"},
-            r"X-Ratio: '2' does not match its schema: at \$: 2\.0 is greater",
-        ),
-        ({"X-Ref": "a", "X-Flag": "yes"}, "X-Flag: 'yes' is not a boolean"),
-        ({"X-Ref": "b"}, "X-Ref: 'b' does not match its schema"),
-        ({}, "the required header X-Ref is missing"),
+        ({"X-Ref": "a", "X-Ratio": "half"}, r'at \$: "half" is not of type "number"'),
+        ({"X-Ref": "a", "X-Ratio": "2"}, r"at \$: 2(\.0)? is greater than the maximum of 1"),
+        # schemathesis reads the usual spellings (true, yes, 1, on, ...) as booleans
+        ({"X-Ref": "a", "X-Flag": "maybe"}, r'at \$: "maybe" is not of type "boolean"'),
+        ({"X-Ref": "b"}, r'at \$: "b" does not match "\^a"'),
+        ({}, "are missing from the response: - `X-Ref`"),
     ],
 )
 def test_any_document_header_errors(
@@ -765,30 +808,49 @@ def test_any_document_header_errors(
         tiny.validate("GET", "/things/{n}", 200, "application/json", b'{"n": 1}', headers)
 
 
+def test_any_document_reference_into_a_list(tiny: ResponseValidator) -> None:
+    tiny.validate("GET", "/listed", 200, "", None, {})
+
+
+def one_response(response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "broken", "version": "1"},
+        "paths": {"/x": {"get": {"responses": {"200": response}}}},
+        "x-list": ["not an object"],
+        "components": {"responses": {"Loop": {"$ref": "#/components/responses/Loop"}}},
+    }
+
+
 @pytest.mark.parametrize(
-    ("template", "status", "match"),
+    ("ref", "error", "match"),
     [
-        ("/things/{n}", 500, "only local \\$refs are supported, not other.yaml#"),
-        ("/loop", 200, "\\$ref chain too long"),
-        ("/bad", 201, "#/x-list/1 is not an object"),
-        ("/bad", 202, "the document has nothing at #/nowhere"),
+        ("other.yaml#/components/responses/X", RefResolutionError, "other.yaml"),
+        ("#/x-list/0", InvalidSchema, "`#/x-list/0` must be an object"),
+        ("#/nowhere", RefResolutionError, "'/nowhere' does not exist"),
     ],
 )
-def test_any_document_broken_references(
-    tiny: ResponseValidator, template: str, status: int, match: str
-) -> None:
-    with pytest.raises(AssertionError, match=match):
-        tiny.validate("GET", template, status, "", None, {})
+def test_any_document_broken_references(ref: str, error: type[Exception], match: str) -> None:
+    """A broken document is refused as such (not as a response that does not match)."""
+    validator = ResponseValidator(one_response({"$ref": ref}))
+    with pytest.raises(error, match=match):
+        validator.validate("GET", "/x", 200, "", None, {})
 
 
-def test_any_document_reference_into_a_list(tiny: ResponseValidator) -> None:
-    tiny.validate("GET", "/bad", 200, "", None, {})
+def test_a_reference_loop_is_the_document_checks_to_refuse() -> None:
+    """schemathesis follows a $ref loop into an empty response; the document check (run on
+    openapi/openapi.yaml in test_spec.py) refuses the document."""
+    document = one_response({"$ref": "#/components/responses/Loop"})
+    with pytest.raises((OpenAPIValidationError, RecursionError)):
+        validate_openapi(document)
 
 
 def test_more_errors_than_shown() -> None:
+    names = [f"p{i:02}" for i in range(15)]
     validator = ResponseValidator(
         {
             "openapi": "3.1.0",
+            "info": {"title": "many", "version": "1"},
             "paths": {
                 "/": {
                     "get": {
@@ -797,7 +859,10 @@ def test_more_errors_than_shown() -> None:
                                 "description": "many",
                                 "content": {
                                     "application/json": {
-                                        "schema": {"type": "array", "items": {"type": "string"}}
+                                        "schema": {
+                                            "type": "object",
+                                            "properties": {n: {"type": "string"} for n in names},
+                                        }
                                     }
                                 },
                             }
@@ -807,8 +872,9 @@ def test_more_errors_than_shown() -> None:
             },
         }
     )
+    body = dumps({n: 1 for n in names})
     with pytest.raises(AssertionError, match=r"\(and 5 more\)$"):
-        validator.validate("GET", "/", 200, "application/json", dumps(list(range(15))), {})
+        validator.validate("GET", "/", 200, "application/json", body, {})
 
 
 def test_a_document_without_paths() -> None:
