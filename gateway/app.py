@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -118,8 +119,10 @@ def create_app(
     *,
     sessions: SessionSource | None = None,
     cache: HeaderCache | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """Build the application. ``sessions`` and ``cache`` replace the defaults (tests)."""
+    """Build the application. ``sessions`` and ``cache`` replace the defaults (tests);
+    ``clock`` (monotonic seconds) is what session and snapshot ages are measured with."""
     app = web.Application(
         middlewares=[gateway_middleware],
         client_max_size=1024 * 1024,
@@ -132,7 +135,7 @@ def create_app(
     # One Redis client for everything that uses Redis, with one failure policy; it is
     # opened and closed by the app's lifecycle (redis_client below).
     redis = (
-        SharedRedis(settings.redis_url.get_secret_value())
+        SharedRedis(settings.redis_url.get_secret_value(), clock=clock)
         if settings.redis_url is not None
         else None
     )
@@ -178,6 +181,7 @@ def create_app(
             ),
             on_event=metrics.pool_event,
             gate=gate,
+            clock=clock,
         )
         metrics.watch_pool(pool)
         opener = SessionOpener(
@@ -201,6 +205,7 @@ def create_app(
         max_parse_bytes=settings.max_parse_bytes,
         snapshot_max_age=settings.pool.snapshot_max_age,
         observer=metrics,
+        clock=clock,
         readiness=readiness,
     )
 

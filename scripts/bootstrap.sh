@@ -97,7 +97,8 @@ if [ "$have" != "$want $(lock_digest "$want")" ] && [ "$have" != "dev $(lock_dig
     log "installing Python dependencies from requirements/$want.lock"
     "${pip[@]}" --require-hashes -r requirements/build.lock
     "${pip[@]}" --require-hashes -r "requirements/$want.lock"
-    "${pip[@]}" --no-deps --no-build-isolation -e .
+    # (setuptools warns that an editable install is editable: nothing to act on)
+    PYTHONWARNINGS=ignore "${pip[@]}" --no-deps --no-build-isolation -e .
     "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null || {
         "$VENV/bin/python" -m pip check; log "the lock does not satisfy pyproject.toml: run scripts/lock.sh"; exit 1; }
     echo "$want $(lock_digest "$want")" >"$stamp"

@@ -11,7 +11,9 @@ from gateway.app import create_app
 from gateway.service import encode_id
 from tests.api.conftest import ClientFactory, settings_for
 from tests.api.contract import checked
+from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
+from tests.support.wait import wait_until
 
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
 
@@ -50,12 +52,16 @@ async def test_fresh_sees_new_mail(
 async def test_the_snapshot_expires(
     aiohttp_client: ClientFactory, fake_server: FakePOP3Server
 ) -> None:
+    clock = FakeClock()
     api = await aiohttp_client(
-        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 0.2}))
+        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 5}), clock=clock)
     )
     await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
     fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
-    await asyncio.sleep(0.3)
+    clock.advance(4.9)
+    page = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert page["total"] == 2  # the same snapshot, within snapshot_max_age
+    clock.advance(0.2)
     page = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
     assert page["total"] == 3
 
@@ -116,7 +122,7 @@ async def test_pool_exhausted_answers_503(aiohttp_client: ClientFactory) -> None
         slow = asyncio.create_task(
             api.get(f"/v1/mailboxes/me/messages/{encode_id('u1')}", headers=ALICE)
         )
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: sent(srv, b"RETR") == 1)  # the session is held by the stall
         resp = await api.get("/v1/mailboxes/me?fresh=true", headers=ALICE)
         body = await checked(resp, 503)
         assert body["type"] == "/problems/pool-exhausted"
@@ -137,6 +143,11 @@ async def test_pool_metrics(aiohttp_client: ClientFactory, fake_server: FakePOP3
     assert "alice" not in scrape
 
 
+def sent(server: FakePOP3Server, verb: bytes) -> int:
+    """How many times the gateway sent ``verb`` to the server, over every connection."""
+    return sum(line.upper().startswith(verb) for lines in server.received for line in lines)
+
+
 def _leases(scrape: str) -> float:
     line = next(
         x for x in scrape.splitlines() if x.startswith("pop3gw_pool_lease_wait_seconds_count")
@@ -149,12 +160,13 @@ async def test_a_burst_after_the_snapshot_expired_costs_one_lease(
 ) -> None:
     """Callers that find the snapshot expired while another request of the same login is
     renewing it wait for that renewal instead of queueing for the session one by one."""
+    clock = FakeClock()
     api = await aiohttp_client(
-        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 0.3}))
+        create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 5}), clock=clock)
     )
     await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
     before = _leases(await (await api.get("/metrics")).text())
-    await asyncio.sleep(0.4)
+    clock.advance(6)
     fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
     answers = await asyncio.gather(
         *(api.get("/v1/mailboxes/me/messages", headers=ALICE) for _ in range(16))
@@ -170,20 +182,22 @@ async def test_a_failed_renewal_is_not_the_waiters_failure(
 ) -> None:
     """The request renewing the snapshot fails (the server stalls past the command timeout);
     the requests that waited for it lease a session of their own and get their answer."""
+    clock = FakeClock()
     api = await aiohttp_client(
         create_app(
             settings_for(
                 fake_server.port,
-                pool={"snapshot_max_age": 0.2, "retry_budget": 0},
+                pool={"snapshot_max_age": 5, "retry_budget": 0},
                 timeouts={"connect": 2, "tls": 2, "command": 0.5, "idle": 0.5},
-            )
+            ),
+            clock=clock,
         )
     )
     await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
-    await asyncio.sleep(0.3)
+    clock.advance(6)
     fake_server.script("UIDL", Stall())  # the next session's UIDL only
     first = asyncio.create_task(api.get("/v1/mailboxes/me/messages", headers=ALICE))
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: sent(fake_server, b"UIDL") == 2)  # the renewal is stalled
     others = await asyncio.gather(
         *(api.get("/v1/mailboxes/me/messages", headers=ALICE) for _ in range(3))
     )

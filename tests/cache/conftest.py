@@ -11,6 +11,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from tests.support.clock import FakeClock
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -65,19 +67,6 @@ def refused_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from redis.asyncio.connection import AbstractConnection
 from gateway.cache import RedisHeaderCache
 from gateway.cache.redis import DEFAULT_PREFIX, encode_uid
 from gateway.redis import redact_url
+from tests.support.clock import FakeClock
 
-from .conftest import FakeClock
 from .servers import RedisProxy, ScriptedServer, StallServer, handshake_or
 from .test_contract import NS, ODD_UIDS, entry
 

@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.service import encode_id
 from tests.api.conftest import ClientFactory, settings_for
 from tests.api.contract import checked
+from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
@@ -304,13 +305,15 @@ async def test_redis_slow_then_flushed_mid_run(
     stallable_redis: tuple[int, asyncio.Event],
 ) -> None:
     port, flowing = stallable_redis
+    clock = FakeClock()
     api = await aiohttp_client(
         create_app(
             settings_for(
                 fake_server.port,
                 redis_url=f"redis://127.0.0.1:{port}/0",
                 cache_secret="flush-test",
-            )
+            ),
+            clock=clock,
         )
     )
     url = "/v1/mailboxes/me/messages?fresh=true"
@@ -326,7 +329,7 @@ async def test_redis_slow_then_flushed_mid_run(
             client.delete(key)  # flushed under our feet
     finally:
         client.close()
-    await asyncio.sleep(1.5)  # past the cache's first backoff
+    clock.advance(60)  # past the first backoff of the Redis client
     after = await checked(await api.get(url, headers=ALICE), 200)
     assert first["messages"] == slow["messages"] == after["messages"]
     assert fake_server.mailbox.uids() == ["uid-1", "uid-2"]

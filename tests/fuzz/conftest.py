@@ -22,5 +22,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         write(f"  seed: POP3GW_FUZZ_SEED={profiles.SEED}")
     if profiles.LONG and total < LONG_TARGET:
         write(f"  note: fewer than {LONG_TARGET:,} inputs (a subset of the properties ran?)")
-    for bug, hits in sorted(profiles.KNOWN_HITS.items()):
-        write(f"  known gateway bug hit {hits:,} time(s): {bug}")

@@ -56,8 +56,6 @@ if LONG:
 
 #: Inputs each property ran, by property name.
 COUNTS: Counter[str] = Counter()
-#: Inputs that hit a known, reported gateway bug (tolerated by the properties), by bug.
-KNOWN_HITS: Counter[str] = Counter()
 #: Each property's budget in the long profile (their sum is the long run's size).
 LONG_BUDGETS: dict[str, int] = {}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from gateway.pop3 import (
     Timeouts,
     TLSMode,
 )
-from tests.fuzz.profiles import KNOWN_HITS, budget, ran
+from tests.fuzz.profiles import budget, ran
 
 #: Short timeouts: a stalled reply costs 0.1 s.
 TIMEOUTS = Timeouts(connect=2.0, tls=0.2, command=0.1, idle=0.1)
@@ -441,29 +440,6 @@ def sessions(draw: st.DrawFn) -> Session:
     return Session(draw(st.booleans()), draw(st.sampled_from([512, 8192])), ops)
 
 
-# -- known, reported gateway bugs ------------------------------------------------------------
-
-#: Where ``str.isdigit()`` lets non-ASCII digits ("²", "³") through to ``int()``, which
-#: raises ``ValueError`` instead of a POP3 error (see tests/fuzz/test_findings.py).
-_ISDIGIT_BUG = ("gateway/pop3/client.py", frozenset[str]())  # fixed: nothing is tolerated
-
-
-def known_bug(exc: BaseException) -> str | None:
-    """The name of a known, reported bug this exception comes from, if it does."""
-    if not isinstance(exc, ValueError) or isinstance(exc, POP3Error):
-        return None
-    frames = traceback.extract_tb(exc.__traceback__)
-    path, functions = _ISDIGIT_BUG
-    if (
-        "invalid literal for int()" in str(exc)
-        and frames
-        and frames[-1].filename.endswith(path)
-        and frames[-1].name in functions
-    ):
-        return f"ValueError from {path}:{frames[-1].name} (str.isdigit accepts non-ASCII digits)"
-    return None
-
-
 # -- the property ---------------------------------------------------------------------------
 
 
@@ -504,12 +480,6 @@ async def _step(client: POP3Client, name: str) -> str:
         await OPS[name](client)
     except POP3Error as exc:
         error = exc
-    except ValueError as exc:
-        bug = known_bug(exc)
-        if bug is None:
-            raise
-        KNOWN_HITS[bug] += 1
-        return f"{name}: known bug"
     if error is None:
         return f"{name}: ok"
     if isinstance(error, POP3TimeoutError | POP3ConnectionError):

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.pop3 import PoolLimits, SessionPool
-from tests.pool.helpers import Events, FakeClock, MakePool
+from tests.pool.helpers import Events, MakePool
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture

@@ -11,19 +11,6 @@ from tests.support.dovecot import Dovecot, DovecotUser
 from tests.support.fakepop3 import FakePOP3Server
 
 
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Events:
     """What the pool reported through ``on_event``."""
 

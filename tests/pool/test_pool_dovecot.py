@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.pop3 import PoolLimits, SessionPool, State
-from tests.pool.helpers import Events, FakeClock, MakePool, dovecot_factory
+from tests.pool.helpers import Events, MakePool, dovecot_factory
+from tests.support.clock import FakeClock
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot, DovecotUser, require_dovecot
 

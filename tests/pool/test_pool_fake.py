@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
@@ -30,13 +29,14 @@ from gateway.pop3 import (
 from tests.pool.helpers import (
     Events,
     Factory,
-    FakeClock,
     MakePool,
     fake_factory,
     login,
     open_at,
 )
+from tests.support.clock import FakeClock
 from tests.support.fakepop3 import Drop, Err, FakeMailbox, FakePOP3Server, Stall
+from tests.support.wait import wait_until
 
 MESSAGES = [
     ("uid-1", b"Subject: one\r\n\r\nfirst\r\n"),
@@ -48,15 +48,6 @@ QUICK = {"backoff_initial": 0.01, "backoff_max": 0.02}
 
 def fake(box: FakeMailbox | None = None, **options: object) -> FakePOP3Server:
     return FakePOP3Server(box if box is not None else FakeMailbox(MESSAGES), **options)  # type: ignore[arg-type]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition; the bound is a safety net, not what the test measures."""
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the condition did not become true")
 
 
 class Holder:

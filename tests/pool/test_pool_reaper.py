@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from gateway.pop3 import PoolLimits, SessionPool, State
-from tests.pool.helpers import Events, FakeClock, fake_factory
-from tests.pool.test_pool_fake import fake, wait_until
+from tests.pool.helpers import Events, fake_factory
+from tests.pool.test_pool_fake import fake
+from tests.support.clock import FakeClock
+from tests.support.wait import wait_until
 
 
 class SlowGate:
