@@ -15,24 +15,17 @@ import logging
 import signal
 import sys
 import weakref
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
 
+from . import __version__
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
 from .keys import LIFECYCLE
 from .logs import AccessLogger, configure_logging
 
 log = logging.getLogger("gateway")
-
-
-def _version() -> str:
-    try:
-        return version("pop3gw")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -136,7 +129,7 @@ def check_config() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pop3gw", description="POP3 mailboxes over HTTP/JSON")
-    parser.add_argument("--version", action="version", version=f"pop3gw {_version()}")
+    parser.add_argument("--version", action="version", version=f"pop3gw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway")
     demo_parser = sub.add_parser("demo", help="run the gateway with a built-in demo mailbox")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import signal
@@ -12,12 +13,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+import gateway
 from tests.support.dovecot import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 DEMO_AUTH = {"Authorization": "Basic " + base64.b64encode(b"demo:demo").decode()}
 
 
@@ -36,7 +41,17 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout.startswith("pop3gw ")
+    assert result.stdout.strip() == f"pop3gw {gateway.__version__}"
+
+
+def test_one_version_everywhere() -> None:
+    """The package, the CLI, both copies of the contract and the image tag say the same."""
+    assert importlib.metadata.version("pop3gw") == gateway.__version__
+    for path in ("openapi/openapi.yaml", "gateway/contract/openapi.yaml"):
+        info = yaml.safe_load((ROOT / path).read_text())["info"]
+        assert info["version"] == gateway.__version__, path
+    kustomization = yaml.safe_load((ROOT / "deploy/base/kustomization.yaml").read_text())
+    assert {image["newTag"] for image in kustomization["images"]} == {gateway.__version__}
 
 
 def test_check_config_masks_secrets() -> None:

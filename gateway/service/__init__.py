@@ -13,7 +13,7 @@ own:
 - ``deletes``: deletes, reported only after QUIT answered ``+OK``;
 - ``check``: the "test settings" of an account.
 
-The invariants of DESIGN section 4 that live here are kept by ``messages`` (1), ``deletes``
+The invariants (README, Invariants) that live here are kept by ``messages`` (1), ``deletes``
 (2) and ``listing`` (3).
 """
 

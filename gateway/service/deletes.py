@@ -1,6 +1,6 @@
 """Deleting messages: one POP3 transaction, reported only after QUIT answered ``+OK``.
 
-Invariant 2 (DESIGN section 4) is kept here: any failure before QUIT's ``+OK`` drops the
+Invariant 2 (README, Invariants) is kept here: any failure before QUIT's ``+OK`` drops the
 connection, and the server rolls the marks back.
 """
 

@@ -1,7 +1,7 @@
 """Listings: the maildrop as a session sees it (snapshots), kept for a few seconds, and pages
 of header summaries from the header cache and pipelined ``TOP n 0``.
 
-Invariant 3 (DESIGN section 4) is kept here: cached headers are looked up only for the
+Invariant 3 (README, Invariants) is kept here: cached headers are looked up only for the
 unique-ids of the caller's own session listing.
 """
 

@@ -1,6 +1,6 @@
 """Reading one message: parsed, as the raw bytes the server holds, or one attachment.
 
-Invariant 1 (DESIGN section 4) is kept here: an id is resolved to a message number inside
+Invariant 1 (README, Invariants) is kept here: an id is resolved to a message number inside
 the session that uses the number.
 """
 
