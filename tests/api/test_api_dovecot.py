@@ -11,8 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.api.conftest import DELETE_KEY, OTHER_KEY, READ_KEY, ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import DELETE_KEY, OTHER_KEY, READ_KEY, ClientFactory, checked, settings_for
 from tests.support.corpus import expected_retr, generate_corpus, simple_message
 from tests.support.dovecot import Dovecot, DovecotUser
 

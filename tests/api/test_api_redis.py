@@ -10,9 +10,8 @@ import pytest
 import redis
 
 from gateway.app import create_app
-from tests.api.conftest import ClientFactory, settings_for
-from tests.api.contract import checked
 from tests.cache.servers import StallServer
+from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot, DovecotUser, free_port
 

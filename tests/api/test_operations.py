@@ -21,8 +21,7 @@ import pytest
 from gateway.app import create_app
 from gateway.logs import REQUEST_ID, AccessLogger, RequestIdFilter, configure_logging
 from gateway.service import encode_id
-from tests.api.conftest import ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.corpus import large_message
 from tests.support.dovecot import Dovecot, DovecotUser, free_port
 from tests.support.fakepop3 import FakePOP3Server

@@ -9,8 +9,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.service import LoginThrottle, LoginThrottledError
-from tests.api.conftest import ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.fakepop3 import FakePOP3Server
 
 

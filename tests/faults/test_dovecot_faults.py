@@ -11,8 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from tests.api.conftest import ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.corpus import large_message, simple_message
 from tests.support.dovecot import Dovecot, DovecotUser
 from tests.support.fault_proxy import FaultProxy

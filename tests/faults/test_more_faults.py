@@ -15,8 +15,7 @@ import trustme
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.api.conftest import ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 

@@ -12,8 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.api.conftest import DELETE_KEY, ClientFactory, settings_for
-from tests.api.contract import checked
+from tests.support.api import DELETE_KEY, ClientFactory, checked, settings_for
 from tests.support.fakepop3 import Drop, DropAfter, Err, FakeMailbox, FakePOP3Server, Reply, Stall
 
 Client = TestClient[web.Request, web.Application]

@@ -8,20 +8,16 @@ from aiohttp import ClientResponse
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.security.conftest import (
+from tests.security.helpers import (
     DELETE_KEY,
     DELETE_ONLY_KEY,
     OTHER_KEY,
     READ_KEY,
     WILDCARD_KEY,
-    Client,
-    ClientFactory,
-    basic,
-    bearer,
     dele_lines,
     gateway_settings,
-    sha,
 )
+from tests.support.api import Client, ClientFactory, basic, bearer, sha
 from tests.support.fakepop3 import FakePOP3Server
 
 ID1 = encode_id("uid-1")

@@ -16,18 +16,8 @@ from aiohttp import ClientResponse
 from gateway.app import create_app
 from gateway.config import ConfigError, load_settings
 from gateway.service import encode_id
-from tests.security.conftest import (
-    DELETE_KEY,
-    READ_KEY,
-    Client,
-    ClientFactory,
-    basic,
-    bearer,
-    dele_lines,
-    gateway_settings,
-    sha,
-    smuggled,
-)
+from tests.security.helpers import DELETE_KEY, READ_KEY, dele_lines, gateway_settings, smuggled
+from tests.support.api import Client, ClientFactory, basic, bearer, sha
 from tests.support.fakepop3 import FakePOP3Server
 
 PAYLOADS = [

@@ -14,15 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.app import create_app
-from tests.security.conftest import (
-    READ_KEY,
-    Client,
-    ClientFactory,
-    basic,
-    bearer,
-    gateway_settings,
-    sha,
-)
+from tests.security.helpers import READ_KEY, gateway_settings
+from tests.support.api import Client, ClientFactory, basic, bearer, sha
 from tests.support.fakepop3 import Delay, FakeMailbox, FakePOP3Server
 
 MAX_UPSTREAM_ATTEMPTS = 5

@@ -21,7 +21,7 @@ from gateway.config import load_settings
 from gateway.logs import JSONFormatter
 from gateway.mail import parse_message
 from gateway.service import encode_id
-from tests.security.conftest import ClientFactory, basic, bearer, sha
+from tests.support.api import ClientFactory, basic, bearer, sha
 from tests.support.corpus import generate_corpus
 from tests.support.fakepop3 import Err, FakeMailbox, FakePOP3Server
 

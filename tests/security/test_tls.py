@@ -14,15 +14,8 @@ import trustme
 
 from gateway.app import create_app
 from gateway.config import ConfigError, load_settings
-from tests.security.conftest import (
-    MESSAGES,
-    READ_KEY,
-    SHORT_TIMEOUTS,
-    ClientFactory,
-    bearer,
-    sha,
-    write_pem,
-)
+from tests.security.helpers import MESSAGES, READ_KEY, SHORT_TIMEOUTS, write_pem
+from tests.support.api import ClientFactory, bearer, sha
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 
 
