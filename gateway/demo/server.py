@@ -80,7 +80,6 @@ class POP3Server:
       tls_context: a server-side SSLContext for STLS (or implicit TLS with
         `implicit_tls=True`, as on port 995).
       lock: a second login on a mailbox in use gets `-ERR [IN-USE]`.
-      line_ending: what ends every line the server sends.
       wording: the text of each reply.
       idle_timeout / max_connections: None for no limit.
 
@@ -107,7 +106,6 @@ class POP3Server:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         lock: bool = False,
-        line_ending: bytes = b"\r\n",
         wording: Wording | None = None,
         idle_timeout: float | None = 600.0,
         max_connections: int | None = 32,
@@ -117,7 +115,7 @@ class POP3Server:
             raise ValueError("port must be 0-65535")
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
-        if not set(commands) <= OPTIONAL_COMMANDS:
+        if not {c.upper() for c in commands} <= OPTIONAL_COMMANDS:
             raise ValueError(f"commands must be of {sorted(OPTIONAL_COMMANDS)}")
         if not {m.upper() for m in mechanisms} <= set(MECHANISMS):
             raise ValueError(f"mechanisms must be of {list(MECHANISMS)}")
@@ -141,7 +139,6 @@ class POP3Server:
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.lock = lock
-        self.line_ending = line_ending
         self.wording = wording or Wording()
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections

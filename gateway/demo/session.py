@@ -215,7 +215,8 @@ class Session(asyncio.Protocol):
         self.lost = asyncio.Event()
         self.state = "AUTHORIZATION"
         self.stalled = False
-        self.eol = server.line_ending
+        self.eol = b"\r\n"
+        """What ends every line this session sends (a `connected` hook may change it)."""
         self._chunks: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._buf = bytearray()

@@ -249,7 +249,6 @@ class FakePOP3Server(POP3Server):
             tls_context=tls_context,
             implicit_tls=implicit_tls,
             lock=lock,
-            line_ending=b"\n" if bare_lf else b"\r\n",
             wording=WORDING,
             idle_timeout=None,
             max_connections=None,
@@ -263,6 +262,7 @@ class FakePOP3Server(POP3Server):
         self.expire = expire
         self.list_size_delta = list_size_delta
         self.chunk_size = chunk_size
+        self.bare_lf = bare_lf
         self.drop_pipelined_after_pass = drop_pipelined_after_pass
         self.pipelining_lies = pipelining_lies
         self.inject_after_stls = inject_after_stls
@@ -302,6 +302,8 @@ class FakePOP3Server(POP3Server):
 
     def connected(self, session: Session) -> None:
         self.connections.append(session.record)
+        if self.bare_lf:
+            session.eol = b"\n"
 
     def line_received(self, session: Session, line: bytes) -> None:
         session.record.received.append(line)
