@@ -8,7 +8,7 @@ import poplib
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-from gateway.demo import DemoPOP3Server
+from gateway.demo import DemoPOP3Server, POP3Server
 
 T = TypeVar("T")
 
@@ -87,7 +87,7 @@ class Raw:
 
 
 @contextlib.asynccontextmanager
-async def raw(server: DemoPOP3Server) -> AsyncIterator[Raw]:
+async def raw(server: POP3Server) -> AsyncIterator[Raw]:
     reader, writer = await asyncio.open_connection(server.host, server.port)
     client = Raw(reader, writer)
     try:
