@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .accounts import Account, ApiKey, ApiKeys, Credential, Directory, Upstream
-from .api.handlers import setup_routes
 from .api.middlewares import gateway_middleware
+from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle

@@ -309,11 +309,6 @@ class POP3Stream:
     def is_closing(self) -> bool:
         return self._transport.is_closing() or self._protocol.closed
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet consumed."""
-        return len(self._protocol.buffer)
-
     def get_extra_info(self, name: str) -> object:
         return self._transport.get_extra_info(name)
 

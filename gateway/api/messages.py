@@ -1,58 +1,22 @@
-"""Route handlers: parse and check input, call the service, shape JSON. Nothing else."""
+"""The message resources: listings, one message (parsed, raw, one attachment), deletes."""
 
 from __future__ import annotations
 
-import hmac
 import re
 import urllib.parse
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import contract
-from ..accounts import Account
-from ..keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE
+from ..keys import METRICS, SERVICE
 from ..mail import Attachment
 from ..service import MessageTooLargeError, Order, check_limit
 from . import serializers
-from .auth import resolve_account
+from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified
 from .errors import Problem
-from .middlewares import PASSTHROUGH_KEY, STREAMING_KEY, request_id_of
-from .serializers import PageRenderings, dumps
+from .middlewares import STREAMING_KEY, request_id_of
 
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
-IMMUTABLE = "private, max-age=31536000, immutable"
-#: Rendered listing pages (the API layer's own cache: pages are immutable).
-RENDERINGS: web.AppKey[PageRenderings] = web.AppKey("renderings", PageRenderings)
-
-
-def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=dumps(data),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _account(request: web.Request, scope: str) -> Account:
-    account = resolve_account(request, request.app[DIRECTORY], scope)
-    request[PASSTHROUGH_KEY] = account.passthrough
-    return account
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name)
-    if value is None:
-        return False
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise Problem("invalid-request", f"{name} must be true or false")
 
 
 def _limit(request: web.Request) -> int:
@@ -61,19 +25,8 @@ def _limit(request: web.Request) -> int:
     return check_limit(number)  # the service's one rule (and its message) for a page size
 
 
-def _not_modified(request: web.Request, etag: str) -> bool:
-    given = request.headers.get("If-None-Match", "")
-    return any(tag.strip() in (etag, "*") for tag in given.split(","))
-
-
-async def mailbox_stats(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
-    stats = await request.app[SERVICE].stats(account, fresh=_flag(request, "fresh"))
-    return _json(serializers.stats(account.mailbox_id, stats))
-
-
 async def list_messages(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
+    account = account_of(request, "read")
     limit = _limit(request)
     order = request.query.get("order", "desc")
     if order not in ("desc", "asc"):
@@ -84,10 +37,10 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         limit=limit,
         cursor=request.query.get("cursor"),
         order=ordered,
-        fresh=_flag(request, "fresh"),
+        fresh=flag(request, "fresh"),
     )
     etag, body = request.app[RENDERINGS].render(page)
-    if _not_modified(request, etag):
+    if not_modified(request, etag):
         return web.Response(
             status=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"}
         )
@@ -107,12 +60,12 @@ def _message_id(request: web.Request) -> str:
 
 
 async def get_message(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
+    account = account_of(request, "read")
     message_id = _message_id(request)
     etag = f'"{message_id}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     service = request.app[SERVICE]
-    if _not_modified(request, etag) and await service.message_exists(account, message_id):
+    if not_modified(request, etag) and await service.message_exists(account, message_id):
         return web.Response(status=304, headers=headers)
     try:
         message = await service.get_message(account, message_id)
@@ -125,11 +78,11 @@ async def get_message(request: web.Request) -> web.StreamResponse:
         ) from exc
     data = {"id": message_id, "uid": message.uid, "size": message.size}
     data.update(serializers.parsed_message(message.parsed))
-    return _json(data, headers=headers)
+    return json_response(data, headers=headers)
 
 
 async def get_raw(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
+    account = account_of(request, "read")
     message_id = _message_id(request)
     service = request.app[SERVICE]
     async with service.open_raw(account, message_id) as raw:
@@ -175,7 +128,7 @@ def content_disposition(filename: str | None, fallback: str) -> str:
 
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
+    account = account_of(request, "read")
     message_id = _message_id(request)
     attachment_id = request.match_info["attachment"]
     found: Attachment = await request.app[SERVICE].get_attachment(
@@ -201,7 +154,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_message(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "delete")
+    account = account_of(request, "delete")
     message_id = _message_id(request)
     result = await request.app[SERVICE].delete_messages(account, [message_id])
     if not result.deleted:
@@ -216,7 +169,7 @@ class DeleteRequest(BaseModel):
 
 
 async def delete_messages(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "delete")
+    account = account_of(request, "delete")
     if request.content_type != "application/json":
         raise Problem("invalid-request", "send the ids as application/json")
     try:
@@ -228,98 +181,4 @@ async def delete_messages(request: web.Request) -> web.StreamResponse:
     if len(set(body.ids)) != len(body.ids):
         raise Problem("invalid-request", "ids must not repeat")
     result = await request.app[SERVICE].delete_messages(account, body.ids)
-    return _json(serializers.delete_result(result))
-
-
-async def check_mailbox(request: web.Request) -> web.StreamResponse:
-    account = _account(request, "read")
-    return _json(serializers.check_result(await request.app[SERVICE].check(account)))
-
-
-async def healthz(request: web.Request) -> web.StreamResponse:
-    return _json({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready when configured, listening and not shutting down.
-
-    A cache that does not answer is reported but does not make the replica unready:
-    requests are then served uncached (slower, still right), and taking every replica out
-    of service because Redis is down would turn a slowdown into an outage.
-    """
-    shutting_down = request.app[LIFECYCLE].shutting_down
-    checks: dict[str, dict[str, bool | str | None]] = {
-        "config": {"ok": True, "detail": None},
-        "lifecycle": {
-            "ok": not shutting_down,
-            "detail": "shutting down: finishing requests in flight" if shutting_down else None,
-        },
-    }
-    for name, (ok, detail) in (await request.app[SERVICE].dependencies()).items():
-        checks[name] = {"ok": ok, "detail": detail}
-    if shutting_down:
-        return _json({"status": "not-ready", "checks": checks}, status=503)
-    return _json({"status": "ready", "checks": checks})
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    token = request.app[LIFECYCLE].metrics_token
-    if token is not None:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Problem(
-                "unauthorized",
-                "send the metrics token as 'Authorization: Bearer <token>'",
-                (("WWW-Authenticate", 'Bearer realm="pop3gw-metrics"'),),
-            )
-    body, content_type = request.app[METRICS].exposition()
-    return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-async def openapi_json(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=contract.spec_json(), content_type="application/json")
-
-
-async def docs_page(request: web.Request) -> web.StreamResponse:
-    return web.Response(
-        text=contract.docs_html(),
-        content_type="text/html",
-        headers={"Content-Security-Policy": contract.DOCS_CONTENT_SECURITY_POLICY},
-    )
-
-
-async def docs_asset(request: web.Request) -> web.StreamResponse:
-    found = contract.docs_asset(request.match_info["asset"])
-    if found is None:
-        raise Problem("not-found", "no such documentation file")
-    body, content_type = found
-    return web.Response(
-        body=body,
-        headers={"Content-Type": content_type, "Cache-Control": "public, max-age=86400"},
-    )
-
-
-MAILBOX = "/v1/mailboxes/{mailbox:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
-# "delete" is the batch-delete resource, never a message id (ids are canonical base64url of
-# unique-ids, and "delete" is not canonical).
-MESSAGE = MAILBOX + "/messages/{id:(?!delete$)[^/]+}"
-
-
-def setup_routes(app: web.Application) -> None:
-    app[RENDERINGS] = PageRenderings()
-    router = app.router
-    router.add_get(MAILBOX, mailbox_stats)
-    router.add_get(MAILBOX + "/messages", list_messages)
-    router.add_post(MAILBOX + "/messages/delete", delete_messages)
-    router.add_post(MAILBOX + "/check", check_mailbox)
-    router.add_get(MESSAGE, get_message)
-    router.add_delete(MESSAGE, delete_message)
-    router.add_get(MESSAGE + "/raw", get_raw)
-    router.add_get(MESSAGE + "/attachments/{attachment:[^/]+}", get_attachment)
-    router.add_get("/healthz", healthz)
-    router.add_get("/readyz", readyz)
-    router.add_get("/metrics", metrics)
-    router.add_get("/openapi.json", openapi_json)
-    router.add_get("/docs", docs_page)
-    router.add_get("/docs/{asset}", docs_asset)
+    return json_response(serializers.delete_result(result))
