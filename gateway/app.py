@@ -135,7 +135,9 @@ def create_app(
     # One Redis client for everything that uses Redis, with one failure policy; it is
     # opened and closed by the app's lifecycle (redis_client below).
     redis = (
-        SharedRedis(settings.redis_url.get_secret_value(), clock=clock)
+        # 64 connections: what the cache and the replica gate had between them before
+        # they shared one client
+        SharedRedis(settings.redis_url.get_secret_value(), max_connections=64, clock=clock)
         if settings.redis_url is not None
         else None
     )

@@ -225,18 +225,27 @@ class SharedRedis:
 
     # -- calls ------------------------------------------------------------------------------
     async def call(
-        self, what: str, operation: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+        self,
+        what: str,
+        operation: Callable[..., Awaitable[_T]],
+        *args: Any,
+        background: bool = False,
+        **kwargs: Any,
     ) -> _T:
         """``await operation(*args, **kwargs)`` under the deadline and the backoff.
 
         Raises :class:`RedisSkippedError` without a round trip while backing off (one
         caller at a time probes once the backoff is over), :class:`RedisFailedError` when
         the call fails for any reason (socket, protocol, server error, deadline, a bug in a
-        parser: it costs the caller its use of Redis, never the request)."""
+        parser: it costs the caller its use of Redis, never the request).
+
+        A ``background`` call (periodic work off the request path, such as renewing the
+        replica locks) is made even while backing off: it costs no request anything, and
+        its success ends the backoff for everyone."""
         if self._closed or self._client is None:
             raise RedisSkippedError("the Redis client is not open")
         probe = False
-        if self._failing:
+        if self._failing and not background:
             if self._probing or self.clock() < self._down_until:
                 raise RedisSkippedError("Redis failed recently: backing off")
             self._probing = probe = True
@@ -253,8 +262,7 @@ class SharedRedis:
         return result
 
     def failed(self, what: str, exc: BaseException) -> None:
-        """Count a failure and start (or lengthen) the backoff; callers use it directly for
-        a reply that came back but makes no sense to them."""
+        """Count a failure and start (or lengthen) the backoff."""
         self._notify("error")
         now = self.clock()
         if not (self._failing and now < self._down_until):

@@ -97,10 +97,15 @@ class RedisSessionGate:
         return "<RedisSessionGate>"
 
     async def _call(
-        self, what: str, operation: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+        self,
+        what: str,
+        operation: Callable[..., Awaitable[_T]],
+        *args: Any,
+        background: bool = False,
+        **kwargs: Any,
     ) -> _T:
         try:
-            return await self._redis.call(what, operation, *args, **kwargs)
+            return await self._redis.call(what, operation, *args, background=background, **kwargs)
         except RedisFailedError:
             self._emit("error")
             self._warn(what)
@@ -141,16 +146,26 @@ class RedisSessionGate:
             try:
                 stale = self._unreleased.pop(lock, None)
                 if stale is not None:
-                    await self._call("release", self._eval, _RELEASE, [key], [stale])
-                if await self._call(
+                    try:
+                        await self._call("release", self._eval, _RELEASE, [key], [stale])
+                    except _Unavailable:
+                        self._unreleased[lock] = stale  # not released: try again next time
+                        raise
+                won = await self._call(
                     "acquire", self._set, key, token, nx=True, px=self._lock_ttl_ms
-                ):
-                    if waited:
-                        await self._call("acquire", self._delete, want)
-                    return token
-                await self._call("acquire", self._set, want, "1", px=2000)
+                )
             except _Unavailable:
                 return None  # open gate: proceed as a single replica would
+            if won:
+                if waited:
+                    # Best effort: the mark expires by itself within 2 s.
+                    with contextlib.suppress(_Unavailable):
+                        await self._call("acquire", self._delete, want)
+                return token  # once SET NX won, the lock is ours: never leave it orphaned
+            try:
+                await self._call("acquire", self._set, want, "1", px=2000)
+            except _Unavailable:
+                return None
             if not waited:
                 self._emit("wait")
             waited = True
@@ -174,9 +189,11 @@ class RedisSessionGate:
                 self._unreleased.pop(next(iter(self._unreleased)))
 
     async def renew(self, held: Sequence[tuple[str, object]]) -> None:
-        # On failure the locks live until their TTL; the next tick tries again.
+        # In the background (the reaper's tick), so not held back by the shared backoff:
+        # another user's failure must not let held locks lapse. On failure the locks live
+        # until their TTL; the next tick tries again.
         with contextlib.suppress(_Unavailable):
-            await self._call("renew", self._renew_all, held)
+            await self._call("renew", self._renew_all, held, background=True)
 
     async def _renew_all(self, held: Sequence[tuple[str, object]]) -> None:
         script = self._script(_RENEW)
@@ -235,7 +252,10 @@ class RedisSessionGate:
         return await self._redis.client.delete(key)
 
     async def _mget(self, keys: list[str]) -> list[Any]:
-        return await self._redis.client.mget(keys)
+        found = await self._redis.client.mget(keys)
+        if not isinstance(found, list) or len(found) != len(keys):
+            raise TypeError("the MGET reply does not match the keys asked")
+        return found
 
     async def _pttl(self, key: str) -> int:
         return int(await self._redis.client.pttl(key))

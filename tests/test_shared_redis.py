@@ -82,3 +82,17 @@ def test_bad_settings() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             SharedRedis(REDIS, **options)  # type: ignore[arg-type]
+
+
+async def test_background_calls_are_made_while_backing_off() -> None:
+    """Periodic work off the request path (renewing replica locks) is not held back by
+    another caller's failure, and its success ends the backoff for everyone."""
+    now = [0.0]
+    shared = SharedRedis.connect(REDIS, clock=lambda: now[0])
+    shared.failed("MGET", TimeoutError())  # someone's call failed
+    with pytest.raises(RedisSkippedError):
+        await shared.call("GET", shared.client.get, "pop3gw:test:absent")
+    assert await shared.call("PING", shared.client.ping, background=True) is True
+    assert not shared.backing_off
+    assert await shared.call("GET", shared.client.get, "pop3gw:test:absent") is None
+    await shared.close()

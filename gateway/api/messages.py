@@ -21,7 +21,8 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    digits = raw.lstrip("0") or "0"  # leading zeros are fine ("0050"), huge numbers are not
+    number = int(digits) if raw.isascii() and raw.isdigit() and len(digits) <= 6 else 0
     return check_limit(number)  # the service's one rule (and its message) for a page size
 
 

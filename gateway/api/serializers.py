@@ -134,11 +134,16 @@ def check_result(result: CheckResult) -> dict[str, Any]:
 
 class PageRenderings:
     """ETag and JSON body of pages already rendered, for as long as the service keeps the
-    page (a weak reference) and at most ``max_entries`` of them."""
+    page and at most ``max_entries`` of them: an entry goes when its page is collected (a
+    page the service did not keep is rendered for its one answer and forgotten), so the
+    renderings never hold more than the pages themselves do."""
 
     def __init__(self, max_entries: int = MAX_RENDERINGS) -> None:
         self._max = max_entries
         self._done: OrderedDict[int, tuple[weakref.ref[Page], str, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._done)
 
     def render(self, value: Page) -> tuple[str, bytes]:
         key = id(value)
@@ -147,8 +152,14 @@ class PageRenderings:
             self._done.move_to_end(key)
             return found[1], found[2]
         etag, body = page_etag(value), dumps(page(value))
-        self._done[key] = (weakref.ref(value), etag, body)
+        ref = weakref.ref(value, lambda dead: self._collected(key, dead))
+        self._done[key] = (ref, etag, body)
         self._done.move_to_end(key)
         while len(self._done) > self._max:
             self._done.popitem(last=False)
         return etag, body
+
+    def _collected(self, key: int, dead: weakref.ref[Page]) -> None:
+        found = self._done.get(key)
+        if found is not None and found[0] is dead:
+            del self._done[key]

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import time
@@ -66,6 +67,7 @@ from .errors import POP3Error, POP3InUseError, POP3LoginDelayError, POP3StateErr
 log = logging.getLogger("gateway.pop3.pool")
 
 SessionFactory = Callable[[], Awaitable[POP3Client]]
+_SERIALS = itertools.count(1)
 _RELEASE_TASK = "pop3-pool-gate-release"
 
 
@@ -170,6 +172,8 @@ class PoolStats:
 class PooledSession:
     """A logged-in session lent by a :class:`SessionPool`.
 
+    ``serial`` names this login among every session the process ever opened (never reused):
+    what a caller keeps about a session (its snapshot, say) is matched by it.
     ``opened_at_wall`` (UTC) and ``opened_at`` (the pool's clock) are taken
     just before the login that produced this session: the maildrop shown is at least that
     recent.
@@ -186,6 +190,7 @@ class PooledSession:
         "opened_at",
         "opened_at_wall",
         "quit_on_close",
+        "serial",
         "upstream",
     )
 
@@ -210,6 +215,7 @@ class PooledSession:
         self.opened_at_wall = opened_at_wall
         self.last_used = opened_at
         self.quit_on_close = quit_on_close
+        self.serial = next(_SERIALS)
         self._discarded = False
         self._ended = False
 
@@ -721,7 +727,11 @@ class SessionPool:
         so a session leased meanwhile is never taken from its lease."""
         wanted: set[str] = set()
         if self._gate is not None:
-            wanted = await self._tend_gate()
+            try:
+                wanted = await self._tend_gate()
+            except Exception:  # a gate must not raise; if it does, idle cleanup goes on
+                self._emit("reaper_error")
+                log.exception("tending the replica gate failed; reaping idle sessions anyway")
         now = self._clock()
         expired = [
             session

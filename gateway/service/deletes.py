@@ -46,13 +46,21 @@ class Deletes:
         if not 1 <= len(message_ids) <= MAX_IDS:
             raise InvalidInputError(f"between 1 and {MAX_IDS} ids per request")
         uids = list(dict.fromkeys(decode_id(i) for i in message_ids))
-        try:
-            return await self._delete(account, uids)
-        finally:
-            # Whatever happened, the next listing must look again.
-            self._snapshots.forget(account)
+        return await self._delete(account, uids)
 
     async def _delete(self, account: Account, uids: list[str]) -> DeleteResult:
+        try:
+            result = await self._transaction(account, uids)
+        except BaseException:
+            # Whatever happened, the next listing must look again.
+            self._snapshots.forget(account)
+            raise
+        if result.deleted:
+            self._snapshots.forget(account)  # the session that showed them is gone (QUIT)
+        # else: nothing was marked; the fresh session and its snapshot are the newest truth
+        return result
+
+    async def _transaction(self, account: Account, uids: list[str]) -> DeleteResult:
         async with self._sessions.lease(account, fresh=True) as session:
             snap = await self._snapshots.snapshot(session)
             present = [u for u in uids if u in snap.by_uid]

@@ -82,7 +82,8 @@ class _View:
     """The snapshot one login produced, and the pages already built from it."""
 
     snapshot: Snapshot
-    born: float  #: monotonic time of the login that produced it
+    login: object  #: the login that produced it (Session.login)
+    born: float  #: monotonic time of that login
     pages: dict[tuple[str, str | None, int], Page] = field(default_factory=dict)
 
 
@@ -91,7 +92,8 @@ class SnapshotCache:
     with the pages built from it.
 
     - A session's snapshot (UIDL + LIST) is read once per login: the next lease of the same
-      pooled session finds it here (matched by the login's monotonic time).
+      pooled session finds it here (matched by the login's identity, never by a time: two
+      logins are two maildrop states, however close together).
     - Within ``max_age`` of that login, a listing may be served from it without any session
       (the maildrop as POP3 shows it has not changed), when every header it needs is cached.
     - ``renewal`` makes a burst of callers after ``max_age`` wait for one renewal instead of
@@ -124,10 +126,10 @@ class SnapshotCache:
         """UIDL + LIST of ``session``, read once per login."""
         view_key = self.view_key(session.account)
         view = self._views.get(view_key)
-        if view is not None and view.born == session.born:
+        if view is not None and view.login == session.login:
             return view.snapshot
         snapshot = await _read_snapshot(session)
-        self._store(view_key, snapshot, session.born)
+        self._store(view_key, _View(snapshot, session.login, session.born))
         return snapshot
 
     def live(self, view_key: str) -> _View | None:
@@ -151,7 +153,7 @@ class SnapshotCache:
     def view_of(self, session: Session) -> _View | None:
         """The view holding ``session``'s snapshot (None if it was dropped meanwhile)."""
         view = self._views.get(self.view_key(session.account))
-        return view if view is not None and view.born == session.born else None
+        return view if view is not None and view.login == session.login else None
 
     def forget(self, account: Account) -> None:
         self._views.pop(self.view_key(account), None)
@@ -179,8 +181,8 @@ class SnapshotCache:
             del self._refreshing[view_key]
             event.set()
 
-    def _store(self, view_key: str, snapshot: Snapshot, born: float) -> None:
-        self._views[view_key] = _View(snapshot, born)
+    def _store(self, view_key: str, view: _View) -> None:
+        self._views[view_key] = view
         self._views.move_to_end(view_key)
         while len(self._views) > self._max_views:
             self._views.popitem(last=False)

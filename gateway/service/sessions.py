@@ -29,23 +29,26 @@ _UNREACHABLE = frozenset({"unreachable", "outcome-unknown"})
 class Session:
     """A logged-in POP3 session lent to one request.
 
-    ``opened_at`` (UTC) is when it logged in: POP3 shows the maildrop as it was then.
-    ``born`` is the same moment on the monotonic clock: it names the login, so that what
-    was read in it (its snapshot) can be reused by the next lease of the same session.
+    ``opened_at`` (UTC) is when it logged in: POP3 shows the maildrop as it was then;
+    ``born`` is the same moment on the monotonic clock (snapshot ages are measured from it).
+    ``login`` names the login itself, never reused: what was read in it (its snapshot) is
+    reused by the next lease of the same session, and only by that.
     """
 
-    __slots__ = ("account", "born", "client", "opened_at")
+    __slots__ = ("account", "born", "client", "login", "opened_at")
 
     def __init__(
         self,
         client: POP3Client,
         account: Account,
         *,
+        login: object,
         opened_at: datetime | None = None,
         born: float | None = None,
     ) -> None:
         self.client = client
         self.account = account
+        self.login = login
         self.opened_at = opened_at or datetime.now(UTC)
         self.born = time.monotonic() if born is None else born
 
@@ -156,7 +159,11 @@ class PooledSessions:
             if self._observer is not None:
                 self._observer.lease_waited(time.monotonic() - asked)
             yield Session(
-                pooled.client, account, opened_at=pooled.opened_at_wall, born=pooled.opened_at
+                pooled.client,
+                account,
+                login=pooled.serial,
+                opened_at=pooled.opened_at_wall,
+                born=pooled.opened_at,
             )
 
 

@@ -204,3 +204,22 @@ async def test_a_failed_renewal_is_not_the_waiters_failure(
     for resp in others:
         page = await checked(resp, 200)
         assert page["total"] == 2
+
+
+async def test_a_new_login_never_takes_the_snapshot_of_an_older_one(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """Two logins are two maildrop states, even at the same instant: with a clock that
+    does not move, a delete's fresh session still reads its own UIDL listing, and removes
+    the message asked for, not the one that took its number."""
+    clock = FakeClock()  # frozen: both logins happen "at the same time"
+    api = await aiohttp_client(create_app(settings_for(fake_server.port), clock=clock))
+    first = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert [m["uid"] for m in first["messages"]] == ["uid-2", "uid-1"]
+    # Behind the gateway's back: uid-1 goes, uid-3 arrives (uid-2 is now message 1).
+    del fake_server.mailbox.messages[0]
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    resp = await api.delete(f"/v1/mailboxes/me/messages/{encode_id('uid-2')}", headers=ALICE)
+    assert resp.status == 204
+    assert fake_server.mailbox.uids() == ["uid-3"]
+    assert sent(fake_server, b"UIDL") == 2  # the delete's session read its own listing

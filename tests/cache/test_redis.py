@@ -583,8 +583,6 @@ def mget_reply(command: list[bytes], element: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("mget", "kind"),
     [
-        (lambda c: b"*1\r\n$-1\r\n", "too few values"),
-        (lambda c: b"+OK\r\n", "not an array"),
         (lambda c: b"-ERR something went wrong\r\n", "an error reply"),
         (lambda c: b"-LOADING Redis is loading the dataset in memory\r\n", "loading"),
     ],
@@ -602,6 +600,32 @@ async def test_replies_that_make_no_sense_are_an_outage(
         asked = len(server.commands)
         assert await cache.get_many(NS, ["a", "b"]) == {}
         assert len(server.commands) == asked  # backing off
+
+
+@pytest.mark.parametrize(
+    ("mget", "kind"),
+    [
+        (lambda c: b"*1\r\n$-1\r\n", "too few values"),
+        (lambda c: b"+OK\r\n", "not an array"),
+    ],
+)
+async def test_replies_of_the_wrong_shape_cost_the_cache_only(
+    mget: Callable[[list[bytes]], bytes],
+    kind: str,
+    make_cache: Callable[..., RedisHeaderCache],
+    events: Events,
+) -> None:
+    """Redis answered, with something that does not fit the question (a proxy in between,
+    say): the cache does without it for this call, and the shared client does not back off
+    (the replica gate, which shares it, is not held back for the cache's trouble)."""
+    async with ScriptedServer(handshake_or(mget)) as server:
+        cache = make_cache(server.url(), timeout=0.5)
+        assert await cache.get_many(NS, ["a", "b"]) == {}, kind
+        assert events == {"error": 1, "miss": 2}
+        asked = len(server.commands)
+        assert await cache.get_many(NS, ["a", "b"]) == {}
+        assert len(server.commands) == asked + 1  # asked again: no backoff
+        assert "backing off" not in repr(cache)
 
 
 async def test_values_that_are_not_strings_are_garbage(

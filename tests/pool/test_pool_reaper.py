@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from gateway.pop3 import PoolLimits, SessionPool, State
+from gateway.pop3 import PooledSession, PoolLimits, SessionPool, State
 from tests.pool.helpers import Events, fake_factory
 from tests.pool.test_pool_fake import fake
 from tests.support.clock import FakeClock
@@ -99,5 +99,32 @@ async def test_a_failed_reaper_tick_is_logged_and_the_reaper_goes_on(
             await wait_until(lambda: events.counts["reaper_error"] == 1)
             clock.advance(2)
             await wait_until(lambda: pool.stats().open == 0)
-        assert "reaper failed; it goes on" in caplog.text
+        assert "tending the replica gate failed; reaping idle sessions anyway" in caplog.text
         assert "RuntimeError" in caplog.text
+
+
+async def test_a_tick_that_fails_anywhere_does_not_end_the_reaper(
+    gated: tuple[SessionPool, SlowGate, FakeClock, Events],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool, gate, clock, events = gated
+    gate.proceed.set()
+    real = pool._take_idle
+    calls = [0]
+
+    def take_idle_failing_once(session: PooledSession) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("list.remove(x): x not in list")  # what the old race raised
+        real(session)
+
+    monkeypatch.setattr(pool, "_take_idle", take_idle_failing_once)
+    async with fake() as server:
+        with caplog.at_level(logging.ERROR, logger="gateway.pop3.pool"):
+            async with pool.lease("k", "fake", fake_factory(server)):
+                pass
+            clock.advance(2)
+            await wait_until(lambda: pool.stats().open == 0)  # a later tick reaped it
+        assert events.counts["reaper_error"] == 1
+        assert "reaper failed; it goes on" in caplog.text
