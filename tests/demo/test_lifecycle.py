@@ -11,23 +11,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from gateway.demo import DemoPOP3Server, demo_messages
+from tests.support.wait import wait_until
 
 from .helpers import TIMEOUT, poplib_login, raw, with_poplib
 
 MESSAGES = demo_messages()
 UIDS = [uid for uid, _ in MESSAGES]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def uids_seen(server: DemoPOP3Server) -> list[str]:
