@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -148,7 +149,11 @@ def create_app(
         header_cache = cache
     elif redis is not None:
         header_cache = RedisHeaderCache(
-            redis, ttl=settings.cache_ttl_seconds, on_event=metrics.cache_event
+            redis,
+            # values are sealed with a key of their own, derived from the cache secret
+            seal_key=hmac.new(cache_key, b"pop3gw header cache seal v2", "sha256").digest(),
+            ttl=settings.cache_ttl_seconds,
+            on_event=metrics.cache_event,
         )
     else:
         header_cache = MemoryHeaderCache(

@@ -92,7 +92,8 @@ class Metrics:
         )
         self._cache_events = _PlainCounter(
             "pop3gw_header_cache_events",
-            "Header cache lookups and failures, by kind (hit, miss, error, reconnect).",
+            "Header cache lookups and failures, by kind (hit, miss, error, invalid: a stored "
+            "value whose seal did not check, reconnect).",
             "kind",
         )
         self.registry.register(self._cache_events)

@@ -45,7 +45,7 @@ async def test_one_backoff_for_every_user_of_the_client() -> None:
         cache_events: list[str] = []
         gate_events: list[str] = []
         shared.listeners.append(seen.append)
-        cache = RedisHeaderCache(shared, on_event=cache_events.append)
+        cache = RedisHeaderCache(shared, seal_key=b"k" * 32, on_event=cache_events.append)
         gate = RedisSessionGate(shared, on_event=gate_events.append)
         assert await gate.acquire("mailbox", 1) is None  # the round trip times out
         assert black_hole.accepted == 1

@@ -2,7 +2,11 @@
 
 Keys are ``{prefix}{namespace}:{uid}``, where the namespace is a keyed digest chosen by the
 caller and the uid is base64url (no padding) of its latin-1 bytes, so no unique-id, however
-odd, can reach into another key. Values are compact JSON objects.
+odd, can reach into another key. Values are compact JSON objects, sealed: 32 hex digits of
+an HMAC-SHA256 (keyed by the cache secret) over the value's key and its JSON, then the JSON.
+Redis holds what we wrote but does not vouch for it: a value whose seal does not check (
+written by someone else, or moved from another key, such as another mailbox's) is a miss,
+counted as ``invalid`` and deleted, never shown.
 
 Redis is an accelerator here, never a dependency: the connection and its failure policy are
 the process's one :class:`gateway.redis.SharedRedis` (bounded pool, short timeouts, one
@@ -15,15 +19,19 @@ Events passed to ``on_event`` (one call per event, meant for counters):
 
 * ``hit`` / ``miss``: one per distinct uid asked of ``get_many``; a uid that could not be
   looked up (Redis failing or backing off) is a miss.
-* ``error``: a failed Redis call of the cache's, or a stored value that is not a JSON object.
+* ``error``: a failed Redis call of the cache's, or a sealed value that is not a JSON object.
+* ``invalid``: a stored value whose seal does not check (deleted, never shown).
 * ``reconnect``: the first successful Redis call (of any user of the client) after a failure.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
@@ -31,7 +39,9 @@ from ..redis import RateLimitedLog, RedisFailedError, RedisUnavailableError, Sha
 
 __all__ = ["DEFAULT_PREFIX", "RedisHeaderCache"]
 
-DEFAULT_PREFIX: Final = "pop3gw:v1:hdr:"
+DEFAULT_PREFIX: Final = "pop3gw:v2:hdr:"  # v2: values are sealed (v1 values are not read)
+#: Hex digits of the seal in front of a value (128 bits of HMAC-SHA256).
+SEAL_HEX: Final = 32
 #: Keys per MGET / DEL and commands per pipeline: a page is at most 500 uids, so one call.
 CHUNK: Final = 1000
 
@@ -64,6 +74,7 @@ class RedisHeaderCache:
         self,
         redis: SharedRedis,
         *,
+        seal_key: bytes,
         prefix: str = DEFAULT_PREFIX,
         ttl: int = 7 * 24 * 3600,
         on_event: Callable[[str], None] | None = None,
@@ -71,6 +82,9 @@ class RedisHeaderCache:
     ) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
             raise ValueError("ttl must be a whole number of seconds, at least 1")
+        if len(seal_key) < 16:
+            raise ValueError("seal_key must be at least 16 bytes")
+        self._sealer = hmac.new(seal_key, digestmod=hashlib.sha256)
         self._redis = redis
         self._owns_redis = owns_redis
         self._prefix = prefix
@@ -88,14 +102,23 @@ class RedisHeaderCache:
         prefix: str = DEFAULT_PREFIX,
         ttl: int = 7 * 24 * 3600,
         on_event: Callable[[str], None] | None = None,
+        seal_key: bytes | None = None,
         **redis_options: Any,
     ) -> RedisHeaderCache:
         """A cache with a Redis client of its own (closed with the cache): for a caller
-        that shares it with nothing else."""
+        that shares it with nothing else. Without ``seal_key``, one random to this cache
+        (what it writes is readable by it alone)."""
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
             raise ValueError("ttl must be a whole number of seconds, at least 1")
         redis = SharedRedis.connect(url, **redis_options)
-        return cls(redis, prefix=prefix, ttl=ttl, on_event=on_event, owns_redis=True)
+        return cls(
+            redis,
+            seal_key=seal_key if seal_key is not None else os.urandom(32),
+            prefix=prefix,
+            ttl=ttl,
+            on_event=on_event,
+            owns_redis=True,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "backing off" if self._redis.backing_off else "up"
@@ -105,6 +128,27 @@ class RedisHeaderCache:
     def key(self, namespace: str, uid: str) -> str:
         """The Redis key of ``uid`` in ``namespace``."""
         return f"{self._prefix}{namespace}:{encode_uid(uid)}"
+
+    def seal(self, key: str, text: str) -> str:
+        """What is stored under ``key`` for the JSON ``text``: its seal, then the text."""
+        return self._mac(key.encode(), text.encode()) + text
+
+    def _mac(self, key: bytes, text: bytes) -> str:
+        mac = self._sealer.copy()
+        mac.update(len(key).to_bytes(4, "big"))
+        mac.update(key)
+        mac.update(text)
+        return mac.hexdigest()[:SEAL_HEX]
+
+    def _unseal(self, key: str, value: object) -> bytes | None:
+        """The JSON of a stored value if its seal checks for ``key``, else None."""
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        if not isinstance(value, bytes) or len(value) < SEAL_HEX:
+            return None
+        seal, text = value[:SEAL_HEX], value[SEAL_HEX:]
+        expected = self._mac(key.encode(), text).encode()
+        return text if hmac.compare_digest(seal, expected) else None
 
     # -- HeaderCache ------------------------------------------------------------------------
     async def get_many(self, namespace: str, uids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -126,11 +170,15 @@ class RedisHeaderCache:
                 break
             values += got
         garbage: list[str] = []
+        forged: list[str] = []
         for uid, key, value in zip(wanted, keys, values, strict=False):
             if value is None:
                 continue
-            entry = _decode(value)
-            if entry is None:
+            text = self._unseal(key, value)
+            entry = None if text is None else _decode(text)
+            if text is None:
+                forged.append(key)
+            elif entry is None:
                 garbage.append(key)
             else:
                 found[uid] = entry
@@ -138,18 +186,24 @@ class RedisHeaderCache:
             self._event("hit")
         for _ in range(len(wanted) - len(found)):
             self._event("miss")
+        if forged:
+            for _ in forged:
+                self._event("invalid")
+            self._warn(f"{len(forged)} stored value(s) fail their seal; deleting them")
         if garbage:
             for _ in garbage:
                 self._event("error")
-            self._warn(f"{len(garbage)} stored value(s) are not JSON objects; deleting them")
-            await self._delete(garbage)
+            self._warn(f"{len(garbage)} sealed value(s) are not JSON objects; deleting them")
+        if forged or garbage:
+            await self._delete(forged + garbage)
         return found
 
     async def set_many(self, namespace: str, entries: Mapping[str, dict[str, Any]]) -> None:
         encoded: list[tuple[str, str]] = []
         for uid, entry in entries.items():
             try:
-                encoded.append((self.key(namespace, uid), _encode(entry)))
+                key = self.key(namespace, uid)
+                encoded.append((key, self.seal(key, _encode(entry))))
             except (TypeError, ValueError) as exc:
                 self._event("error")
                 self._warn(f"entry not stored, not JSON-ready: {type(exc).__name__}")

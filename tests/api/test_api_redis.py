@@ -51,7 +51,7 @@ async def test_warm_listing_comes_from_redis(
     assert metric(scrape, 'pop3gw_header_cache_events_total{kind="hit"}') >= 3
     client = redis.Redis(host="127.0.0.1", port=6379)
     try:
-        keys = [k.decode() for k in client.scan_iter(match="pop3gw:v1:hdr:*", count=1000)]
+        keys = [k.decode() for k in client.scan_iter(match="pop3gw:v2:hdr:*", count=1000)]
         assert keys
         for key in keys:
             assert dovecot_user.name not in key
@@ -104,3 +104,34 @@ async def test_a_redis_that_never_answers_is_asked_once_per_backoff(
         assert 1 <= black_hole.accepted <= 2
         scrape = await (await api.get("/metrics")).text()
         assert metric(scrape, 'pop3gw_replica_gate_events_total{kind="skipped"}') >= 6
+
+
+async def test_whoever_writes_to_redis_cannot_rewrite_a_listing(
+    aiohttp_client: ClientFactory, dovecot: Dovecot, dovecot_user: DovecotUser
+) -> None:
+    dovecot_user.deliver(simple_message(1))
+    settings = settings_for(
+        dovecot.port, redis_url="redis://127.0.0.1:6379/0", cache_secret=uuid.uuid4().hex
+    )
+    api = await aiohttp_client(create_app(settings))
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        before = set(client.scan_iter(match="pop3gw:v2:hdr:*", count=1000))
+        url = "/v1/mailboxes/me/messages?fresh=true"
+        first = await checked(await api.get(url, headers=basic(dovecot_user)), 200)
+        ours = set(client.scan_iter(match="pop3gw:v2:hdr:*", count=1000)) - before
+        assert len(ours) == 1
+        (key,) = ours
+        sealed = client.get(key)
+        assert sealed is not None
+        forged = (
+            sealed[:32] + b'{"v":1,"s":"Urgent: verify your account","f":["IT","it@evil.example"]}'
+        )
+        client.set(key, forged)
+        again = await checked(await api.get(url, headers=basic(dovecot_user)), 200)
+        assert again["messages"] == first["messages"]  # read from the server again
+        assert client.get(key) == sealed  # and the genuine value written back
+        scrape = await (await api.get("/metrics")).text()
+        assert metric(scrape, 'pop3gw_header_cache_events_total{kind="invalid"}') == 1
+    finally:
+        client.close()

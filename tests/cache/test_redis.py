@@ -21,7 +21,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from gateway.cache import RedisHeaderCache
 from gateway.cache.redis import DEFAULT_PREFIX, encode_uid
-from gateway.redis import redact_url
+from gateway.redis import SharedRedis, redact_url
 from tests.support.clock import FakeClock
 
 from .servers import RedisProxy, ScriptedServer, StallServer, handshake_or
@@ -30,6 +30,8 @@ from .test_contract import NS, ODD_UIDS, entry
 pytestmark = pytest.mark.redis
 
 B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: One seal key for the caches of a test, as replicas sharing Redis share the cache secret.
+SEAL_KEY = b"the tests' cache seal key, 32 b."
 
 
 class Events(Counter[str]):
@@ -54,6 +56,7 @@ async def make_cache(
     def make(url: str, **kwargs: Any) -> RedisHeaderCache:
         options: dict[str, Any] = {
             "prefix": prefix,
+            "seal_key": SEAL_KEY,  # one secret, as replicas sharing Redis have
             "clock": clock,
             "on_event": events,
             "jitter": lambda: 1.0,  # the full backoff, so the tests can step over it
@@ -124,7 +127,10 @@ async def test_keys_values_and_ttl_on_the_wire(
         assert key in keys
         assert B64URL.fullmatch(key.rsplit(":", 1)[1])
         raw = await admin.get(key)
-        assert raw == json.dumps(value, separators=(",", ":")).encode()
+        text = json.dumps(value, separators=(",", ":"))
+        assert raw == cache.seal(key, text).encode()
+        assert raw.endswith(text.encode())
+        assert re.fullmatch(rb"[0-9a-f]{32}", raw[:32])
         assert 1200 <= await admin.ttl(key) <= 1234
 
 
@@ -132,7 +138,7 @@ async def test_default_prefix_and_repr(redis_url: str) -> None:
     cache = RedisHeaderCache.from_url(redis_url)
     try:
         assert cache.key("ns", "a") == f"{DEFAULT_PREFIX}ns:YQ"
-        assert DEFAULT_PREFIX == "pop3gw:v1:hdr:"
+        assert DEFAULT_PREFIX == "pop3gw:v2:hdr:"  # v2: sealed values
         assert "127.0.0.1:6379" in repr(cache)
     finally:
         await cache.close()
@@ -236,7 +242,7 @@ async def test_garbage_values_are_misses_and_deleted(
 
     got = await cache.get_many(NS, ["good", *garbage, "hash"])
     assert got == {"good": entry(1)}
-    assert events["error"] == len(garbage)
+    assert events["invalid"] == len(garbage)  # none of them carries our seal
     assert events["miss"] == len(garbage) + 1
     for uid in garbage:
         assert await admin.exists(cache.key(NS, uid)) == 0
@@ -244,6 +250,54 @@ async def test_garbage_values_are_misses_and_deleted(
     # garbage is not an outage: the next call still asks Redis
     assert await cache.get_many(NS, ["good"]) == {"good": entry(1)}
     assert events["hit"] == 2
+
+
+async def test_values_written_or_moved_by_someone_else_are_never_shown(
+    redis_url: str,
+    admin: Redis,
+    make_cache: Callable[..., RedisHeaderCache],
+    events: Events,
+) -> None:
+    """Anyone who can write to Redis cannot make a listing show their subject or sender:
+    not with a value of their own, not with one sealed by another key, and not by moving
+    another mailbox's genuine value under this mailbox's key."""
+    cache = make_cache(redis_url)
+    await cache.set_many("other-mailbox", {"u": entry(1)})
+    genuine = await admin.get(cache.key("other-mailbox", "u"))
+    text = json.dumps({"s": "Your invoice: pay at evil.example"}, separators=(",", ":"))
+    stranger = make_cache(redis_url, seal_key=b"someone else's key, 32 bytes...")
+    planted = {
+        "moved": genuine,  # a real value, under another key
+        "plain": text.encode(),  # no seal at all
+        "foreign": stranger.seal(cache.key(NS, "foreign"), text).encode(),
+        "zeros": b"0" * 32 + text.encode(),
+    }
+    for uid, raw in planted.items():
+        await admin.set(cache.key(NS, uid), raw)
+    assert await cache.get_many(NS, list(planted)) == {}
+    assert events["invalid"] == len(planted)
+    for uid in planted:
+        assert await admin.exists(cache.key(NS, uid)) == 0  # deleted, not left to retry
+    assert await cache.get_many("other-mailbox", ["u"]) == {"u": entry(1)}  # still good
+
+
+async def test_a_sealed_value_that_is_not_json_is_an_error(
+    redis_url: str,
+    admin: Redis,
+    make_cache: Callable[..., RedisHeaderCache],
+    events: Events,
+) -> None:
+    cache = make_cache(redis_url)
+    key = cache.key(NS, "x")
+    await admin.set(key, cache.seal(key, "[1,2]"))
+    assert await cache.get_many(NS, ["x"]) == {}
+    assert events["error"] == 1
+    assert "invalid" not in events
+
+
+def test_the_seal_key_must_be_a_real_key() -> None:
+    with pytest.raises(ValueError, match="seal_key"):
+        RedisHeaderCache(SharedRedis("redis://127.0.0.1:6379/0"), seal_key=b"short")
 
 
 async def test_entries_that_are_not_json_are_not_stored(
@@ -639,7 +693,7 @@ async def test_values_that_are_not_strings_are_garbage(
     async with ScriptedServer(handshake_or(answer)) as server:
         cache = make_cache(server.url())
         assert await cache.get_many(NS, ["a", "b"]) == {}
-        assert events == {"error": 2, "miss": 2}
+        assert events == {"invalid": 2, "miss": 2}  # not a sealed string
         assert server.commands[-1] == [
             b"DEL",
             cache.key(NS, "a").encode(),

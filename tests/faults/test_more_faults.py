@@ -324,7 +324,7 @@ async def test_redis_slow_then_flushed_mid_run(
 
     client = sync_redis.Redis(host="127.0.0.1", port=6379)
     try:
-        for key in client.scan_iter(match="pop3gw:v1:hdr:*"):
+        for key in client.scan_iter(match="pop3gw:v2:hdr:*"):
             client.delete(key)  # flushed under our feet
     finally:
         client.close()

@@ -189,7 +189,7 @@ async def test_no_secret_leaks(
     assert {"gateway.api", "gateway.redis", "gateway.replicas"} <= warned
     # ...and the cache did write to Redis, so the check of its keys is not vacuous.
     keys = list(redis_admin.scan_iter(match="pop3gw:*", count=1000))
-    assert any(k.startswith(b"pop3gw:v1:hdr:") for k in keys)
+    assert any(k.startswith(b"pop3gw:v2:hdr:") for k in keys)
 
     formatter = JSONFormatter()
     logs = "\n".join(f"{formatter.format(r)}\n{r.__dict__!r}" for r in caplog.records)

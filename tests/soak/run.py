@@ -421,7 +421,7 @@ def cleanup_redis(cache_secret: str, dovecot: Dovecot, boxes: list[Mailbox]) -> 
                 passthrough=True,
             )
             namespace = account.namespace(key)
-            keys = list(client.scan_iter(match=f"pop3gw:v1:hdr:{namespace}:*", count=1000))
+            keys = list(client.scan_iter(match=f"pop3gw:v2:hdr:{namespace}:*", count=1000))
             keys += [f"pop3gw:v1:{kind}:{namespace}" for kind in ("lock", "want", "delay")]
             removed += client.delete(*keys)
     return removed
