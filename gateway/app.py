@@ -211,6 +211,7 @@ def create_app(
         cache_key=cache_key,
         max_parse_bytes=settings.max_parse_bytes,
         snapshot_max_age=settings.pool.snapshot_max_age,
+        min_fresh_interval=settings.pool.min_fresh_interval,
         observer=metrics,
         clock=clock,
         readiness=readiness,

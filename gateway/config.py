@@ -203,6 +203,9 @@ class PoolSettings(BaseModel):
     failed_login_window: float = Field(300.0, gt=0, le=86400)
     #: with Redis, after a [LOGIN-DELAY] no replica logs in to that mailbox for this long
     login_delay_seconds: float = Field(60.0, ge=1, le=3600)
+    #: ?fresh=true logs in again at most once per this many seconds per mailbox; within it
+    #: the newest snapshot is served (its snapshot_at says how recent it is)
+    min_fresh_interval: float = Field(2.0, ge=0, le=600)
 
 
 class LogSettings(BaseModel):

@@ -58,6 +58,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.limits = Counter(
+            "pop3gw_limits",
+            "Limits that bit, by reason (fresh-rationed: a ?fresh=true within "
+            "min_fresh_interval of the mailbox's last login was served the newest snapshot).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.redis_events = Counter(
             "pop3gw_redis_events",
             "The shared Redis client: failed calls (error) and recoveries (reconnect). While "
@@ -117,6 +124,10 @@ class Metrics:
 
     def gate_event(self, kind: str) -> None:
         self.gate_events.labels(kind).inc()
+
+    def limited(self, reason: str) -> None:
+        """A limit bit."""
+        self.limits.labels(reason).inc()
 
     def problem(self, slug: str) -> None:
         """One error answer, by problem type."""

@@ -42,7 +42,7 @@ from .errors import (
     failure_reason,
 )
 from .ids import Order, decode_id, encode_id
-from .limits import LoginThrottle
+from .limits import FreshLogins, LoginThrottle
 from .listing import MAX_LIMIT, Listing, Page, Snapshot, SnapshotCache, Summary, check_limit
 from .messages import FullMessage, Messages, RawMessage, check_attachment_id
 from .sessions import (
@@ -63,6 +63,7 @@ __all__ = [
     "DeleteFailedError",
     "DeleteOutcomeUnknownError",
     "DeleteResult",
+    "FreshLogins",
     "FullMessage",
     "InvalidInputError",
     "LoginThrottle",
@@ -115,6 +116,7 @@ class MailboxService:
         cache_key: bytes,
         max_parse_bytes: int,
         snapshot_max_age: float = 5.0,
+        min_fresh_interval: float = 0.0,
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         readiness: Mapping[str, ReadinessCheck] | None = None,
@@ -123,7 +125,17 @@ class MailboxService:
         self._cache = cache
         self._readiness = dict(readiness or {})
         snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
-        self._listing = Listing(sessions, snapshots, cache, cache_key=cache_key)
+        self._snapshots = snapshots
+        self._observer = observer
+        self._fresh_logins = FreshLogins(min_fresh_interval, clock=clock)
+        self._listing = Listing(
+            sessions,
+            snapshots,
+            cache,
+            cache_key=cache_key,
+            fresh_logins=self._fresh_logins,
+            observer=observer,
+        )
         self._messages = Messages(sessions, snapshots, max_parse_bytes=max_parse_bytes)
         self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
         self._checker = Checker(observer)
@@ -147,6 +159,10 @@ class MailboxService:
         return found
 
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
+        if fresh and not self._fresh_logins.claim(self._snapshots.view_key(account)):
+            fresh = False  # a login less than min_fresh_interval ago: its session serves
+            if self._observer is not None:
+                self._observer.limited("fresh-rationed")
         async with self._sessions.lease(account, fresh=fresh) as session:
             count, octets = await session.client.stat()
             caps = await session.client.ensure_transaction_capabilities()

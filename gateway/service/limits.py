@@ -1,4 +1,5 @@
-"""Limits on what one mailbox's callers can make the gateway do: failed logins."""
+"""Limits on what one mailbox's callers can make the gateway do: failed logins, and new
+logins asked for with ``fresh``."""
 
 from __future__ import annotations
 
@@ -76,3 +77,35 @@ class LoginThrottle:
         self._good[key] = credential
         while len(self._good) > self._max_keys:
             self._good.popitem(last=False)
+
+
+class FreshLogins:
+    """Rations new logins asked for with ``fresh``: at most one per mailbox (``key``) per
+    ``min_interval`` seconds. A caller that asks again sooner is served the newest snapshot
+    instead (at most ``min_interval`` old, and its ``snapshot_at`` says so): a client that
+    loops on ``?fresh=true`` cannot make the gateway log in to the provider in a loop.
+    Bounded in size (the least recently used mailboxes are forgotten)."""
+
+    def __init__(
+        self,
+        min_interval: float,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._min = min_interval
+        self._max_keys = max_keys
+        self._clock = clock
+        self._last: OrderedDict[str, float] = OrderedDict()
+
+    def claim(self, key: str) -> bool:
+        """Whether a new login for ``key`` may happen now (and if so, it counts from now)."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._min:
+            return False
+        self._last[key] = now
+        self._last.move_to_end(key)
+        while len(self._last) > self._max_keys:
+            self._last.popitem(last=False)
+        return True

@@ -23,7 +23,8 @@ from ..mail import summarize as summarize_headers
 from ..pop3 import POP3ResponseError
 from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundError
 from .ids import Order, decode_cursor, encode_cursor
-from .sessions import Session, SessionSource
+from .limits import FreshLogins
+from .sessions import Session, SessionObserver, SessionSource
 
 #: Snapshots kept at most (one per recently used login); pages kept per snapshot.
 MAX_VIEWS = 4096
@@ -214,11 +215,15 @@ class Listing:
         cache: HeaderCache,
         *,
         cache_key: bytes,
+        fresh_logins: FreshLogins,
+        observer: SessionObserver | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
         self._cache = cache
         self._cache_key = cache_key
+        self._fresh_logins = fresh_logins
+        self._observer = observer
 
     async def list_messages(
         self,
@@ -234,6 +239,13 @@ class Listing:
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
+        if fresh and not self._fresh_logins.claim(view_key):
+            # Logged in for this mailbox less than min_fresh_interval ago: the newest
+            # snapshot is served (the one a login in flight is reading, if there is one).
+            fresh = False
+            if self._observer is not None:
+                self._observer.limited("fresh-rationed")
+            await snapshots.wait_for_renewal(view_key)
         view = None if fresh else snapshots.live(view_key)
         if view is None and not fresh and await snapshots.wait_for_renewal(view_key):
             # Another request of the same login renewed the snapshot meanwhile: a burst of

@@ -74,6 +74,10 @@ class SessionObserver(Protocol):
 
     def lease_waited(self, seconds: float) -> None: ...
 
+    def limited(self, reason: str) -> None:
+        """A limit bit (``reason``: which one)."""
+        ...
+
 
 def login_outcome(exc: BaseException | None) -> str:
     """A low-cardinality reason for a login's result (a metric label)."""

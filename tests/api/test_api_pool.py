@@ -223,3 +223,45 @@ async def test_a_new_login_never_takes_the_snapshot_of_an_older_one(
     assert resp.status == 204
     assert fake_server.mailbox.uids() == ["uid-3"]
     assert sent(fake_server, b"UIDL") == 2  # the delete's session read its own listing
+
+
+async def test_fresh_in_a_loop_logs_in_once_per_interval(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """A client looping on ?fresh=true (or a burst of them) gets one new login per
+    min_fresh_interval; the others are served the newest snapshot, and say how old."""
+    clock = FakeClock()
+    api = await aiohttp_client(
+        create_app(settings_for(fake_server.port, pool={"min_fresh_interval": 2}), clock=clock)
+    )
+    url = "/v1/mailboxes/me/messages?fresh=true"
+    first = await checked(await api.get(url, headers=ALICE), 200)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    for _ in range(20):
+        page = await checked(await api.get(url, headers=ALICE), 200)
+        assert page == first  # the newest snapshot, no new login
+    burst = await asyncio.gather(*(api.get(url, headers=ALICE) for _ in range(10)))
+    for resp in burst:
+        await checked(resp, 200)
+    await checked(await api.get("/v1/mailboxes/me?fresh=true", headers=ALICE), 200)
+    assert logins(fake_server) == 1
+    clock.advance(2.1)
+    later = await checked(await api.get(url, headers=ALICE), 200)
+    assert later["total"] == 3  # a new login, new mail
+    assert logins(fake_server) == 2
+    scrape = await (await api.get("/metrics")).text()
+    assert 'pop3gw_limits_total{reason="fresh-rationed"} 31.0' in scrape
+
+
+async def test_a_burst_of_fresh_requests_shares_one_login(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    clock = FakeClock()
+    api = await aiohttp_client(create_app(settings_for(fake_server.port), clock=clock))
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    url = "/v1/mailboxes/me/messages?fresh=true"
+    answers = await asyncio.gather(*(api.get(url, headers=ALICE) for _ in range(8)))
+    pages = [await checked(resp, 200) for resp in answers]
+    assert {page["total"] for page in pages} == {3}  # all see the one new login's snapshot
+    assert logins(fake_server) == 2

@@ -91,7 +91,12 @@ async def test_a_redis_that_never_answers_is_asked_once_per_backoff(
     each wait for it (they did, twice per login, before the gate shared the backoff)."""
     dovecot_user.deliver(simple_message(1))
     async with StallServer() as black_hole:
-        settings = settings_for(dovecot.port, redis_url=black_hole.url(), cache_secret="s")
+        settings = settings_for(
+            dovecot.port,
+            redis_url=black_hole.url(),
+            cache_secret="s",
+            pool={"min_fresh_interval": 0},  # four logins in a row, on purpose
+        )
         api = await aiohttp_client(create_app(settings))
         for _ in range(4):  # four new sessions, four logins
             page = await checked(
@@ -111,7 +116,10 @@ async def test_whoever_writes_to_redis_cannot_rewrite_a_listing(
 ) -> None:
     dovecot_user.deliver(simple_message(1))
     settings = settings_for(
-        dovecot.port, redis_url="redis://127.0.0.1:6379/0", cache_secret=uuid.uuid4().hex
+        dovecot.port,
+        redis_url="redis://127.0.0.1:6379/0",
+        cache_secret=uuid.uuid4().hex,
+        pool={"min_fresh_interval": 0},  # two logins in a row, on purpose
     )
     api = await aiohttp_client(create_app(settings))
     client = redis.Redis(host="127.0.0.1", port=6379)
