@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.demo import (
     Answer,
@@ -43,6 +43,7 @@ __all__ = [
     "Delay",
     "Drop",
     "DropAfter",
+    "Endless",
     "Err",
     "FakeMailbox",
     "FakeMessage",
@@ -140,7 +141,26 @@ class Delay:
     seconds: float
 
 
-Action = Drop | DropAfter | Stall | Reply | Err | Delay
+@dataclass
+class Endless:
+    """Answer `+OK`, then send `line` over and over and never the terminating `.`: a
+    multi-line reply that does not end. No effect on the mailbox.
+
+    The server writes only as fast as the client reads (it waits on the transport's flow
+    control), and stops after `limit` bytes by closing, so a client that never gives up
+    still ends the test. `sent` counts the body bytes written (across connections).
+    """
+
+    line: bytes = b"1 endless-unique-id\r\n"
+    limit: int = 64 * 1024 * 1024
+    sent: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.line.endswith(b"\n") or self.line.startswith(b"."):
+            raise ValueError("an endless line ends with LF and does not start with a dot")
+
+
+Action = Drop | DropAfter | Stall | Reply | Err | Delay | Endless
 
 
 @dataclass
@@ -337,6 +357,9 @@ class FakePOP3Server(POP3Server):
                 return Answer(reply, Then.CLOSE if close else Then.CONTINUE)
             case Delay(seconds=seconds):
                 await asyncio.sleep(seconds)
+            case Endless():
+                await self._endless(session, action)
+                return Answer(b"", Then.CLOSE)
         if verb == "UIDL" and not self.uidl:
             answer = Answer(session.err(WORDING.unknown))
         else:
@@ -350,6 +373,15 @@ class FakePOP3Server(POP3Server):
         if isinstance(action, DropAfter):
             return Answer(answer.data[: action.n_bytes], Then.CLOSE)
         return answer
+
+    async def _endless(self, session: Session, action: Endless) -> None:
+        """`+OK` and `action.line` repeated in 64 KiB writes, up to `action.limit` bytes;
+        `Closed` (the client left) ends the session."""
+        await session.write(session.ok(""))
+        chunk = action.line * max(1, 64 * 1024 // len(action.line))
+        while action.sent < action.limit:
+            await session.write(chunk)
+            action.sent += len(chunk)
 
     def capabilities(self, session: Session) -> list[str]:
         configured = self.capa_before if session.state == "AUTHORIZATION" else self.capa_after
