@@ -168,8 +168,9 @@ class Rule:
     """Apply `action` to commands whose verb is `verb`.
 
     `verb` is a command verb (case-insensitive), `"*"` for every command, or `"GREETING"`
-    for the greeting. `arg` restricts the rule to one exact argument string. The first
-    `skip` matches pass untouched; then the rule fires `times` times (None: always).
+    for the greeting. `arg` restricts the rule to one exact argument string, `user` to the
+    sessions logged in as that user. The first `skip` matches pass untouched; then the rule
+    fires `times` times (None: always).
     """
 
     verb: str
@@ -177,14 +178,17 @@ class Rule:
     times: int | None = 1
     skip: int = 0
     arg: str | None = None
+    user: str | None = None
     matched: int = 0
     fired: int = 0
 
     def __post_init__(self) -> None:
         self.verb = self.verb.upper()
 
-    def take(self, verb: str, arg: str) -> bool:
+    def take(self, verb: str, arg: str, user: str | None = None) -> bool:
         if self.verb not in ("*", verb) or (self.arg is not None and self.arg != arg):
+            return False
+        if self.user is not None and self.user != user:
             return False
         if verb == "GREETING" and self.verb == "*":
             return False
@@ -306,9 +310,10 @@ class FakePOP3Server(POP3Server):
         times: int | None = 1,
         skip: int = 0,
         arg: str | None = None,
+        user: str | None = None,
     ) -> Rule:
         """Add a fault rule (see `Rule`); earlier rules win. Returns it (see `rule.fired`)."""
-        rule = Rule(verb, action, times=times, skip=skip, arg=arg)
+        rule = Rule(verb, action, times=times, skip=skip, arg=arg, user=user)
         self.rules.append(rule)
         return rule
 
@@ -344,7 +349,8 @@ class FakePOP3Server(POP3Server):
 
     async def _step(self, session: Session, verb: str, arg: str, run: Step) -> Answer:
         """Run one command (or the greeting) under whatever fault rule applies to it."""
-        action = next((rule.action for rule in self.rules if rule.take(verb, arg)), None)
+        user = session.record.user
+        action = next((rule.action for rule in self.rules if rule.take(verb, arg, user)), None)
         match action:
             case Drop(abort=abort):
                 return Answer(b"", Then.ABORT if abort else Then.CLOSE)
