@@ -21,6 +21,7 @@ from gateway.pop3 import (
     POP3OutcomeUnknownError,
     POP3ProtocolError,
     POP3ResponseError,
+    POP3ResponseTooLargeError,
     POP3StateError,
     POP3SysPermError,
     POP3SysTempError,
@@ -136,6 +137,13 @@ CASES: list[tuple[BaseException, str, str, str, str]] = [
         "the server answered something that is not POP3",
         "upstream-error",
     ),
+    (
+        POP3ResponseTooLargeError(1024, "UIDL"),
+        "reply-too-large",
+        "other",
+        "the server's reply was larger than the gateway accepts",
+        "upstream-error",
+    ),
     (POP3ArgumentError("CR in it"), "argument", "other", "POP3ArgumentError", "invalid-request"),
     (POP3StateError("not now"), "state", "other", "POP3StateError", "upstream-error"),
     (
@@ -219,3 +227,13 @@ def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
         "delete-failed",
     }
     assert set(PROBLEMS) <= named
+
+
+def test_a_reply_too_large_says_which_and_how_large() -> None:
+    problem = classify(POP3ResponseTooLargeError(16_777_216, "UIDL"), passthrough=True)
+    assert problem is not None
+    assert problem.slug == "upstream-error"  # no contract change: the slug stays
+    assert problem.detail == "the mail server's reply to UIDL was larger than 16777216 bytes"
+    anonymous = classify(POP3ResponseTooLargeError(100), passthrough=False)
+    assert anonymous is not None
+    assert anonymous.detail == "the mail server's reply to a command was larger than 100 bytes"

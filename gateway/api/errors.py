@@ -133,6 +133,13 @@ def _timeout(exc: BaseException, _passthrough: bool) -> Problem:
     return Problem("upstream-timeout", f"the mail server did not answer in time ({phase})")
 
 
+def _reply_too_large(exc: BaseException, _passthrough: bool) -> Problem:
+    command = getattr(exc, "command", None) or "a command"
+    limit = getattr(exc, "limit", None)
+    size = f"{limit} bytes" if isinstance(limit, int) else "the gateway's limit"
+    return Problem("upstream-error", f"the mail server's reply to {command} was larger than {size}")
+
+
 def _refused(exc: BaseException, _passthrough: bool) -> Problem:
     command = getattr(exc, "command", "a command")
     return Problem("upstream-error", f"the mail server refused {command}")
@@ -171,6 +178,7 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
         "upstream-error", "cannot reach the mail server, or the connection broke"
     ),
     "protocol": _fixed("upstream-error", "the mail server answered something that is not POP3"),
+    "reply-too-large": _reply_too_large,
     "refused": _refused,
     "update-failed": _refused,
 }

@@ -3,6 +3,23 @@
 `summarize` reads only the header section (a whole message works too), takes bytes exactly
 as the server sent them and never raises. `HeaderSummary.to_json` is the compact, versioned
 shape that is cached; the HTTP API's shape is `gateway.api.serializers`'s.
+
+Every field a summary keeps is capped, so that hostile or broken mail (a 1 MB subject or
+display name, 10,000 recipients) cannot make a listing page, or a cache entry, large:
+
+- subject, Message-ID, In-Reply-To: :data:`MAX_SUMMARY_TEXT` (2,000) characters, cut;
+- display names: :data:`MAX_SUMMARY_NAME` (256) characters, cut; real ones are a few words;
+- addresses: :data:`MAX_SUMMARY_ADDRESS` (320) characters, cut; RFC 5321 (section 4.5.3.1)
+  allows a 64-octet local part and a 255-octet domain, so no deliverable address is cut;
+- To, Cc, Reply-To: the first :data:`MAX_SUMMARY_ADDRESSES` (100) mailboxes each;
+- content type: at most :data:`MAX_SUMMARY_CONTENT_TYPE` (255) characters (RFC 6838 section
+  4.2: 127 for the type, 127 for the subtype), else unreadable (``text/plain``, as for any
+  invalid type); the date is a parsed ISO 8601 string, bounded by its form.
+
+So one summary holds at most about 180,000 characters, whatever the message. The same caps
+apply to summaries read back from the cache (`HeaderSummary.from_json`), which may have
+been written before them. A parsed message's ``headers`` list still has every header in
+full.
 """
 
 from __future__ import annotations
@@ -94,15 +111,15 @@ class HeaderSummary:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
             raise ValueError("header summary: bad 'z'")
         return cls(
-            subject=_optional_str(data, "s"),
-            from_=None if from_ is None else _address_from_json(from_),
-            to=_addresses_from_json(data.get("t")),
-            cc=_addresses_from_json(data.get("c")),
-            reply_to=_addresses_from_json(data.get("r")),
-            date=_optional_str(data, "d"),
-            message_id=_optional_str(data, "m"),
-            in_reply_to=_optional_str(data, "i"),
-            content_type=_optional_str(data, "ct") or "text/plain",
+            subject=_cap(_optional_str(data, "s")),
+            from_=None if from_ is None else _capped_address(_address_from_json(from_)),
+            to=_capped(_addresses_from_json(data.get("t"))),
+            cc=_capped(_addresses_from_json(data.get("c"))),
+            reply_to=_capped(_addresses_from_json(data.get("r"))),
+            date=_cap(_optional_str(data, "d")),
+            message_id=_cap(_optional_str(data, "m")),
+            in_reply_to=_cap(_optional_str(data, "i")),
+            content_type=_content_type(_optional_str(data, "ct") or "text/plain"),
             has_attachments_hint=data.get("a") == 1,
             size=size,
         )
@@ -202,7 +219,7 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
     if "content-type" in found:
         main = "".join(found["content-type"][0].partition(";")[0].strip().lower().split())
         if _MIME_TYPE.fullmatch(main):
-            content_type = main
+            content_type = _content_type(main)
     subject = found.get("subject")
     senders = _plain_addresses(found["from"][:1]) if "from" in found else []
     date = found.get("date")
@@ -216,10 +233,10 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
         hint = True
     return HeaderSummary(
         subject=None if subject is None else _cap(clean_header(decode_encoded_words(subject[0]))),
-        from_=senders[0] if senders else None,
-        to=_plain_addresses(found.get("to", ()))[:MAX_SUMMARY_ADDRESSES],
-        cc=_plain_addresses(found.get("cc", ()))[:MAX_SUMMARY_ADDRESSES],
-        reply_to=_plain_addresses(found.get("reply-to", ()))[:MAX_SUMMARY_ADDRESSES],
+        from_=_capped_address(senders[0]) if senders else None,
+        to=_capped(_plain_addresses(found.get("to", ()))),
+        cc=_capped(_plain_addresses(found.get("cc", ()))),
+        reply_to=_capped(_plain_addresses(found.get("reply-to", ()))),
         date=None if date is None else parse_date(clean_header(date[0])),
         message_id=None if message_id is None else _cap(first_message_id(message_id[0])),
         in_reply_to=None if in_reply_to is None else _cap(first_message_id(in_reply_to[0])),
@@ -280,20 +297,45 @@ def message_ids(text: str) -> list[str]:
 
 
 #: A listing item is a summary: hostile or broken mail (a 1 MB Subject, 50,000 recipients)
-#: must not make every page, and every cache entry, that large. A parsed message's
-#: ``headers`` list still has every header in full.
+#: must not make every page, and every cache entry, that large (see the module's docstring).
+#: A parsed message's ``headers`` list still has every header in full.
 MAX_SUMMARY_TEXT = 2000
 MAX_SUMMARY_ADDRESSES = 100
+MAX_SUMMARY_NAME = 256
+MAX_SUMMARY_ADDRESS = 320
+MAX_SUMMARY_CONTENT_TYPE = 255
 
 
 def _cap(text: str | None) -> str | None:
     return text if text is None or len(text) <= MAX_SUMMARY_TEXT else text[:MAX_SUMMARY_TEXT]
 
 
+def _capped_address(address: Address) -> Address:
+    """The mailbox with its display name and address cut to their caps."""
+    name, mailbox = address.name, address.address
+    if len(mailbox) <= MAX_SUMMARY_ADDRESS and (name is None or len(name) <= MAX_SUMMARY_NAME):
+        return address
+    return Address(
+        name=None if name is None else name[:MAX_SUMMARY_NAME],
+        address=mailbox[:MAX_SUMMARY_ADDRESS],
+    )
+
+
+def _capped(addresses: list[Address]) -> list[Address]:
+    """The first :data:`MAX_SUMMARY_ADDRESSES` mailboxes of a field, each capped."""
+    return [_capped_address(a) for a in addresses[:MAX_SUMMARY_ADDRESSES]]
+
+
+def _content_type(main: str) -> str:
+    """A ``type/subtype`` longer than RFC 6838 allows reads as an invalid one."""
+    return main if len(main) <= MAX_SUMMARY_CONTENT_TYPE else "text/plain"
+
+
 def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> HeaderSummary:
-    """Build a `HeaderSummary` from a split header block (long texts and address lists are
-    cut to :data:`MAX_SUMMARY_TEXT` characters and :data:`MAX_SUMMARY_ADDRESSES` entries)."""
+    """Build a `HeaderSummary` from a split header block, every field capped (see the
+    module's docstring)."""
     content_type, params = content_type_of(block)
+    content_type = _content_type(content_type)
     block.hint = params.get("charset")
 
     subject_raw = block.raw(b"subject")
@@ -317,10 +359,10 @@ def summary_from_block(block: HeaderBlock, *, size: int | None = None) -> Header
 
     return HeaderSummary(
         subject=_cap(subject),
-        from_=senders[0] if senders else None,
-        to=_addresses(block, block.raw_all(b"to"))[:MAX_SUMMARY_ADDRESSES],
-        cc=_addresses(block, block.raw_all(b"cc"))[:MAX_SUMMARY_ADDRESSES],
-        reply_to=_addresses(block, block.raw_all(b"reply-to"))[:MAX_SUMMARY_ADDRESSES],
+        from_=_capped_address(senders[0]) if senders else None,
+        to=_capped(_addresses(block, block.raw_all(b"to"))),
+        cc=_capped(_addresses(block, block.raw_all(b"cc"))),
+        reply_to=_capped(_addresses(block, block.raw_all(b"reply-to"))),
         date=date,
         message_id=None
         if message_id_raw is None

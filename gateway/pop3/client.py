@@ -129,6 +129,51 @@ class Timeouts:
                 raise ValueError(f"timeout {name!r} must be positive")
 
 
+#: Default byte cap on a UIDL or LIST reply. 100,000 messages at RFC 1939's longest
+#: unique-id (70 octets) are about 8.3 MB of "number uid" lines; twice that leaves room.
+DEFAULT_MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
+#: Default byte cap on one TOP reply. ``TOP n 0`` is a header section: a few KB in real
+#: mail (Postfix, for one, keeps at most 100 KB of any one header by default). One reply at
+#: a time is held while a pipelined burst is read (:meth:`POP3Client.top_each`), so 1 MiB
+#: bounds a listing's reading memory while leaving ten times that per message. Larger
+#: header sections fail the whole TOP batch (the session is mid-reply).
+DEFAULT_MAX_TOP_BYTES: Final = 1024 * 1024
+#: Default byte cap on a CAPA reply: real ones are under 1 KB (a long SASL list included).
+DEFAULT_MAX_CAPA_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    """Byte caps on the multi-line replies the client reads into memory (the dot-unstuffed
+    body, status line excluded). A reply that grows past its cap raises
+    :class:`POP3ResponseTooLargeError` as soon as it does, and closes the session: what is
+    held stays flat however long a broken or hostile server goes on.
+
+    RETR is capped per call (:meth:`POP3Client.retr`'s ``max_bytes``) or streamed
+    (:meth:`POP3Client.retr_stream`); it is not covered here.
+    """
+
+    listing: int = DEFAULT_MAX_LISTING_BYTES  #: UIDL and LIST (also in :meth:`uidl_and_list`)
+    top: int = DEFAULT_MAX_TOP_BYTES  #: each TOP reply (also in :meth:`top_each`)
+    capa: int = DEFAULT_MAX_CAPA_BYTES  #: CAPA
+
+    def __post_init__(self) -> None:
+        for name in ("listing", "top", "capa"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"reply limit {name!r} must be a positive number of bytes")
+
+    def for_verb(self, verb: str) -> int | None:
+        """The cap for a multi-line reply to ``verb`` (None: the caller sets it, as RETR)."""
+        if verb in ("UIDL", "LIST"):
+            return self.listing
+        if verb == "TOP":
+            return self.top
+        if verb == "CAPA":
+            return self.capa
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
     """How TLS is verified. The default verifies against the system's CAs.
@@ -230,6 +275,7 @@ class _Command:
     verb: str
     line: bytes
     multiline: bool
+    max_bytes: int | None = None  #: the body's byte cap (multi-line replies)
 
 
 def _check_arg(value: str, what: str) -> bytes:
@@ -267,8 +313,10 @@ class POP3Client:
         pipeline_window: int,
         allow_apop: bool,
         on_command: Callable[[str, str, float], None] | None,
+        reply_limits: ReplyLimits | None = None,
     ) -> None:
         self._stream = stream
+        self.reply_limits = reply_limits or ReplyLimits()
         self.host = host
         self.port = port
         self.timeouts = timeouts
@@ -302,12 +350,15 @@ class POP3Client:
         max_line: int = DEFAULT_MAX_LINE,
         allow_apop: bool = False,
         on_command: Callable[[str, str, float], None] | None = None,
+        reply_limits: ReplyLimits | None = None,
     ) -> POP3Client:
         """Open a session and read the greeting (and, with ``STARTTLS``, upgrade with STLS).
 
         ``pipelining=False`` forces lockstep (for servers that advertise PIPELINING and then
         lose commands). ``on_command(verb, outcome, seconds)`` observes every command, with
         outcome ``ok``, ``err`` (``-ERR``) or ``failed`` (timeout, drop, protocol error).
+        ``reply_limits`` caps the multi-line replies read into memory (:class:`ReplyLimits`;
+        the defaults fit mailboxes of 100,000 messages).
         """
         timeouts = timeouts or Timeouts()
         tls_config = tls_config or TLSConfig()
@@ -336,6 +387,7 @@ class POP3Client:
             pipeline_window=pipeline_window,
             allow_apop=allow_apop,
             on_command=on_command,
+            reply_limits=reply_limits,
         )
         try:
             if implicit:
@@ -487,7 +539,7 @@ class POP3Client:
                 status = await self._read_status(cmd.verb)
                 body = None
                 if status.ok and cmd.multiline:
-                    body = await self._stream.read_body()
+                    body = await self._stream.read_body(max_bytes=cmd.max_bytes, command=cmd.verb)
             outcome = "ok" if status.ok else "err"
         finally:
             self._observe(cmd.verb, outcome, started)
@@ -499,8 +551,12 @@ class POP3Client:
         status, _ = await self._execute(_Command(verb, self._line(verb, *args), False))
         return status
 
+    def _multi_command(self, verb: str, *args: bytes) -> _Command:
+        """A multi-line command with its reply's byte cap (:class:`ReplyLimits`)."""
+        return _Command(verb, self._line(verb, *args), True, self.reply_limits.for_verb(verb))
+
     async def _multi(self, verb: str, *args: bytes) -> bytes:
-        _, body = await self._execute(_Command(verb, self._line(verb, *args), True))
+        _, body = await self._execute(self._multi_command(verb, *args))
         assert body is not None
         return body
 
@@ -886,9 +942,7 @@ class POP3Client:
         caller's work on one reply overlaps the server's on the next ones. An exception from
         ``handle`` ends the session (the pipeline is left half-read)."""
         n_lines = _check_number(lines, "lines", 0)
-        cmds = [
-            _Command("TOP", self._line("TOP", _check_number(n), n_lines), True) for n in numbers
-        ]
+        cmds = [self._multi_command("TOP", _check_number(n), n_lines) for n in numbers]
 
         def each(index: int, reply: Reply) -> None:
             handle(index, reply.body if reply.body is not None else _error_of(reply))
@@ -907,12 +961,7 @@ class POP3Client:
         A refused UIDL raises its :class:`POP3ResponseError` (a server without UIDL); a
         refused LIST too.
         """
-        replies = await self._pipeline(
-            [
-                _Command("UIDL", self._line("UIDL"), True),
-                _Command("LIST", self._line("LIST"), True),
-            ]
-        )
+        replies = await self._pipeline([self._multi_command("UIDL"), self._multi_command("LIST")])
         for reply in replies:
             if reply.error is not None:
                 raise reply.error
@@ -971,12 +1020,16 @@ class POP3Client:
                         sent = upto
                         await self._stream.drain(self.timeouts.command)
                     cmd = commands[len(replies)]
-                    taken = self._stream.take_reply(cmd.multiline)
+                    taken = self._stream.take_reply(
+                        cmd.multiline, max_bytes=cmd.max_bytes, command=cmd.verb
+                    )
                     if taken is None:
                         status = await self._read_status(cmd.verb)
                         body = None
                         if status.ok and cmd.multiline:
-                            body = await self._stream.read_body()
+                            body = await self._stream.read_body(
+                                max_bytes=cmd.max_bytes, command=cmd.verb
+                            )
                     else:
                         status, body = self._status_of(taken[0], cmd.verb), taken[1]
                     if status.ok:

@@ -86,11 +86,19 @@ class POP3LineTooLongError(POP3ProtocolError):
 
 
 class POP3ResponseTooLargeError(POP3ProtocolError):
-    """A reply grew past the size the caller allowed: the session is closed."""
+    """A multi-line reply grew past its byte cap: the session is closed (it is mid-reply).
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the reply is larger than the {limit}-byte limit")
+    ``limit`` is the cap in bytes; ``command`` the verb whose reply it was, when known.
+    It has its own ``reason``: the server may well speak POP3, it just said too much.
+    """
+
+    reason: ClassVar[str] = "reply-too-large"
+
+    def __init__(self, limit: int, command: str | None = None) -> None:
+        what = f"the reply to {command}" if command else "the reply"
+        super().__init__(f"{what} is larger than the {limit}-byte limit")
         self.limit = limit
+        self.command = command
 
 
 class POP3InjectionError(POP3TLSError):

@@ -390,27 +390,37 @@ class POP3Stream:
             start = len(buf)
             await self._fill(timeout, phase)
 
-    def take_reply(self, multiline: bool) -> tuple[bytes, bytes | None] | None:
+    def take_reply(
+        self, multiline: bool, *, max_bytes: int | None = None, command: str | None = None
+    ) -> tuple[bytes, bytes | None] | None:
         """The next reply if all of it is already buffered (see :func:`complete_reply`),
-        consumed; else None and nothing consumed."""
+        consumed; else None and nothing consumed.
+
+        ``max_bytes`` caps the body as :meth:`read_body` does (a whole reply already
+        buffered is at most the read buffer's size, so the check can come after parsing).
+        """
         line, body, used = complete_reply(self._protocol.buffer, self._max_line, multiline)
         if not used:
             return None
+        if max_bytes is not None and body is not None and len(body) > max_bytes:
+            raise POP3ResponseTooLargeError(max_bytes, command)
         self._protocol.consumed(used)
         return line, body
 
-    async def read_body(self, *, max_bytes: int | None = None) -> bytes:
+    async def read_body(self, *, max_bytes: int | None = None, command: str | None = None) -> bytes:
         """A whole multi-line body, dot-unstuffed, line endings as the server sent them.
 
-        With ``max_bytes``, raises :class:`POP3ResponseTooLargeError` as soon as the body
-        grows past it (the stream is then mid-reply: the caller must abort it).
+        With ``max_bytes``, raises :class:`POP3ResponseTooLargeError` (naming ``command``)
+        as soon as the body grows past it, before reading more: what is held stays below
+        the cap plus one read buffer, however long the server goes on. The stream is then
+        mid-reply: the caller must abort it.
         """
         out: list[bytes | bytearray] = []
         size = 0
         async for chunk in self._body_chunks(out):
             size += len(chunk)
             if max_bytes is not None and size > max_bytes:
-                raise POP3ResponseTooLargeError(max_bytes)
+                raise POP3ResponseTooLargeError(max_bytes, command)
         return b"".join(out)
 
     async def iter_body(self) -> AsyncGenerator[bytes, None]:

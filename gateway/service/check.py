@@ -22,6 +22,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "unreachable": "cannot reach the server or the connection broke",
     "outcome-unknown": "cannot reach the server or the connection broke",
     "protocol": "the server answered something that is not POP3",
+    "reply-too-large": "the server's reply was larger than the gateway accepts",
 }
 
 

@@ -482,3 +482,62 @@ def test_listing_summaries_are_bounded() -> None:
     assert summary.to[0].address == "r0@example.com"
     assert summary.message_id is not None
     assert len(summary.message_id) == MAX_SUMMARY_TEXT
+
+
+def test_every_kept_field_is_capped() -> None:
+    # 1 MB display names and 10,000 addresses: the summary keeps only the capped sizes, the
+    # same on the direct (ASCII) path and the general one (one 8-bit byte sends it there).
+    from gateway.mail._headers import split_headers
+    from gateway.mail.summary import (
+        MAX_SUMMARY_ADDRESS,
+        MAX_SUMMARY_ADDRESSES,
+        MAX_SUMMARY_CONTENT_TYPE,
+        MAX_SUMMARY_NAME,
+        _plain_summary,
+        summary_from_block,
+    )
+
+    huge_name = b"N" * 1_000_000
+    many = b", ".join(b"Person %d <p%d@example.com>" % (i, i) for i in range(10_000))
+    raw = (
+        b'From: "' + huge_name + b'" <' + b"a" * 1_000_000 + b"@example.com>\r\n"
+        b'To: "' + huge_name + b'" <first@example.com>, ' + many + b"\r\n"
+        b"Cc: " + many + b"\r\n"
+        b'Reply-To: "' + huge_name + b'" <r@example.com>\r\n'
+        b"Content-Type: multipart/" + b"m" * (MAX_SUMMARY_CONTENT_TYPE) + b"\r\n"
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+    for variant in (raw, raw.replace(b"Subject: s", b"Subject: s\xe9")):
+        summary = summarize(variant)
+        assert summary == summary_from_block(split_headers(variant))
+        assert (_plain_summary(variant, None) is not None) is (variant == raw)
+        assert summary.from_ is not None
+        assert summary.from_.name == "N" * MAX_SUMMARY_NAME
+        assert summary.from_.address == "a" * MAX_SUMMARY_ADDRESS
+        assert len(summary.to) == MAX_SUMMARY_ADDRESSES
+        assert summary.to[0] == Address("N" * MAX_SUMMARY_NAME, "first@example.com")
+        assert summary.to[1] == Address("Person 0", "p0@example.com")
+        assert len(summary.cc) == MAX_SUMMARY_ADDRESSES
+        assert summary.reply_to == [Address("N" * MAX_SUMMARY_NAME, "r@example.com")]
+        assert summary.content_type == "text/plain"  # longer than RFC 6838 allows
+        # What a listing item and a cache entry hold stays small.
+        assert len(json.dumps(summary.to_json())) < 50_000
+        assert HeaderSummary.from_json(summary.to_json()) == summary
+
+
+def test_cached_summaries_from_before_the_caps_are_capped_when_read() -> None:
+    from gateway.mail.summary import MAX_SUMMARY_ADDRESS, MAX_SUMMARY_NAME, MAX_SUMMARY_TEXT
+
+    old = {
+        "v": JSON_VERSION,
+        "s": "s" * 10_000,
+        "f": ["f" * 10_000, "F" * 10_000],
+        "t": [[f"t{i}@x", "T" * 1000] for i in range(500)],
+        "ct": "text/" + "x" * 1000,
+    }
+    summary = HeaderSummary.from_json(old)
+    assert summary.subject == "s" * MAX_SUMMARY_TEXT
+    assert summary.from_ == Address("F" * MAX_SUMMARY_NAME, "f" * MAX_SUMMARY_ADDRESS)
+    assert len(summary.to) == 100
+    assert summary.to[0] == Address("T" * MAX_SUMMARY_NAME, "t0@x")
+    assert summary.content_type == "text/plain"

@@ -41,6 +41,10 @@ VALUES = [
     "application/pdf", "attachment; filename=a.pdf", "inline", "Mon, 01 Jan 2024 09:08:00 +0000",
     "1 Feb 2023 23:59:60 -0130", "31 Apr 2024 10:00 +0000", "Tue, 29 Feb 2023 01:02:03 +9999",
     "garbage date", " leading and trailing ", "tab\tinside", "bell\x07and del\x7f", "x" * 300,
+    # past the summary's caps: display name, address, address count, content type
+    '"' + "N" * 300 + '" <n@x.test>', "l" * 400 + "@x.test", "Long " + "n" * 300 + " <l@x.test>",
+    ", ".join(f"r{i}@x.test" for i in range(105)), "text/" + "h" * 300,
+    "multipart/" + "m" * 300, "<" + "i" * 2100 + "@x>",
 ]  # fmt: skip
 line = st.one_of(
     st.builds(lambda n, v: f"{n}: {v}", st.sampled_from(NAMES), st.sampled_from(VALUES)),

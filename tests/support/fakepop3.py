@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.demo import (
     Answer,
@@ -43,6 +43,7 @@ __all__ = [
     "Delay",
     "Drop",
     "DropAfter",
+    "Endless",
     "Err",
     "FakeMailbox",
     "FakeMessage",
@@ -140,7 +141,26 @@ class Delay:
     seconds: float
 
 
-Action = Drop | DropAfter | Stall | Reply | Err | Delay
+@dataclass
+class Endless:
+    """Answer `+OK`, then send `line` over and over and never the terminating `.`: a
+    multi-line reply that does not end. No effect on the mailbox.
+
+    The server writes only as fast as the client reads (it waits on the transport's flow
+    control), and stops after `limit` bytes by closing, so a client that never gives up
+    still ends the test. `sent` counts the body bytes written (across connections).
+    """
+
+    line: bytes = b"1 endless-unique-id\r\n"
+    limit: int = 64 * 1024 * 1024
+    sent: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.line.endswith(b"\n") or self.line.startswith(b"."):
+            raise ValueError("an endless line ends with LF and does not start with a dot")
+
+
+Action = Drop | DropAfter | Stall | Reply | Err | Delay | Endless
 
 
 @dataclass
@@ -148,8 +168,9 @@ class Rule:
     """Apply `action` to commands whose verb is `verb`.
 
     `verb` is a command verb (case-insensitive), `"*"` for every command, or `"GREETING"`
-    for the greeting. `arg` restricts the rule to one exact argument string. The first
-    `skip` matches pass untouched; then the rule fires `times` times (None: always).
+    for the greeting. `arg` restricts the rule to one exact argument string, `user` to the
+    sessions logged in as that user. The first `skip` matches pass untouched; then the rule
+    fires `times` times (None: always).
     """
 
     verb: str
@@ -157,14 +178,17 @@ class Rule:
     times: int | None = 1
     skip: int = 0
     arg: str | None = None
+    user: str | None = None
     matched: int = 0
     fired: int = 0
 
     def __post_init__(self) -> None:
         self.verb = self.verb.upper()
 
-    def take(self, verb: str, arg: str) -> bool:
+    def take(self, verb: str, arg: str, user: str | None = None) -> bool:
         if self.verb not in ("*", verb) or (self.arg is not None and self.arg != arg):
+            return False
+        if self.user is not None and self.user != user:
             return False
         if verb == "GREETING" and self.verb == "*":
             return False
@@ -286,9 +310,10 @@ class FakePOP3Server(POP3Server):
         times: int | None = 1,
         skip: int = 0,
         arg: str | None = None,
+        user: str | None = None,
     ) -> Rule:
         """Add a fault rule (see `Rule`); earlier rules win. Returns it (see `rule.fired`)."""
-        rule = Rule(verb, action, times=times, skip=skip, arg=arg)
+        rule = Rule(verb, action, times=times, skip=skip, arg=arg, user=user)
         self.rules.append(rule)
         return rule
 
@@ -324,7 +349,8 @@ class FakePOP3Server(POP3Server):
 
     async def _step(self, session: Session, verb: str, arg: str, run: Step) -> Answer:
         """Run one command (or the greeting) under whatever fault rule applies to it."""
-        action = next((rule.action for rule in self.rules if rule.take(verb, arg)), None)
+        user = session.record.user
+        action = next((rule.action for rule in self.rules if rule.take(verb, arg, user)), None)
         match action:
             case Drop(abort=abort):
                 return Answer(b"", Then.ABORT if abort else Then.CLOSE)
@@ -337,6 +363,9 @@ class FakePOP3Server(POP3Server):
                 return Answer(reply, Then.CLOSE if close else Then.CONTINUE)
             case Delay(seconds=seconds):
                 await asyncio.sleep(seconds)
+            case Endless():
+                await self._endless(session, action)
+                return Answer(b"", Then.CLOSE)
         if verb == "UIDL" and not self.uidl:
             answer = Answer(session.err(WORDING.unknown))
         else:
@@ -350,6 +379,15 @@ class FakePOP3Server(POP3Server):
         if isinstance(action, DropAfter):
             return Answer(answer.data[: action.n_bytes], Then.CLOSE)
         return answer
+
+    async def _endless(self, session: Session, action: Endless) -> None:
+        """`+OK` and `action.line` repeated in 64 KiB writes, up to `action.limit` bytes;
+        `Closed` (the client left) ends the session."""
+        await session.write(session.ok(""))
+        chunk = action.line * max(1, 64 * 1024 // len(action.line))
+        while action.sent < action.limit:
+            await session.write(chunk)
+            action.sent += len(chunk)
 
     def capabilities(self, session: Session) -> list[str]:
         configured = self.capa_before if session.state == "AUTHORIZATION" else self.capa_after
