@@ -134,10 +134,12 @@ class Timeouts:
 DEFAULT_MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
 #: Default byte cap on one TOP reply. ``TOP n 0`` is a header section: a few KB in real
 #: mail (Postfix, for one, keeps at most 100 KB of any one header by default). One reply at
-#: a time is held while a pipelined burst is read (:meth:`POP3Client.top_each`), so 1 MiB
-#: bounds a listing's reading memory while leaving ten times that per message. Larger
-#: header sections fail the whole TOP batch (the session is mid-reply).
-DEFAULT_MAX_TOP_BYTES: Final = 1024 * 1024
+#: a time is held while a pipelined burst is read (:meth:`POP3Client.top_each`), so this
+#: bounds a listing's reading memory. It is generous on purpose: a larger header section
+#: fails the whole TOP batch (the session is mid-reply), so a stranger's message with a
+#: huge header must stay under it for its owner's listing to keep working; reading such a
+#: section without holding it all is the better answer, still to come.
+DEFAULT_MAX_TOP_BYTES: Final = 16 * 1024 * 1024
 #: Default byte cap on a CAPA reply: real ones are under 1 KB (a long SASL list included).
 DEFAULT_MAX_CAPA_BYTES: Final = 64 * 1024
 

@@ -88,3 +88,15 @@ async def test_an_endless_reply_is_a_502_that_says_so(
     server.rules.remove(rule)
     again = await checked(await api.get(LISTING, headers=ALICE), 200)
     assert len(again["messages"]) == 2
+
+
+async def test_a_stranger_s_huge_header_section_does_not_break_the_listing(
+    api: Client, server: FakePOP3Server
+) -> None:
+    """A message with a 4 MB header section (anyone can send one) is still listed: the TOP
+    cap stops endless replies, not large real ones."""
+    huge = b"Subject: big\r\nTo: " + b"x" * (4 * 1024 * 1024) + b"@example.com\r\n\r\nbody\r\n"
+    server.mailboxes["alice"].add("alice-huge", huge)
+    page = await checked(await api.get(LISTING, headers=ALICE), 200)
+    assert page["total"] == 3
+    assert [m["subject"] for m in page["messages"]] == ["big", "two", "one"]
