@@ -138,7 +138,7 @@ class MailboxService:
         )
         self._messages = Messages(sessions, snapshots, max_parse_bytes=max_parse_bytes)
         self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
-        self._checker = Checker(observer)
+        self._checker = Checker(sessions, observer)
 
     @property
     def max_parse_bytes(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from ..accounts import Account
 from ..pop3 import POP3AuthError, POP3Client, POP3Error, POP3TimeoutError, TLSMode
 from .errors import failure_reason
-from .sessions import SessionObserver, end_session
+from .sessions import SessionObserver, SessionSource
 
 #: Our own words for each kind of failure (never the server's text, never a secret).
 _DESCRIPTIONS: dict[str, str] = {
@@ -59,15 +59,19 @@ class CheckResult:
 
 
 class Checker:
-    def __init__(self, observer: SessionObserver | None = None) -> None:
+    """Checks an account the way every route uses it: through the session pool (its caps,
+    one session per mailbox, the replica gate) and the login throttle, so that ``/check``
+    is no way around them. The new session it opens goes back to the pool."""
+
+    def __init__(self, sessions: SessionSource, observer: SessionObserver | None = None) -> None:
+        self._sessions = sessions
         self._observer = observer
 
     async def check(self, account: Account) -> CheckResult:
         """Connect, TLS, authenticate, CAPA and STAT, each timed; stops at the first
-        failure."""
+        failure. Limits that refuse the attempt (throttle, pool) raise, as on every route."""
         steps: list[CheckStep] = []
         upstream = account.upstream
-        client: POP3Client | None = None
         caps: list[str] = []
         messages = octets = None
 
@@ -81,35 +85,41 @@ class Checker:
             steps.append(CheckStep(name, True, _ms(started)))
             return result
 
-        try:
+        async def connect_and_login() -> POP3Client:
+            steps.clear()  # a login the pool retries ([IN-USE]) reports its last attempt
             connect_mode = TLSMode.PLAIN if upstream.tls is TLSMode.STARTTLS else upstream.tls
-            client = await step(
+            client: POP3Client = await step(
                 "connect",
                 lambda: upstream.connect(
                     tls=connect_mode,
                     on_command=self._observer.observe_pop3 if self._observer else None,
                 ),
             )
-            assert client is not None
-            if upstream.tls is TLSMode.STARTTLS:
-                await step("tls", client.stls)
-            elif upstream.tls is TLSMode.IMPLICIT:
-                steps.append(CheckStep("tls", True, 0.0, "implicit TLS, negotiated on connect"))
-            else:
-                steps.append(CheckStep("tls", False, 0.0, "plaintext: no TLS configured"))
-            await step("greeting", _noop)
-            await step("auth", lambda: account.login(client))
-            capabilities = await step("capa", client.capa)
-            caps = sorted(capabilities.items)
-            messages, octets = await step("stat", client.stat)
+            try:
+                if upstream.tls is TLSMode.STARTTLS:
+                    await step("tls", client.stls)
+                elif upstream.tls is TLSMode.IMPLICIT:
+                    steps.append(CheckStep("tls", True, 0.0, "implicit TLS, negotiated on connect"))
+                else:
+                    steps.append(CheckStep("tls", False, 0.0, "plaintext: no TLS configured"))
+                await step("greeting", _noop)
+                await step("auth", lambda: account.login(client))
+            except BaseException:
+                client.abort()
+                raise
+            return client
+
+        try:
+            async with self._sessions.lease(account, fresh=True, how=connect_and_login) as session:
+                capabilities = await step("capa", session.client.capa)
+                caps = sorted(capabilities.items)
+                messages, octets = await step("stat", session.client.stat)
         except POP3AuthError:
             if account.passthrough:
                 raise  # the caller's own credentials are wrong: a 401, as on every endpoint
         except (POP3Error, OSError):
-            pass
-        finally:
-            if client is not None:
-                await end_session(client, account)
+            if not steps:
+                raise  # refused before any step (pool, gate): a problem, as on every route
         ok = all(s.ok for s in steps if s.name != "tls" or upstream.tls is not TLSMode.PLAIN)
         ok = ok and any(s.name == "stat" for s in steps)
         return CheckResult(ok, steps, caps, messages, octets)

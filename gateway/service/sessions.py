@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -53,15 +53,22 @@ class Session:
         self.born = time.monotonic() if born is None else born
 
 
+#: How a session is connected and logged in, when a caller does it its own way (the
+#: account check times each step); it must not leak the connection when it fails.
+ConnectAndLogin = Callable[[], Awaitable[POP3Client]]
+
+
 class SessionSource(Protocol):
     """Where sessions come from (a pool, or a test's own)."""
 
     def lease(
-        self, account: Account, *, fresh: bool = False
+        self, account: Account, *, fresh: bool = False, how: ConnectAndLogin | None = None
     ) -> contextlib.AbstractAsyncContextManager[Session]:
         """A session for ``account`` for the time of the block. ``fresh`` asks for a session
-        opened now (new mail is visible only in a new session). An exception in the block
-        drops the session without QUIT; a session the block closed is not reused."""
+        opened now (new mail is visible only in a new session); ``how`` replaces the usual
+        connect and login of a new session (limits and metrics apply all the same). An
+        exception in the block drops the session without QUIT; a session the block closed
+        is not reused."""
         ...
 
 
@@ -104,7 +111,9 @@ class SessionOpener:
         self._observer = observer
         self._throttle = throttle
 
-    async def open(self, account: Account) -> POP3Client:
+    async def open(self, account: Account, how: ConnectAndLogin | None = None) -> POP3Client:
+        """A logged-in session for ``account``: connected and logged in the usual way, or by
+        ``how``; either way through the login throttle and counted."""
         throttle = self._throttle
         throttle_key = account.namespace(self._key)
         credential = account.digest(self._key)
@@ -113,8 +122,11 @@ class SessionOpener:
         on_command = observer.observe_pop3 if observer is not None else None
         client: POP3Client | None = None
         try:
-            client = await account.upstream.connect(on_command=on_command)
-            await account.login(client)
+            if how is not None:
+                client = await how()
+            else:
+                client = await account.upstream.connect(on_command=on_command)
+                await account.login(client)
         except BaseException as exc:
             if client is not None:
                 client.abort()
@@ -150,12 +162,14 @@ class PooledSessions:
         self._observer = observer
 
     @contextlib.asynccontextmanager
-    async def lease(self, account: Account, *, fresh: bool = False) -> AsyncIterator[Session]:
+    async def lease(
+        self, account: Account, *, fresh: bool = False, how: ConnectAndLogin | None = None
+    ) -> AsyncIterator[Session]:
         asked = time.monotonic()
         async with self.pool.lease(
             account.digest(self._key),
             account.upstream.name,
-            functools.partial(self._opener.open, account),
+            functools.partial(self._opener.open, account, how),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,
             lock=account.namespace(self._key),
