@@ -175,6 +175,15 @@ class Account:
         secret = self.credential.secret()
         return hmac_sha256(key, f"{material}\0{secret}".encode()).hex()
 
+    def person(self, key: bytes) -> str:
+        """A keyed digest of upstream + user as the server understands it: case spellings
+        of one login (``bob``, ``Bob``, ``BOB``: one mailbox on Dovecot, Gmail, Outlook) are
+        one person, for every limit (sessions, throttles, rates). Data stays apart by the
+        exact spelling (:meth:`namespace`, :meth:`digest`), as a case-sensitive server
+        keeps it."""
+        material = "\0".join((self.upstream.host, str(self.upstream.port), self.user.casefold()))
+        return "p" + hmac_sha256(key, material.encode())[:16].hex()
+
     def namespace(self, key: bytes) -> str:
         """A keyed digest of upstream + user: the cache namespace (no secret in it, so it
         survives a password change; no user name in clear)."""

@@ -184,6 +184,7 @@ class PooledSession:
         "_ended",
         "client",
         "gate_token",
+        "identity",
         "key",
         "last_used",
         "lock",
@@ -216,6 +217,8 @@ class PooledSession:
         self.last_used = opened_at
         self.quit_on_close = quit_on_close
         self.serial = next(_SERIALS)
+        #: who logged in (set by the pool from the lease that opened it)
+        self.identity: str | None = None
         self._discarded = False
         self._ended = False
 
@@ -288,11 +291,15 @@ class SessionPool:
         fresh: bool = False,
         quit_on_close: bool = True,
         lock: str | None = None,
+        identity: str | None = None,
     ) -> AsyncIterator[PooledSession]:
         """An exclusive session for ``key`` for the time of the block.
 
-        ``lock`` names the maildrop for the gate (default: ``key``); keys that differ only
-        by credential share it.
+        ``key`` names the maildrop (the caps count per key); ``identity`` names who logs in
+        to it (a user name as spelt, and a credential): an idle session of the key logged
+        in under another identity is never handed over, it is ended and a new one opened
+        in its place, so spellings or credentials of one maildrop share its cap without
+        sharing a session. ``lock`` names the maildrop for the gate (default: ``key``).
 
         ``factory`` connects and logs in (it must not leak a connection when it fails).
         ``fresh`` asks for a session opened now. ``quit_on_close=False`` makes the pool drop
@@ -300,7 +307,9 @@ class SessionPool:
         QUIT after RETR changes the mailbox). Raises :class:`PoolTimeoutError` when no slot
         frees within ``acquire_timeout``, and the factory's errors.
         """
-        session = await self._checkout(key, upstream, factory, fresh, quit_on_close, lock or key)
+        session = await self._checkout(
+            key, upstream, factory, fresh, quit_on_close, lock or key, identity
+        )
         ok = False
         try:
             yield session
@@ -367,6 +376,7 @@ class SessionPool:
         fresh: bool,
         quit_on_close: bool,
         lock: str,
+        identity: str | None,
     ) -> PooledSession:
         if self._closed:
             raise PoolClosedError("the session pool is closed")
@@ -375,10 +385,11 @@ class SessionPool:
         # From here this lease owns one slot of (key, upstream) until _checkin.
         self._leases += 1
         try:
-            if granted is not None and await self._reuse(granted, fresh):
+            if granted is not None and await self._reuse(granted, fresh, identity):
                 self._leased.add(granted)
                 return granted
             session = await self._open(key, upstream, factory, quit_on_close, lock)
+            session.identity = identity
         except BaseException:
             self._leases -= 1
             self._release(key, upstream)
@@ -402,12 +413,12 @@ class SessionPool:
         self._drop(session)
         self._release(session.key, session.upstream)
 
-    async def _reuse(self, session: PooledSession, fresh: bool) -> bool:
+    async def _reuse(self, session: PooledSession, fresh: bool, identity: str | None) -> bool:
         """Whether an idle session handed to a lease can serve it; if not, it is ended (its
         slot is kept for the new session)."""
         try:
             now = self._clock()
-            if fresh or not self._reusable(session, now):
+            if fresh or session.identity != identity or not self._reusable(session, now):
                 await self._end(session)
                 return False
             if now - session.last_used > self.limits.noop_after:

@@ -126,6 +126,7 @@ class MailboxService:
         self._readiness = dict(readiness or {})
         snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
         self._snapshots = snapshots
+        self._cache_key = cache_key
         self._observer = observer
         self._fresh_logins = FreshLogins(min_fresh_interval, clock=clock)
         self._listing = Listing(
@@ -159,7 +160,7 @@ class MailboxService:
         return found
 
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
-        if fresh and not self._fresh_logins.claim(self._snapshots.view_key(account)):
+        if fresh and not self._fresh_logins.claim(account.person(self._cache_key)):
             fresh = False  # a login less than min_fresh_interval ago: its session serves
             if self._observer is not None:
                 self._observer.limited("fresh-rationed")

@@ -239,7 +239,7 @@ class Listing:
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
-        if fresh and not self._fresh_logins.claim(view_key):
+        if fresh and not self._fresh_logins.claim(account.person(self._cache_key)):
             # Logged in for this mailbox less than min_fresh_interval ago: the newest
             # snapshot is served (the one a login in flight is reading, if there is one).
             fresh = False

@@ -115,7 +115,10 @@ class SessionOpener:
         """A logged-in session for ``account``: connected and logged in the usual way, or by
         ``how``; either way through the login throttle and counted."""
         throttle = self._throttle
-        throttle_key = account.namespace(self._key)
+        # Per person (spellings count once); configured mailboxes apart from passthrough
+        # attempts on the same address, so strangers' guesses cannot throttle a service.
+        side = "passthrough" if account.passthrough else "mailbox:" + account.mailbox_id
+        throttle_key = f"{account.person(self._key)}\0{side}"
         credential = account.digest(self._key)
         counted = throttle.begin(throttle_key, credential) if throttle is not None else False
         observer = self._observer
@@ -144,9 +147,10 @@ class SessionOpener:
 
 
 class PooledSessions:
-    """Sessions from a :class:`SessionPool`, keyed by a keyed digest of upstream + user +
-    credential (a changed password never reuses a session of the old one); the maildrop
-    lock across replicas is named by upstream + user alone."""
+    """Sessions from a :class:`SessionPool`, one maildrop per person (upstream + user as the
+    server understands it: spellings of one login share the caps and the replica lock),
+    each session used only by the exact identity that logged in (user as spelt +
+    credential: a changed password, or another spelling, never reuses a session)."""
 
     def __init__(
         self,
@@ -166,13 +170,15 @@ class PooledSessions:
         self, account: Account, *, fresh: bool = False, how: ConnectAndLogin | None = None
     ) -> AsyncIterator[Session]:
         asked = time.monotonic()
+        person = account.person(self._key)
         async with self.pool.lease(
-            account.digest(self._key),
+            person,
             account.upstream.name,
             functools.partial(self._opener.open, account, how),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,
-            lock=account.namespace(self._key),
+            lock=person,
+            identity=account.digest(self._key),
         ) as pooled:
             if self._observer is not None:
                 self._observer.lease_waited(time.monotonic() - asked)
