@@ -16,6 +16,10 @@ display name, 10,000 recipients) cannot make a listing page, or a cache entry, l
   4.2: 127 for the type, 127 for the subtype), else unreadable (``text/plain``, as for any
   invalid type); the date is a parsed ISO 8601 string, bounded by its form.
 
+Before any of that, each field's value is cut at ``MAX_FIELD_BYTES`` (64 KiB,
+:mod:`gateway.mail._headers`), so the work of a summary is bounded too: a stranger's
+12 MB ``To:`` costs what 64 KiB costs.
+
 So one summary holds at most about 180,000 characters, whatever the message. The same caps
 apply to summaries read back from the cache (`HeaderSummary.from_json`), which may have
 been written before them. A parsed message's ``headers`` list still has every header in
@@ -30,7 +34,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._headers import HeaderBlock, parse_addresses, parse_date, parse_params, split_headers
+from ._headers import (
+    MAX_FIELD_BYTES,
+    HeaderBlock,
+    parse_addresses,
+    parse_date,
+    parse_params,
+    split_headers,
+)
 from ._text import clean_header, decode_encoded_words
 
 __all__ = ["JSON_VERSION", "Address", "HeaderSummary", "summarize"]
@@ -208,7 +219,8 @@ def _plain_summary(raw: bytes, size: int | None) -> HeaderSummary | None:
     for name, value in _SUMMARY_FIELD.findall("\n" + text):
         if "\n" in value:
             value = value.replace("\r\n", "").replace("\n", "")
-        found.setdefault(name.lower(), []).append(value.strip(" \t\r"))
+        value = value.strip(" \t\r")
+        found.setdefault(name.lower(), []).append(value[:MAX_FIELD_BYTES])  # as unfold() does
     return _summary_of_fields(found, size)
 
 

@@ -485,9 +485,11 @@ def test_listing_summaries_are_bounded() -> None:
 
 
 def test_every_kept_field_is_capped() -> None:
-    # 1 MB display names and 10,000 addresses: the summary keeps only the capped sizes, the
-    # same on the direct (ASCII) path and the general one (one 8-bit byte sends it there).
-    from gateway.mail._headers import split_headers
+    # Display names of 1 MB, a 1 MB address and 10,000 addresses: the summary keeps only the
+    # capped sizes, the same on the direct (ASCII) path and the general one (one 8-bit byte
+    # sends it there). Each field is read no further than MAX_FIELD_BYTES: past that cut,
+    # a hostile field is not read at all (its first mailbox may come out as garbage, capped).
+    from gateway.mail._headers import MAX_FIELD_BYTES, split_headers
     from gateway.mail.summary import (
         MAX_SUMMARY_ADDRESS,
         MAX_SUMMARY_ADDRESSES,
@@ -497,11 +499,12 @@ def test_every_kept_field_is_capped() -> None:
         summary_from_block,
     )
 
+    long_name = b"N" * (MAX_FIELD_BYTES // 2)  # long, yet within the field cut
     huge_name = b"N" * 1_000_000
     many = b", ".join(b"Person %d <p%d@example.com>" % (i, i) for i in range(10_000))
     raw = (
-        b'From: "' + huge_name + b'" <' + b"a" * 1_000_000 + b"@example.com>\r\n"
-        b'To: "' + huge_name + b'" <first@example.com>, ' + many + b"\r\n"
+        b'From: "' + long_name + b'" <' + b"a" * (MAX_FIELD_BYTES // 4) + b"@example.com>\r\n"
+        b'To: "' + long_name + b'" <first@example.com>, ' + many + b"\r\n"
         b"Cc: " + many + b"\r\n"
         b'Reply-To: "' + huge_name + b'" <r@example.com>\r\n'
         b"Content-Type: multipart/" + b"m" * (MAX_SUMMARY_CONTENT_TYPE) + b"\r\n"
@@ -518,7 +521,11 @@ def test_every_kept_field_is_capped() -> None:
         assert summary.to[0] == Address("N" * MAX_SUMMARY_NAME, "first@example.com")
         assert summary.to[1] == Address("Person 0", "p0@example.com")
         assert len(summary.cc) == MAX_SUMMARY_ADDRESSES
-        assert summary.reply_to == [Address("N" * MAX_SUMMARY_NAME, "r@example.com")]
+        # The 1 MB name is cut with its field: whatever is read of it is capped.
+        assert len(summary.reply_to) <= 1
+        for address in summary.reply_to:
+            assert len(address.name or "") <= MAX_SUMMARY_NAME
+            assert len(address.address) <= MAX_SUMMARY_ADDRESS
         assert summary.content_type == "text/plain"  # longer than RFC 6838 allows
         # What a listing item and a cache entry hold stays small.
         assert len(json.dumps(summary.to_json())) < 50_000
@@ -541,3 +548,38 @@ def test_cached_summaries_from_before_the_caps_are_capped_when_read() -> None:
     assert len(summary.to) == 100
     assert summary.to[0] == Address("T" * MAX_SUMMARY_NAME, "t0@x")
     assert summary.content_type == "text/plain"
+
+
+def test_the_work_on_one_field_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stranger's 12 MB To: header: the address parser and the decoders see at most
+    MAX_FIELD_BYTES of it (they used to take all of it, seconds of CPU on the event loop)."""
+    import gateway.mail._headers as headers
+    import gateway.mail.message as message
+    import gateway.mail.summary as summary_module
+
+    seen: list[int] = []
+    real_parse = headers.parse_addresses
+    real_decode = summary_module.decode_encoded_words
+
+    def parse(value: str) -> list[tuple[str | None, str]]:
+        seen.append(len(value))
+        return real_parse(value)
+
+    def decode(value: str) -> str:
+        seen.append(len(value))
+        return real_decode(value)
+
+    monkeypatch.setattr(summary_module, "parse_addresses", parse)
+    monkeypatch.setattr(summary_module, "decode_encoded_words", decode)
+    summary_module._remembered_addresses.cache_clear()
+    many = b", ".join(b'"Name %d" <a%d@example.com>' % (i, i) for i in range(400_000))
+    huge_subject = b"=?UTF-8?B?w6k=?= " * 700_000
+    for top in (b"", b"X-8bit: \xe9\r\n"):  # the direct path, and the general one
+        raw = top + b"Subject: " + huge_subject + b"\r\nTo: " + many + b"\r\n\r\nbody\r\n"
+        seen.clear()
+        found = summarize(raw)
+        assert len(found.to) == 100
+        assert seen
+        assert max(seen) <= headers.MAX_FIELD_BYTES
+        parsed = message.parse_message(raw)
+        assert all(len(value) <= headers.MAX_FIELD_BYTES for _name, value in parsed.headers)
