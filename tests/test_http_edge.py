@@ -36,7 +36,7 @@ from gateway.edge import (
 from gateway.keys import METRICS
 from gateway.logs import AccessLogger
 from gateway.metrics import Metrics
-from tests.support.api import basic, settings_for
+from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.dovecot import free_port
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -351,3 +351,17 @@ def test_http_settings_are_validated() -> None:
     for bad in ({"header_timeout": 0}, {"max_connections": 0}, {"keepalive": 3}):
         with pytest.raises(ConfigError, match="http"):
             load_settings(http=bad)
+
+
+async def test_oversized_body_is_413_problem(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(
+        create_app(settings_for(free_port(), http={"max_body_bytes": 2048}))
+    )
+    resp = await client.post(
+        "/v1/mailboxes/me/messages/delete",
+        data=b'{"ids": ["' + b"a" * 4096 + b'"]}',
+        headers={**basic("alice", "pw"), "Content-Type": "application/json"},
+    )
+    body = await checked(resp, 413)
+    assert body["type"] == "/problems/request-too-large"
+    assert resp.headers["Content-Type"].startswith("application/problem+json")

@@ -25,7 +25,7 @@ STREAMING_KEY = web.RequestKey("streaming", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: aiohttp's own HTTP errors, by status, to problem types (others: invalid-request)
-_HTTP_PROBLEMS = {404: "not-found", 405: "method-not-allowed"}
+_HTTP_PROBLEMS = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}
 
 
 def request_id_of(request: web.Request) -> str:
@@ -89,9 +89,12 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
         if exc.status >= 500:
             slug = "internal"
         headers = tuple((k, v) for k, v in exc.headers.items() if k.lower() == "allow")
-        return problem_response(
-            slug, exc.reason or "request failed", request_id=request_id, headers=headers
-        )
+        detail = exc.reason or "request failed"
+        if slug == "request-too-large":
+            # aiohttp raises HTTPRequestEntityTooLarge from request.read()/json()/post() past
+            # the app's client_max_size (http.max_body_bytes)
+            detail = "the request body is larger than the gateway accepts"
+        return problem_response(slug, detail, request_id=request_id, headers=headers)
     except Exception as exc:
         if request.get(STREAMING_KEY):
             log.warning(
