@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import re
 import socket
 import time
@@ -269,15 +270,19 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFix
 
 
 class _FailingSocket(socket.socket):
-    """A listening socket whose accept() fails with EMFILE while ``failing`` is set."""
+    """A listening socket whose accept() fails (EMFILE unless told otherwise) while
+    ``failing`` is set; ECONNABORTED fails only once (one connection died in the queue)."""
 
     failing = True
     calls = 0
+    fail_with = errno.EMFILE
 
     def accept(self) -> tuple[socket.socket, object]:
         self.calls += 1
         if self.failing:
-            raise OSError(errno.EMFILE, "Too many open files")
+            if self.fail_with == errno.ECONNABORTED:
+                self.failing = False
+            raise OSError(self.fail_with, os.strerror(self.fail_with))
         return super().accept()
 
 
@@ -365,3 +370,108 @@ async def test_oversized_body_is_413_problem(aiohttp_client: ClientFactory) -> N
     body = await checked(resp, 413)
     assert body["type"] == "/problems/request-too-large"
     assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_a_body_that_comes_in_time_is_not_timed_out() -> None:
+    """The body arrives after the head (not in the same segment), within the body timeout:
+    read by the handler (delete) or drained after an answer that did not need it (405)."""
+    async with edge(body_timeout=1, header_timeout=5, keepalive_timeout=30) as (site, app):
+        reader, writer = await connect(site)
+        auth = basic("alice", "pw")["Authorization"].encode()
+        body = b'{"ids": ["aWQ"]}'
+        writer.write(
+            b"POST /v1/mailboxes/me/messages/delete HTTP/1.1\r\nHost: test\r\n"
+            b"Authorization: " + auth + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(body)
+        assert (await response(reader))[0] == 502  # no POP3 server there: but answered
+        writer.write(b"POST /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
+        await writer.drain()
+        assert (await response(reader))[0] == 405  # answered before the body came
+        await asyncio.sleep(0.3)
+        writer.write(b"abcd")
+        await asyncio.sleep(1.2)  # past the body timeout: its timer was stopped
+        writer.write(HEALTHZ)
+        assert (await response(reader))[0] == 200
+        assert metric(app, "pop3gw_http_timeouts_total", phase="body") == 0
+        await close(writer)
+
+
+async def test_a_partial_head_behind_a_slow_request_is_timed_out_after_it() -> None:
+    """Bytes of a next request that arrive while one is answered start the header timer
+    when the answer is sent, not the idle one."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # a POP3 server that never greets
+
+    pop3 = await asyncio.start_server(silent, "127.0.0.1", 0)
+    pop3_port = pop3.sockets[0].getsockname()[1]
+    app = create_app(settings_for(pop3_port, timeouts={"connect": 1, "command": 0.6}))
+    limits = EdgeLimits(header_timeout=0.5, keepalive_timeout=30)
+    kwargs = handler_kwargs(
+        limits, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
+    )
+    runner = web.AppRunner(app, **kwargs)
+    await runner.setup()
+    site = EdgeSite(
+        runner, "127.0.0.1", 0, limits=limits, metrics=app[METRICS], handler_kwargs=kwargs
+    )
+    assert site.port == 0
+    await site.start()
+    assert site.name == f"http://127.0.0.1:{site.port}"
+    try:
+        reader, writer = await connect(site)
+        auth = basic("alice", "pw")["Authorization"].encode()
+        writer.write(b"GET /v1/mailboxes/me HTTP/1.1\r\nHost: t\r\nAuthorization: " + auth)
+        writer.write(b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(PARTIAL)  # while the request above waits for the silent server
+        await writer.drain()
+        assert (await response(reader))[0] == 504
+        started = time.monotonic()
+        assert await closed_after(reader) < 3
+        assert time.monotonic() - started < 3
+        assert metric(app, "pop3gw_http_timeouts_total", phase="header") == 1
+        await close(writer)
+    finally:
+        await runner.cleanup()
+        for held_writer in held:
+            held_writer.close()
+        pop3.close()
+        await pop3.wait_closed()
+
+
+async def test_a_connection_aborted_in_the_queue_is_skipped() -> None:
+    metrics = Metrics()
+    gate = ConnectionGate(EdgeLimits(), metrics)
+    sock = _FailingSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.fail_with = errno.ECONNABORTED
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    made: list[asyncio.Protocol] = []
+
+    def factory(_slot: object) -> asyncio.Protocol:
+        made.append(asyncio.Protocol())
+        return made[-1]
+
+    listener = Listener(sock, factory, gate, backlog=16)
+    gate.listeners.append(listener)
+    listener.update()
+    client = socket.create_connection(sock.getsockname(), timeout=5)
+    try:
+        for _ in range(200):
+            if made:
+                break
+            await asyncio.sleep(0.01)
+        assert len(made) == 1  # the next accept in the same wake-up took it
+        assert sock.calls >= 2
+        assert "pop3gw_http_accept_pauses_total{" not in metrics.exposition()[0].decode()
+    finally:
+        listener.close()
+        client.close()
