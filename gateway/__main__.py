@@ -20,9 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
+from .app import create_app, http_limits
 from .config import ConfigError, Settings, load_settings
-from .keys import LIFECYCLE
+from .edge import EdgeSite, handler_kwargs
+from .keys import LIFECYCLE, METRICS
 from .logs import AccessLogger, configure_logging
 
 log = logging.getLogger("gateway")
@@ -42,6 +43,7 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
     3. the pool QUITs its idle sessions (they hold no DELE marks), replica locks in Redis are
        released, caches closed; the process exits 0.
     """
+    limits = http_limits(settings)  # ConfigError before anything starts
     app = create_app(settings)
     transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
 
@@ -50,21 +52,39 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
             transports.add(request.transport)
 
     app.on_response_prepare.append(track)
+    kwargs = handler_kwargs(
+        limits, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
+    )
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger("gateway.access"),
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds, **kwargs
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
-    await site.start()
+    # header, body and keep-alive timeouts, a connection cap, paced accept errors
+    site = EdgeSite(
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        limits=limits,
+        metrics=app[METRICS],
+        handler_kwargs=kwargs,
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port)
+    log.info(
+        "listening on %s (at most %d connections; timeouts: header %gs, body %gs, keep-alive %gs)",
+        site.name,
+        limits.max_connections,
+        limits.header_timeout,
+        limits.body_timeout,
+        limits.keepalive_timeout,
+    )
     if ready_message:
         print(ready_message, flush=True)
     try:

@@ -15,6 +15,7 @@ from .api.middlewares import gateway_middleware
 from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
+from .edge import EdgeLimits, connection_cap, fd_reserve
 from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
@@ -27,6 +28,9 @@ from .service import (
     SessionOpener,
     SessionSource,
 )
+
+#: connections of the one shared Redis client (the cache and the replica gate together)
+REDIS_MAX_CONNECTIONS = 64
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
 
@@ -115,6 +119,20 @@ def build_directory(settings: Settings) -> Directory:
     )
 
 
+def http_limits(settings: Settings, *, nofile: int | None = None) -> EdgeLimits:
+    """The HTTP edge's limits. The connection cap stays below the file-descriptor limit
+    (``nofile``, else read now) less what POP3 sessions, Redis and files need
+    (:func:`gateway.edge.fd_reserve`); :class:`ConfigError` when it cannot."""
+    http = settings.http
+    reserve = fd_reserve(settings.pool.max_total, REDIS_MAX_CONNECTIONS)
+    return EdgeLimits(
+        header_timeout=http.header_timeout,
+        body_timeout=http.body_timeout,
+        keepalive_timeout=http.keepalive_timeout,
+        max_connections=connection_cap(http.max_connections, reserve, nofile),
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -126,7 +144,8 @@ def create_app(
     ``clock`` (monotonic seconds) is what session and snapshot ages are measured with."""
     app = web.Application(
         middlewares=[gateway_middleware],
-        client_max_size=1024 * 1024,
+        # a larger body is answered 413 request-too-large by the middleware
+        client_max_size=settings.http.max_body_bytes,
     )
     if settings.cache_secret is not None:
         cache_key = hashlib.sha256(settings.cache_secret.get_secret_value().encode()).digest()
@@ -136,9 +155,13 @@ def create_app(
     # One Redis client for everything that uses Redis, with one failure policy; it is
     # opened and closed by the app's lifecycle (redis_client below).
     redis = (
-        # 64 connections: what the cache and the replica gate had between them before
+        # REDIS_MAX_CONNECTIONS: what the cache and the replica gate had between them before
         # they shared one client
-        SharedRedis(settings.redis_url.get_secret_value(), max_connections=64, clock=clock)
+        SharedRedis(
+            settings.redis_url.get_secret_value(),
+            max_connections=REDIS_MAX_CONNECTIONS,
+            clock=clock,
+        )
         if settings.redis_url is not None
         else None
     )

@@ -208,6 +208,27 @@ class PoolSettings(BaseModel):
     min_fresh_interval: float = Field(2.0, ge=0, le=600)
 
 
+class HTTPSettings(BaseModel):
+    """The HTTP edge: what a client may hold on to (slowloris, idle keep-alives, connection
+    floods) before the gateway lets go. See gateway/edge.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: seconds from the first byte of a request to the end of its headers (slowloris)
+    header_timeout: float = Field(10.0, gt=0, le=300)
+    #: seconds from the end of the headers to the end of the body
+    body_timeout: float = Field(30.0, gt=0, le=3600)
+    #: seconds an idle keep-alive connection stays open between requests; above the idle
+    #: timeouts of common load balancers (60 s), so that they, not we, close first
+    keepalive_timeout: float = Field(75.0, gt=0, le=3600)
+    #: concurrent HTTP connections; unset: min(1024, the file-descriptor limit less what
+    #: POP3 sessions, Redis and files need). Beyond it the listener pauses (idle keep-alive
+    #: connections are closed first) and resumes as connections close
+    max_connections: int | None = Field(None, ge=1, le=1_000_000)
+    #: largest request body (413 request-too-large beyond)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -248,6 +269,7 @@ class Settings(BaseSettings):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
     #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load

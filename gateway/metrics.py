@@ -7,7 +7,7 @@ outcomes. Never a user, a mailbox id, a unique-id or a secret.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -104,6 +104,36 @@ class Metrics:
             "kind",
         )
         self.registry.register(self._cache_events)
+        self._http_timeouts = _PlainCounter(
+            "pop3gw_http_timeouts",
+            "HTTP connections closed by a timeout, by phase: header (request line and "
+            "headers not complete in time, e.g. slowloris), body, keepalive (idle).",
+            "phase",
+        )
+        self._accept_pauses = _PlainCounter(
+            "pop3gw_http_accept_pauses",
+            "Times the HTTP listener stopped accepting, by reason: max_connections (the "
+            "connection cap was reached), fd_exhausted (accept failed for lack of file "
+            "descriptors or memory), accept_error (any other accept failure).",
+            "reason",
+        )
+        self._accept_errors = _PlainCounter(
+            "pop3gw_http_accept_errors",
+            "Failed accept() calls on the HTTP listener, by errno name (EMFILE, ENFILE, ...).",
+            "errno",
+        )
+        self._http_reclaimed = _PlainCounter(
+            "pop3gw_http_connections_reclaimed",
+            "Idle keep-alive connections closed early to make room under the connection cap.",
+            "reason",
+        )
+        for counter in (
+            self._http_timeouts,
+            self._accept_pauses,
+            self._accept_errors,
+            self._http_reclaimed,
+        ):
+            self.registry.register(counter)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count and time one request."""
@@ -115,6 +145,26 @@ class Metrics:
     def watch_pool(self, pool: SessionPool) -> None:
         """Read the pool's session counts at scrape time."""
         self.registry.register(_PoolCollector(pool))
+
+    def http_timeout(self, phase: str) -> None:
+        """An HTTP connection closed by a timeout: ``header``, ``body`` or ``keepalive``."""
+        self._http_timeouts.inc(phase)
+
+    def accept_paused(self, reason: str) -> None:
+        """The listener stopped accepting: ``max_connections``, ``fd_exhausted``,
+        ``accept_error``."""
+        self._accept_pauses.inc(reason)
+
+    def accept_failed(self, errno_name: str) -> None:
+        self._accept_errors.inc(errno_name)
+
+    def connection_reclaimed(self) -> None:
+        """An idle keep-alive connection closed to make room under the cap."""
+        self._http_reclaimed.inc("max_connections")
+
+    def watch_http_connections(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Report ``read()`` = (open HTTP connections, the cap) at scrape time."""
+        self.registry.register(_ConnectionsCollector(read))
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()
@@ -254,4 +304,21 @@ class _PoolCollector(Collector):
         yield family
         yield GaugeMetricFamily(
             "pop3gw_pool_waiting", "Requests queued for a POP3 session.", value=stats.waiting
+        )
+
+
+class _ConnectionsCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        open_now, cap = self._read()
+        yield GaugeMetricFamily(
+            "pop3gw_http_connections", "HTTP connections open now.", value=open_now
+        )
+        yield GaugeMetricFamily(
+            "pop3gw_http_connections_max",
+            "The cap on concurrent HTTP connections (POP3GW_HTTP__MAX_CONNECTIONS, or derived "
+            "from the file-descriptor limit).",
+            value=cap,
         )

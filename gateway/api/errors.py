@@ -25,6 +25,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Not allowed"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "request-too-large": (413, "Request body too large"),
     "message-too-large": (422, "Message too large to parse"),
     "mailbox-locked": (423, "Mailbox in use"),
     "login-delay": (429, "Logged in too recently"),

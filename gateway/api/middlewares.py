@@ -24,6 +24,9 @@ STREAMING_KEY = web.RequestKey("streaming", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: aiohttp's own HTTP errors, by status, to problem types (others: invalid-request)
+_HTTP_PROBLEMS = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}
+
 
 def request_id_of(request: web.Request) -> str:
     value: str = request.get(REQUEST_ID_KEY, "")
@@ -82,19 +85,30 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "invalid-request")
+        slug = _HTTP_PROBLEMS.get(exc.status, "invalid-request")
         if exc.status >= 500:
             slug = "internal"
         headers = tuple((k, v) for k, v in exc.headers.items() if k.lower() == "allow")
-        return problem_response(
-            slug, exc.reason or "request failed", request_id=request_id, headers=headers
-        )
+        detail = exc.reason or "request failed"
+        if slug == "request-too-large":
+            # aiohttp raises HTTPRequestEntityTooLarge from request.read()/json()/post() past
+            # the app's client_max_size (http.max_body_bytes)
+            detail = "the request body is larger than the gateway accepts"
+        return problem_response(slug, detail, request_id=request_id, headers=headers)
     except Exception as exc:
         if request.get(STREAMING_KEY):
             log.warning(
                 "stream aborted: %s", _describe_cause(exc), extra={"request_id": request_id}
             )
             raise
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # The client went away before the response started, or the edge closed the
+            # connection (a body timeout): nobody is left to answer, and it is no server
+            # fault worth a traceback.
+            log.info("client connection lost: %s", exc, extra={"request_id": request_id})
+            return problem_response(
+                "invalid-request", "the connection was closed", request_id=request_id
+            )
         problem = classify(exc, passthrough=bool(request.get(PASSTHROUGH_KEY, False)))
         if problem is None:
             log.exception("unexpected failure", extra={"request_id": request_id})
@@ -115,6 +129,11 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             headers=problem.headers,
             extra=problem.extra,
         )
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _describe_cause(exc: BaseException) -> str:

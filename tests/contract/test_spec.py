@@ -35,6 +35,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "forbidden": (403, False),
     "not-found": (404, False),
     "method-not-allowed": (405, False),
+    "request-too-large": (413, False),
     "message-too-large": (422, False),
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
