@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +34,8 @@ from .service import (
 
 #: connections of the one shared Redis client (the cache and the replica gate together)
 REDIS_MAX_CONNECTIONS = 64
+
+log = logging.getLogger("gateway")
 
 _TLS_MODES = {"plain": TLSMode.PLAIN, "tls": TLSMode.IMPLICIT, "starttls": TLSMode.STARTTLS}
 
@@ -181,6 +186,7 @@ def create_app(
     else:
         header_cache = MemoryHeaderCache(
             max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
             ttl=settings.cache_ttl_seconds,
             on_event=metrics.cache_event,
         )
@@ -258,7 +264,30 @@ def create_app(
         if gate is not None:
             await gate.close()
 
+    async def housekeeping(_app: web.Application) -> AsyncIterator[None]:
+        # Expired snapshots and cache entries are dropped on a timer, not only when a later
+        # request meets them: memory comes back after a burst.
+        interval = max(1.0, min(settings.pool.snapshot_max_age, 30.0))
+        service = app[SERVICE]
+
+        async def tidy() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    service.housekeeping()
+                    if isinstance(header_cache, MemoryHeaderCache):
+                        header_cache.purge_expired()
+                except Exception:  # supervised: a failed round is logged, the next comes
+                    log.exception("housekeeping failed; it goes on")
+
+        task = asyncio.get_running_loop().create_task(tidy(), name="pop3gw-housekeeping")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.cleanup_ctx.append(redis_client)  # first in, last out
+    app.cleanup_ctx.append(housekeeping)
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     setup_routes(app)

@@ -263,6 +263,8 @@ class Settings(BaseSettings):
     #: HMAC key for cache keys (required with Redis so replicas agree; else random per start)
     cache_secret: SecretStr | None = None
     cache_max_entries: int = Field(50_000, ge=0, le=10_000_000)
+    #: the in-process header cache holds at most this many bytes (an estimate per entry)
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0, le=64 * 1024 * 1024 * 1024)
     cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     #: messages larger than this are not parsed to JSON (use /raw)
     max_parse_bytes: int = Field(25 * 1024 * 1024, ge=1024)

@@ -145,6 +145,16 @@ class MailboxService:
     def max_parse_bytes(self) -> int:
         return self._messages.max_parse_bytes
 
+    @property
+    def snapshot_bytes(self) -> int:
+        """What the kept snapshots and pages are counted for (bounded; see listing)."""
+        return self._snapshots.bytes
+
+    def housekeeping(self) -> None:
+        """Drop what has expired (snapshots older than snapshot_max_age): called on a timer
+        by the app, so memory comes back without waiting for a request."""
+        self._snapshots.purge()
+
     async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
         """What readiness reports: each dependency, whether it answers, and why not."""
         cache_ok = await self._cache.ping()

@@ -29,6 +29,9 @@ from .sessions import Session, SessionObserver, SessionSource
 #: Snapshots kept at most (one per recently used login); pages kept per snapshot.
 MAX_VIEWS = 4096
 MAX_PAGES_PER_VIEW = 64
+#: What the kept snapshots and pages may weigh together (see :func:`snapshot_weight` and
+#: :func:`page_weight`: estimates that grow with what is held).
+MAX_VIEW_BYTES = 128 * 1024 * 1024
 #: Largest page of a listing.
 MAX_LIMIT = 500
 
@@ -78,14 +81,39 @@ class Page:
     snapshot_at: datetime
 
 
+def snapshot_weight(snapshot: Snapshot) -> int:
+    """Bytes a snapshot is counted for: per message, its number in a list, its entries in
+    three dicts and its unique-id."""
+    return 1024 + sum(300 + len(uid) for uid in snapshot.uids.values())
+
+
+def page_weight(page: Page) -> int:
+    """Bytes a page is counted for: per item, the objects and the text it holds (a summary
+    of hostile mail holds up to its caps, far more than an ordinary one)."""
+    total = 256
+    for item in page.items:
+        total += 300 + len(item.uid)
+        headers = item.headers
+        if headers is None:
+            continue
+        for text in (headers.subject, headers.message_id, headers.in_reply_to, headers.date):
+            total += 0 if text is None else 50 + len(text)
+        senders = [] if headers.from_ is None else [headers.from_]
+        for address in (*senders, *headers.to, *headers.cc, *headers.reply_to):
+            total += 120 + len(address.address) + len(address.name or "")
+    return total
+
+
 @dataclass
 class _View:
     """The snapshot one login produced, and the pages already built from it."""
 
+    key: str  #: its view key (the login's account)
     snapshot: Snapshot
     login: object  #: the login that produced it (Session.login)
     born: float  #: monotonic time of that login
     pages: dict[tuple[str, str | None, int], Page] = field(default_factory=dict)
+    weight: int = 0  #: what the snapshot and the pages are counted for
 
 
 class SnapshotCache:
@@ -99,7 +127,9 @@ class SnapshotCache:
       (the maildrop as POP3 shows it has not changed), when every header it needs is cached.
     - ``renewal`` makes a burst of callers after ``max_age`` wait for one renewal instead of
       queueing for the session one by one.
-    Bounded: ``max_views`` logins (least recently used dropped), ``max_pages`` per login.
+    Bounded: ``max_views`` logins and ``max_bytes`` in all (least recently used dropped),
+    ``max_pages`` per login; :meth:`purge` drops what has expired (the app calls it on a
+    timer, so memory comes back without waiting for a request).
     """
 
     def __init__(
@@ -110,12 +140,15 @@ class SnapshotCache:
         clock: Callable[[], float] = time.monotonic,
         max_views: int = MAX_VIEWS,
         max_pages: int = MAX_PAGES_PER_VIEW,
+        max_bytes: int = MAX_VIEW_BYTES,
     ) -> None:
         self._key = key
         self._max_age = max_age
         self._clock = clock
         self._max_views = max_views
         self._max_pages = max_pages
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._views: OrderedDict[str, _View] = OrderedDict()
         #: view keys whose snapshot a request is renewing now, with the event it sets then
         self._refreshing: dict[str, asyncio.Event] = {}
@@ -130,8 +163,24 @@ class SnapshotCache:
         if view is not None and view.login == session.login:
             return view.snapshot
         snapshot = await _read_snapshot(session)
-        self._store(view_key, _View(snapshot, session.login, session.born))
+        view = _View(
+            view_key, snapshot, session.login, session.born, weight=snapshot_weight(snapshot)
+        )
+        self._store(view_key, view)
         return snapshot
+
+    @property
+    def bytes(self) -> int:
+        """What the kept snapshots and pages are counted for now."""
+        return self._bytes
+
+    def purge(self) -> int:
+        """Drop the views of logins older than ``max_age`` (never served again); how many."""
+        now = self._clock()
+        expired = [k for k, v in self._views.items() if now - v.born >= self._max_age]
+        for view_key in expired:
+            self._pop(view_key)
+        return len(expired)
 
     def live(self, view_key: str) -> _View | None:
         """The view of a login younger than ``max_age``, if there is one."""
@@ -139,7 +188,7 @@ class SnapshotCache:
         if view is None:
             return None
         if self._clock() - view.born >= self._max_age:
-            del self._views[view_key]
+            self._pop(view_key)
             return None
         self._views.move_to_end(view_key)
         return view
@@ -148,8 +197,14 @@ class SnapshotCache:
         return view.pages.get(page_key)
 
     def remember(self, view: _View, page_key: tuple[str, str | None, int], page: Page) -> None:
-        if len(view.pages) < self._max_pages:
-            view.pages[page_key] = page
+        if len(view.pages) >= self._max_pages or page_key in view.pages:
+            return
+        weight = page_weight(page)
+        view.pages[page_key] = page
+        view.weight += weight
+        if self._views.get(view.key) is view:  # still kept: counted
+            self._bytes += weight
+            self._shrink()
 
     def view_of(self, session: Session) -> _View | None:
         """The view holding ``session``'s snapshot (None if it was dropped meanwhile)."""
@@ -157,7 +212,7 @@ class SnapshotCache:
         return view if view is not None and view.login == session.login else None
 
     def forget(self, account: Account) -> None:
-        self._views.pop(self.view_key(account), None)
+        self._pop(self.view_key(account))
 
     async def wait_for_renewal(self, view_key: str) -> bool:
         """If another request is renewing ``view_key``'s snapshot, wait for it; whether one
@@ -183,10 +238,19 @@ class SnapshotCache:
             event.set()
 
     def _store(self, view_key: str, view: _View) -> None:
+        self._pop(view_key)
         self._views[view_key] = view
-        self._views.move_to_end(view_key)
-        while len(self._views) > self._max_views:
-            self._views.popitem(last=False)
+        self._bytes += view.weight
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self._views and (len(self._views) > self._max_views or self._bytes > self._max_bytes):
+            self._pop(next(iter(self._views)))
+
+    def _pop(self, view_key: str) -> None:
+        view = self._views.pop(view_key, None)
+        if view is not None:
+            self._bytes -= view.weight
 
 
 async def _read_snapshot(session: Session) -> Snapshot:

@@ -1,0 +1,95 @@
+"""Memory has a budget: the in-process header cache and the kept snapshots and pages are
+bounded in bytes (not only in entries), and what expires is dropped on a timer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gateway.app import create_app
+from gateway.cache import MemoryHeaderCache
+from gateway.cache.memory import entry_weight
+from gateway.keys import SERVICE
+from gateway.mail import Address, HeaderSummary
+from gateway.service import Page, Snapshot, Summary
+from gateway.service.listing import SnapshotCache, page_weight, snapshot_weight
+from tests.support.api import ClientFactory, basic, checked, settings_for
+from tests.support.clock import FakeClock
+from tests.support.fakepop3 import FakePOP3Server
+from tests.support.wait import wait_until
+
+#: A summary of hostile mail, as large as the summary caps allow.
+HOSTILE = HeaderSummary(
+    subject="s" * 2000,
+    to=[Address("N" * 256, "a" * 300 + "@example.com") for _ in range(100)],
+    cc=[Address("N" * 256, "c" * 300 + "@example.com") for _ in range(100)],
+).to_json()
+
+
+async def test_the_header_cache_is_bounded_in_bytes() -> None:
+    cache = MemoryHeaderCache(max_entries=1_000_000, max_bytes=2 * 1024 * 1024)
+    weight = entry_weight("ns", "uid-000", HOSTILE)
+    assert weight > 100_000  # an entry of hostile mail weighs what it holds
+    for start in range(0, 500, 50):
+        await cache.set_many("ns", {f"uid-{i:03d}": HOSTILE for i in range(start, start + 50)})
+        assert cache.bytes <= 2 * 1024 * 1024
+    assert len(cache) == 2 * 1024 * 1024 // weight  # only what fits, the newest
+    assert await cache.get_many("ns", ["uid-499"]) == {"uid-499": HOSTILE}
+    assert await cache.get_many("ns", ["uid-000"]) == {}
+    await cache.delete_many("ns", ["uid-499"])
+    assert cache.bytes == (len(cache)) * weight
+
+
+async def test_expired_entries_go_without_a_request() -> None:
+    clock = FakeClock()
+    cache = MemoryHeaderCache(ttl=60, clock=clock)
+    await cache.set_many("ns", {"a": {"s": "x"}, "b": {"s": "y"}})
+    clock.advance(30)
+    await cache.set_many("ns", {"c": {"s": "z"}})
+    clock.advance(31)
+    assert cache.purge_expired() == 2  # a and b: written 61 s ago
+    assert len(cache) == 1
+    assert cache.bytes == entry_weight("ns", "c", {"s": "z"})
+
+
+def hostile_page(count: int) -> Page:
+    headers = HeaderSummary.from_json(HOSTILE)
+    items = [Summary(f"u{i}", 100, headers) for i in range(count)]
+    return Page(items, count, None, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_kept_snapshots_and_pages_are_bounded_in_bytes() -> None:
+    clock = FakeClock()
+    cache = SnapshotCache(key=b"k" * 32, max_age=5, clock=clock, max_bytes=8 * 1024 * 1024)
+    page = hostile_page(50)
+    assert page_weight(page) > 1024 * 1024
+    for n in range(40):
+        snap = Snapshot(datetime(2026, 1, 1, tzinfo=UTC), [1], {1: f"u{n}"}, {1: 10})
+        view = _store(cache, f"view-{n}", snap)
+        cache.remember(view, ("desc", None, 50), page)
+        assert cache.bytes <= 8 * 1024 * 1024
+    assert cache.live("view-39") is not None  # the most recent are kept
+    assert cache.live("view-0") is None
+    clock.advance(5)
+    assert cache.purge() > 0
+    assert cache.bytes == 0
+
+
+def _store(cache: SnapshotCache, key: str, snap: Snapshot) -> object:
+    from gateway.service.listing import _View
+
+    view = _View(key, snap, object(), cache._clock(), weight=snapshot_weight(snap))
+    cache._store(key, view)
+    return view
+
+
+async def test_the_app_drops_expired_snapshots_on_its_own(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    clock = FakeClock()
+    app = create_app(settings_for(fake_server.port, pool={"snapshot_max_age": 1}), clock=clock)
+    api = await aiohttp_client(app)
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=basic("alice", "pw")), 200)
+    service = app[SERVICE]
+    assert service.snapshot_bytes > 0
+    clock.advance(2)  # expired: no request will come to meet it
+    await wait_until(lambda: service.snapshot_bytes == 0)
