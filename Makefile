@@ -48,13 +48,16 @@ compat:  ## POP3 client vs Mailutils, Courier, Cyrus from Debian packages (root;
 	scripts/bootstrap.sh --python-only
 	$(VENV)/python -m tests.compat.run --prepare $(SERVERS)
 
-.PHONY: fuzz soak
+.PHONY: fuzz soak abuse
 fuzz: install  ## fuzzing: >= 100,000 generated inputs, then schemathesis >= 1,000 live cases
 	@rc=0; \
 	POP3GW_FUZZ=long $(VENV)/pytest tests/fuzz -p no:cacheprovider --timeout=7200 -q -rxX || rc=1; \
 	$(VENV)/python -m tests.fuzz.live_schemathesis --examples $(or $(FUZZ_EXAMPLES),150) \
 		--min-cases 1000 || rc=1; \
 	exit $$rc
+
+abuse: install  ## isolation scenarios against real gateway processes, each figure beside its goal
+	$(VENV)/python -m tests.abuse.run $(SCENARIOS)
 
 soak: install  ## soak: gateway + Dovecot + Redis under mixed load (SOAK_SECONDS, default 600)
 	$(VENV)/python -m tests.soak.run

@@ -1,0 +1,241 @@
+"""``make abuse``: the isolation scenarios, each against a real ``pop3gw serve`` process in
+front of a real Dovecot (or a scripted fake server where Dovecot cannot misbehave), each
+printing its figure beside its goal.
+
+    python -m tests.abuse.run                 # every scenario
+    python -m tests.abuse.run fresh_loop      # only these (names below)
+
+Exits non-zero when a goal is missed. Every loop is bounded in count and time; traffic
+stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from tests.bench.processes import Gateway, basic_auth, proc_status
+from tests.support.dovecot import Dovecot
+from tests.support.fakepop3 import Endless, FakeMailbox, FakePOP3Server
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Figure:
+    scenario: str
+    what: str
+    value: float
+    goal: float
+    unit: str
+    lower_is_better: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.goal if self.lower_is_better else self.value >= self.goal
+
+    def line(self) -> str:
+        sign = "<=" if self.lower_is_better else ">="
+        verdict = "PASS" if self.ok else "FAIL"
+        return (
+            f"  {verdict}  {self.scenario:<16} {self.what:<52} "
+            f"{self.value:>10.3f} {self.unit:<6} (goal {sign} {self.goal:g})"
+        )
+
+
+def rss_mib(pid: int) -> float:
+    return proc_status(pid)["VmRSS"] / 1024
+
+
+def peak_mib(pid: int) -> float:
+    return proc_status(pid)["VmHWM"] / 1024
+
+
+async def watch_health(base: str, stop: asyncio.Event) -> list[float]:
+    """/healthz every 50 ms until ``stop``: each answer's latency in seconds."""
+    latencies: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while not stop.is_set():
+            started = time.perf_counter()
+            async with http.get(base + "/healthz") as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+    return latencies
+
+
+def hostile_to(size: int) -> bytes:
+    """A message anyone can send: a To: header of ``size`` bytes of recipients."""
+    count = size // 40
+    recipients = b", ".join(b'"Recipient %d" <r%d@example.com>' % (i, i) for i in range(count))
+    return (
+        b"From: Stranger <s@example.com>\r\nSubject: hello\r\nTo: "
+        + recipients
+        + b"\r\nMessage-ID: <hostile@example.com>\r\n\r\nbody\r\n"
+    )
+
+
+async def hostile_header(dovecot: Dovecot) -> list[Figure]:
+    """A stranger's message with a 12 MB To: header is listed and opened over and over,
+    while /healthz is asked every 50 ms."""
+    user = dovecot.new_user("abuse")
+    user.deliver(hostile_to(12 * MIB))
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    with Gateway(dovecot.port) as gateway:
+        stop = asyncio.Event()
+        health = asyncio.create_task(watch_health(gateway.base, stop))
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+            url = gateway.base + "/v1/mailboxes/me/messages?fresh=true"
+            async with http.get(url, headers=auth) as resp:
+                page = await resp.json()
+                statuses.append(resp.status)
+            message = f"{gateway.base}/v1/mailboxes/me/messages/{page['messages'][0]['id']}"
+
+            async def reader(path: str) -> None:
+                for _ in range(4):
+                    async with http.get(path, headers=auth) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+
+            await asyncio.gather(*(reader(p) for p in (url, message, url, message)))
+        stop.set()
+        latencies = await health
+    worst = max(latencies)
+    return [
+        Figure("hostile_header", "worst /healthz while a 12 MB To: is read (s)", worst, 0.5, "s"),
+        Figure("hostile_header", "answers other than 200", sum(s != 200 for s in statuses), 0, ""),
+    ]
+
+
+async def big_names(dovecot: Dovecot) -> list[Figure]:
+    """100 messages whose display names are 1 MB each, listed in full several times."""
+    user = dovecot.new_user("names")
+    name = b"N" * MIB
+    user.deliver_many(
+        b'From: "'
+        + name
+        + b'" <n%d@example.com>\r\nTo: "' % i
+        + name
+        + b'" <t@example.com>\r\nSubject: big name %d\r\n\r\nx\r\n' % i
+        for i in range(100)
+    )
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    with Gateway(dovecot.port) as gateway:
+        before = rss_mib(gateway.pid)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+            for _ in range(3):
+                url = gateway.base + "/v1/mailboxes/me/messages?limit=100&fresh=true"
+                async with http.get(url, headers=auth) as resp:
+                    body = await resp.read()
+                    assert resp.status == 200, body[:200]
+                await asyncio.sleep(2.1)  # past the fresh ration: a new login each time
+        peak = peak_mib(gateway.pid) - before
+        after = rss_mib(gateway.pid) - before
+    return [
+        Figure(
+            "big_names", "peak RSS growth, 100 messages with 1 MB names (MiB)", peak, 256, "MiB"
+        ),
+        Figure("big_names", "RSS growth after the listings (MiB)", after, 256, "MiB"),
+        Figure("big_names", "largest listing body (MiB)", len(body) / MIB, 1, "MiB"),
+    ]
+
+
+async def fresh_loop(dovecot: Dovecot) -> list[Figure]:
+    """A client loops on ?fresh=true for 6 seconds."""
+    user = dovecot.new_user("fresh")
+    user.deliver(b"Subject: one\r\n\r\nx\r\n")
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    marker = f"Login: user=<{user.name}>"
+    before = dovecot.log_text().count(marker)
+    with Gateway(dovecot.port, extra={"POP3GW_POOL__MIN_FRESH_INTERVAL": "2"}) as gateway:
+        started = time.monotonic()
+        requests = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            url = gateway.base + "/v1/mailboxes/me/messages?fresh=true"
+            while time.monotonic() - started < 6 and requests < 50_000:
+                async with http.get(url, headers=auth) as resp:
+                    await resp.read()
+                requests += 1
+        elapsed = time.monotonic() - started
+    await asyncio.sleep(0.5)  # the last login reaches Dovecot's log
+    logins = dovecot.log_text().count(marker) - before
+    allowed = elapsed / 2 + 1
+    return [
+        Figure(
+            "fresh_loop", f"logins per 2 s interval ({requests} requests)", logins / allowed, 1, "x"
+        ),
+    ]
+
+
+async def endless_uidl() -> list[Figure]:
+    """A server whose UIDL reply never ends (it would send 1 GiB)."""
+    box = FakeMailbox([("u1", b"Subject: one\r\n\r\nx\r\n")])
+    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
+        server.script("UIDL", Endless(limit=1024 * MIB))
+        auth = {"Authorization": basic_auth("alice", "pw")}
+        with Gateway(server.port) as gateway:
+            before = rss_mib(gateway.pid)
+            timeout = aiohttp.ClientTimeout(total=120)
+            url = gateway.base + "/v1/mailboxes/me/messages"
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.get(url, headers=auth) as resp,
+            ):
+                status = resp.status
+                await resp.read()
+            peak = peak_mib(gateway.pid) - before
+    return [
+        Figure("endless_uidl", "peak RSS growth (MiB)", peak, 256, "MiB"),
+        Figure("endless_uidl", "answer is 502", 1.0 if status == 502 else 0.0, 1, "", False),
+    ]
+
+
+Scenario = Callable[[Dovecot], Awaitable[list[Figure]]]
+
+
+async def _endless(_dovecot: Dovecot) -> list[Figure]:
+    return await endless_uidl()
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "hostile_header": hostile_header,
+    "big_names": big_names,
+    "fresh_loop": fresh_loop,
+    "endless_uidl": _endless,
+}
+
+
+async def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        return 2
+    figures: list[Figure] = []
+    with Dovecot() as dovecot:
+        for name in names or list(SCENARIOS):
+            started = time.monotonic()
+            try:
+                found = await asyncio.wait_for(SCENARIOS[name](dovecot), timeout=300)
+            except Exception as exc:  # a scenario that cannot run is a failure, said plainly
+                found = [Figure(name, f"could not run: {type(exc).__name__}: {exc}"[:52], 1, 0, "")]
+            figures.extend(found)
+            print(f"{name}: {time.monotonic() - started:.1f} s", flush=True)
+            for figure in found:
+                print(figure.line(), flush=True)
+    print("\nsummary")
+    for figure in figures:
+        print(figure.line())
+    failed = [f for f in figures if not f.ok]
+    print(f"\n{len(figures) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
