@@ -114,6 +114,64 @@ async def hostile_header(dovecot: Dovecot) -> list[Figure]:
     ]
 
 
+def big_message() -> bytes:
+    """Near the parse cap: an 8 MB quoted-printable text body, an HTML body of 4 MB of
+    tags, and a 10 MB base64 attachment."""
+    text = b"=41" * (8 * MIB // 3)
+    html = b"<p>" * (4 * MIB // 3)
+    attachment = b"QUJD" * (10 * MIB // 4)
+    lines = b"\r\n".join(attachment[i : i + 76] for i in range(0, len(attachment), 76))
+    return (
+        b"From: Stranger <s@example.com>\r\nSubject: heavy\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: multipart/alternative; boundary=A\r\n\r\n"
+        b"--A\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + text
+        + b"\r\n--A\r\nContent-Type: text/html\r\n\r\n"
+        + html
+        + b"\r\n--A--\r\n--B\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=a.bin\r\n\r\n" + lines + b"\r\n--B--\r\n"
+    )
+
+
+async def heavy_message(dovecot: Dovecot) -> list[Figure]:
+    """A stranger's 24 MB message (text, HTML, an attachment) opened parsed, as raw and
+    its attachment, four clients at once, while /healthz is asked every 50 ms."""
+    user = dovecot.new_user("heavy")
+    user.deliver(big_message())
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    with Gateway(dovecot.port) as gateway:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+            async with http.get(gateway.base + "/v1/mailboxes/me/messages", headers=auth) as r:
+                page = await r.json()
+            message = f"{gateway.base}/v1/mailboxes/me/messages/{page['messages'][0]['id']}"
+            stop = asyncio.Event()
+            health = asyncio.create_task(watch_health(gateway.base, stop))
+
+            async def reader(path: str) -> None:
+                for _ in range(3):
+                    async with http.get(path, headers=auth) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+
+            paths = (message, message + "/raw", message + "/attachments/2", message)
+            await asyncio.gather(*(reader(p) for p in paths))
+            stop.set()
+            latencies = await health
+    return [
+        Figure(
+            "heavy_message",
+            "worst /healthz while 24 MB messages are read (s)",
+            max(latencies),
+            0.5,
+            "s",
+        ),
+        Figure("heavy_message", "answers other than 200", sum(s != 200 for s in statuses), 0, ""),
+    ]
+
+
 async def big_names(dovecot: Dovecot) -> list[Figure]:
     """100 messages whose display names are 1 MB each, listed in full several times."""
     user = dovecot.new_user("names")
@@ -206,6 +264,7 @@ async def _endless(_dovecot: Dovecot) -> list[Figure]:
 
 SCENARIOS: dict[str, Scenario] = {
     "hostile_header": hostile_header,
+    "heavy_message": heavy_message,
     "big_names": big_names,
     "fresh_loop": fresh_loop,
     "endless_uidl": _endless,
