@@ -143,12 +143,12 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
         request[STREAMING_KEY] = True
         try:
             metrics = request.app[METRICS]
-            if first:
+            if first and request.method != "HEAD":  # HEAD: aiohttp sends what is written
                 await send(request, response, first)
                 metrics.streamed("raw", len(first))
-            async for chunk in raw.chunks:
-                await send(request, response, chunk)
-                metrics.streamed("raw", len(chunk))
+                async for chunk in raw.chunks:
+                    await send(request, response, chunk)
+                    metrics.streamed("raw", len(chunk))
         except BaseException:
             # Headers are gone: the only honest signal left is a broken transfer (no final
             # chunk), never a complete-looking truncated message.
@@ -196,7 +196,8 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     request[STREAMING_KEY] = True
     try:
-        for start in range(0, len(payload), _ATTACHMENT_CHUNK):
+        size = len(payload) if request.method != "HEAD" else 0  # aiohttp sends what is written
+        for start in range(0, size, _ATTACHMENT_CHUNK):
             chunk = bytes(payload[start : start + _ATTACHMENT_CHUNK])
             await send(request, response, chunk)
             request.app[METRICS].streamed("attachment", len(chunk))

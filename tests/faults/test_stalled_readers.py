@@ -204,3 +204,17 @@ async def test_a_stalled_attachment_reader_holds_no_session(
         reader.close()
     whole = await api.get(f"{base}/attachments/{part['id']}", headers=ALICE)
     assert await whole.read() == b"\x01" * 6 * MIB
+
+
+async def test_head_sends_no_body(aiohttp_client: ClientFactory, server: FakePOP3Server) -> None:
+    # Bytes written after the headers of a HEAD answer would be read as the next response.
+    api = await aiohttp_client(create_app(settings_for(server.port)))
+    base = f"/v1/mailboxes/me/messages/{encode_id('part')}"
+    parsed = await checked(await api.get(base, headers=ALICE), 200)
+    for path in (base + "/raw", f"{base}/attachments/{parsed['attachments'][0]['id']}"):
+        head = await api.head(path, headers=ALICE)
+        assert head.status == 200
+        assert await head.read() == b""
+        await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
+    scrape = await _until(api, "pop3gw_spool_files", 0)
+    assert scrape['pop3gw_pool_sessions{state="leased"}'] == 0
