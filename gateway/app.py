@@ -19,7 +19,7 @@ from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .edge import EdgeLimits, connection_cap, fd_reserve
-from .keys import DIRECTORY, LIFECYCLE, METRICS, SERVICE, Lifecycle
+from .keys import DIRECTORY, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
@@ -30,6 +30,7 @@ from .service import (
     PooledSessions,
     SessionOpener,
     SessionSource,
+    Spool,
 )
 
 #: connections of the one shared Redis client (the cache and the replica gate together)
@@ -234,6 +235,13 @@ def create_app(
             gate.ping,
             "Redis does not answer: replicas cannot coordinate, sessions proceed uncoordinated",
         )
+    stream = settings.stream
+    spool = Spool(
+        stream.spool_max_bytes,
+        directory=str(stream.spool_dir) if stream.spool_dir is not None else None,
+    )
+    metrics.watch_spool(lambda: (spool.written, spool.reserved, spool.files))
+    app[SEND_TIMEOUT] = stream.send_timeout
     app[SERVICE] = MailboxService(
         sessions,
         header_cache,
@@ -244,6 +252,7 @@ def create_app(
         observer=metrics,
         clock=clock,
         readiness=readiness,
+        spool=spool if stream.spool_max_bytes else None,
     )
 
     async def redis_client(_app: web.Application) -> AsyncIterator[None]:

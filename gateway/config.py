@@ -229,6 +229,23 @@ class HTTPSettings(BaseModel):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
+class StreamSettings(BaseModel):
+    """What a client that reads a message slowly, or not at all, may hold (``/raw`` and
+    attachments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: seconds a client may accept no bytes of a message before the transfer is aborted
+    send_timeout: float = Field(30.0, gt=0, le=3600)
+    #: bytes of messages spooled at once (memory up to 1 MiB a message, then files in
+    #: TMPDIR), so that a /raw reader's POP3 session is released at upstream speed; a message
+    #: that does not fit is streamed from its session instead, bounded by send_timeout.
+    #: 32 MiB stays below the 64 MiB /tmp emptyDir of the Kubernetes base. 0: no spooling
+    spool_max_bytes: int = Field(32 * 1024 * 1024, ge=0, le=1024**4)
+    #: where spool files go (unnamed, mode 0600); unset: the system's temporary directory
+    spool_dir: Path | None = None
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -272,6 +289,7 @@ class Settings(BaseSettings):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
     #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load

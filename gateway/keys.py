@@ -24,3 +24,5 @@ LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 SERVICE: web.AppKey[MailboxService] = web.AppKey("service", MailboxService)
 DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+#: seconds a client may accept no bytes of a streamed body before it is aborted
+SEND_TIMEOUT: web.AppKey[float] = web.AppKey("send_timeout", float)

@@ -61,7 +61,10 @@ class Metrics:
         self.limits = Counter(
             "pop3gw_limits",
             "Limits that bit, by reason (fresh-rationed: a ?fresh=true within "
-            "min_fresh_interval of the mailbox's last login was served the newest snapshot).",
+            "min_fresh_interval of the mailbox's last login was served the newest snapshot; "
+            "spool-full: a message streamed from its session, the spool budget being spent; "
+            "spool-overflow: a message larger than listed, streamed from its session past "
+            "the margin; send-timeout: a client that accepted no bytes in time, aborted).",
             ["reason"],
             registry=self.registry,
         )
@@ -165,6 +168,10 @@ class Metrics:
     def watch_http_connections(self, read: Callable[[], tuple[int, int]]) -> None:
         """Report ``read()`` = (open HTTP connections, the cap) at scrape time."""
         self.registry.register(_ConnectionsCollector(read))
+
+    def watch_spool(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        """Report ``read()`` = (bytes spooled, bytes reserved, files open) at scrape time."""
+        self.registry.register(_SpoolCollector(read))
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()
@@ -322,3 +329,22 @@ class _ConnectionsCollector(Collector):
             "from the file-descriptor limit).",
             value=cap,
         )
+
+
+class _SpoolCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        written, reserved, files = self._read()
+        yield GaugeMetricFamily(
+            "pop3gw_spool_bytes",
+            "Message bytes held in spool files now (read from POP3, not yet sent).",
+            value=written,
+        )
+        yield GaugeMetricFamily(
+            "pop3gw_spool_reserved_bytes",
+            "Bytes of the spool budget (POP3GW_STREAM__SPOOL_MAX_BYTES) reserved now.",
+            value=reserved,
+        )
+        yield GaugeMetricFamily("pop3gw_spool_files", "Spool files open now.", value=files)

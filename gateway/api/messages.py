@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..keys import METRICS, SERVICE
+from ..keys import METRICS, SEND_TIMEOUT, SERVICE
 from ..mail import Attachment
 from ..service import MessageTooLargeError, Order, check_limit
 from . import serializers
@@ -16,6 +17,8 @@ from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_
 from .errors import Problem
 from .middlewares import STREAMING_KEY, request_id_of
 
+#: bytes of an attachment written at a time
+_ATTACHMENT_CHUNK = 64 * 1024
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -82,10 +85,46 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     return json_response(data, headers=headers)
 
 
+class SendStalledError(ConnectionError):
+    """The client accepted no bytes for the send timeout: the transfer is aborted."""
+
+
+async def send(request: web.Request, response: web.StreamResponse, chunk: bytes) -> None:
+    """Write ``chunk``; :class:`SendStalledError` if the client accepts no bytes for
+    ``SEND_TIMEOUT`` seconds (progress, however slow, restarts the wait)."""
+    timeout = request.app[SEND_TIMEOUT]
+    transport = request.transport
+    write = asyncio.ensure_future(response.write(chunk))
+    try:
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        while True:
+            done, _ = await asyncio.wait({write}, timeout=timeout)
+            if done:
+                return write.result()
+            now = transport.get_write_buffer_size() if transport is not None else 0
+            if now >= buffered:
+                request.app[METRICS].limited("send-timeout")
+                raise SendStalledError(f"the client accepted no bytes in {timeout:g} s")
+            buffered = now
+    finally:
+        if not write.done():
+            write.cancel()
+            write.add_done_callback(_retrieved)  # it may still end with a write error
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Take the outcome of an abandoned write (the transfer is aborted anyway)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def get_raw(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     service = request.app[SERVICE]
+    # Spooled (the usual case), the whole message is read and its session back in the pool
+    # before the block starts; else the block holds the session, and the send timeout bounds
+    # how long a client that stops reading can keep it.
     async with service.open_raw(account, message_id) as raw:
         response = web.StreamResponse(
             headers={
@@ -104,12 +143,12 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
         request[STREAMING_KEY] = True
         try:
             metrics = request.app[METRICS]
-            if first:
-                await response.write(first)
+            if first and request.method != "HEAD":  # HEAD: aiohttp sends what is written
+                await send(request, response, first)
                 metrics.streamed("raw", len(first))
-            async for chunk in raw.chunks:
-                await response.write(chunk)
-                metrics.streamed("raw", len(chunk))
+                async for chunk in raw.chunks:
+                    await send(request, response, chunk)
+                    metrics.streamed("raw", len(chunk))
         except BaseException:
             # Headers are gone: the only honest signal left is a broken transfer (no final
             # chunk), never a complete-looking truncated message.
@@ -135,12 +174,12 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     found: Attachment = await request.app[SERVICE].get_attachment(
         account, message_id, attachment_id
     )
-    request.app[METRICS].streamed("attachment", len(found.payload))
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
-    return web.Response(
-        body=found.payload,
+    # The part was read with a capped RETR whose session is already back in the pool; the
+    # send timeout bounds how long a client that stops reading keeps its bytes in memory.
+    response = web.StreamResponse(
         headers={
             "Content-Type": content_type,
             "Content-Disposition": content_disposition(
@@ -152,6 +191,22 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
             "Cache-Control": IMMUTABLE,
         },
     )
+    payload = memoryview(found.payload)
+    response.content_length = len(payload)
+    await response.prepare(request)
+    request[STREAMING_KEY] = True
+    try:
+        size = len(payload) if request.method != "HEAD" else 0  # aiohttp sends what is written
+        for start in range(0, size, _ATTACHMENT_CHUNK):
+            chunk = bytes(payload[start : start + _ATTACHMENT_CHUNK])
+            await send(request, response, chunk)
+            request.app[METRICS].streamed("attachment", len(chunk))
+    except BaseException:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    await response.write_eof()
+    return response
 
 
 async def delete_message(request: web.Request) -> web.StreamResponse:

@@ -25,7 +25,10 @@ How it works:
   idle sessions go to the earliest waiter for their key, then free slots go to waiters in
   arrival order. When a waiter is blocked by the per-upstream or the global cap (not by its
   own key's cap), the least recently used idle session of another key is QUIT in the
-  background to make room. Waiting is bounded by ``acquire_timeout``; a timer, not a
+  background to make room. Fair share per upstream: while a key that holds no session
+  waits for an upstream at its cap, keys that hold one there get no other (their idle
+  session included), whatever the order of arrival; so one busy mailbox cannot keep the
+  others of its server waiting. Waiting is bounded by ``acquire_timeout``; a timer, not a
   cancellation, ends the wait, so a slot handed over at the last moment is never lost.
 - Freshness: POP3 shows the maildrop as of login, so an idle session is reused only while it
   is younger than ``snapshot_max_age`` (and ``max_session_age``). ``fresh=True`` always opens
@@ -567,40 +570,66 @@ class SessionPool:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Serve the queue with what is free now; start evictions where they help."""
+        """Serve the queue with what is free now; start evictions where they help.
+
+        Fair share: on an upstream at its cap, a key that holds no session and waits goes
+        before every key that holds one (idle or leased), whatever the order of arrival; a
+        key never gets a second session, nor keeps its idle one for its next lease, while
+        another key waits for that upstream with none."""
         if self._closed or not self._queue:
             return
         limits = self.limits
-        # 1. An idle session goes to the earliest waiter for its key.
         for waiter in list(self._queue):
             if waiter.future.done():  # cancelled, not yet abandoned
                 del self._queue[waiter]
-                continue
+        starved = self._starved()
+        # 1. An idle session goes to the earliest waiter for its key (unless its upstream is
+        #    starved: then it is closed below for the key that holds none).
+        for waiter in list(self._queue):
             idle = self._idle.get(waiter.key)
-            if idle:
+            if idle and waiter.upstream not in starved:
                 session = idle.pop()
                 if not idle:
                     del self._idle[waiter.key]
                 self._grant(waiter, session)
-        # 2. Free slots go to waiters in arrival order. A waiter blocked by the upstream or the
-        #    global cap has an idle session of another key closed for it (one at a time).
+        # 2. Free slots go to waiters in arrival order: first to keys that hold no session,
+        #    then to the others, unless a key holding none still waits for their upstream.
+        #    A waiter blocked by the upstream or the global cap has an idle session of
+        #    another key closed for it (one at a time).
         blocked: dict[str, int] = {}
-        for waiter in list(self._queue):
-            key, upstream = waiter.key, waiter.upstream
-            if self._per_key.get(key, 0) + blocked.get(key, 0) >= limits.max_per_key:
-                continue
-            upstream_full = self._per_upstream.get(upstream, 0) >= limits.max_per_upstream
-            if not upstream_full and self._total < limits.max_total:
-                self._reserve(key, upstream)
-                self._grant(waiter, None)
-                continue
-            blocked[key] = blocked.get(key, 0) + 1
-            if not waiter.evicting:
-                victim = self._victim(upstream if upstream_full else None)
-                if victim is not None:
-                    waiter.evicting = True
-                    self._take_idle(victim)
-                    self._retire_in_background(victim, waiter)
+        waiting_empty: set[str] = set()
+        for first_pass in (True, False):
+            if not first_pass:
+                waiting_empty = {w.upstream for w in self._queue if not self._per_key.get(w.key, 0)}
+            for waiter in list(self._queue):
+                key, upstream = waiter.key, waiter.upstream
+                held = self._per_key.get(key, 0)
+                if first_pass == bool(held) or upstream in waiting_empty:
+                    continue
+                if held + blocked.get(key, 0) >= limits.max_per_key:
+                    continue
+                upstream_full = self._per_upstream.get(upstream, 0) >= limits.max_per_upstream
+                if not upstream_full and self._total < limits.max_total:
+                    self._reserve(key, upstream)
+                    self._grant(waiter, None)
+                    continue
+                blocked[key] = blocked.get(key, 0) + 1
+                if not waiter.evicting:
+                    victim = self._victim(upstream if upstream_full else None)
+                    if victim is not None:
+                        waiter.evicting = True
+                        self._take_idle(victim)
+                        self._retire_in_background(victim, waiter)
+
+    def _starved(self) -> set[str]:
+        """Upstreams at their cap for which a key holding no session waits."""
+        cap = self.limits.max_per_upstream
+        return {
+            waiter.upstream
+            for waiter in self._queue
+            if not self._per_key.get(waiter.key, 0)
+            and self._per_upstream.get(waiter.upstream, 0) >= cap
+        }
 
     def _grant(self, waiter: _Waiter, granted: PooledSession | None) -> None:
         del self._queue[waiter]
@@ -622,7 +651,8 @@ class SessionPool:
         self._per_upstream[upstream] = self._per_upstream.get(upstream, 0) + 1
         self._total += 1
 
-    def _release(self, key: str, upstream: str) -> None:
+    def _release(self, key: str, upstream: str, heir: _Waiter | None = None) -> None:
+        """Give a slot back; to ``heir`` first (the waiter it was evicted for) if it fits."""
         for counts, name in ((self._per_key, key), (self._per_upstream, upstream)):
             left = counts[name] - 1
             if left:
@@ -632,7 +662,18 @@ class SessionPool:
         self._total -= 1
         if self._total == 0 and self._drained is not None:
             self._drained.set()
+        if heir is not None and heir in self._queue and self._fits(heir.key, heir.upstream):
+            self._reserve(heir.key, heir.upstream)
+            self._grant(heir, None)
         self._dispatch()
+
+    def _fits(self, key: str, upstream: str) -> bool:
+        limits = self.limits
+        return (
+            self._per_key.get(key, 0) < limits.max_per_key
+            and self._per_upstream.get(upstream, 0) < limits.max_per_upstream
+            and self._total < limits.max_total
+        )
 
     def _take_idle(self, session: PooledSession) -> None:
         sessions = self._idle[session.key]
@@ -709,7 +750,8 @@ class SessionPool:
         self._closing -= 1
         if waiter is not None:
             waiter.evicting = False
-        self._release(session.key, session.upstream)
+        # The slot goes to the waiter it was freed for, not to whoever queued first.
+        self._release(session.key, session.upstream, waiter)
 
     # -- reaper ------------------------------------------------------------------------------
     def _start_reaper(self) -> None:

@@ -10,6 +10,7 @@ own:
 - ``limits``: what one mailbox's callers may make the gateway do (the login throttle);
 - ``listing``: snapshots (:class:`SnapshotCache`) and pages of header summaries;
 - ``messages``: one message, parsed, raw or one attachment;
+- ``spool``: bounded spool files, so a slow reader of a message holds no session;
 - ``deletes``: deletes, reported only after QUIT answered ``+OK``;
 - ``check``: the "test settings" of an account.
 
@@ -54,6 +55,7 @@ from .sessions import (
     end_session,
     login_outcome,
 )
+from .spool import Spool, SpoolFile
 
 __all__ = [
     "MAX_LIMIT",
@@ -81,6 +83,8 @@ __all__ = [
     "SessionOpener",
     "SessionSource",
     "Snapshot",
+    "Spool",
+    "SpoolFile",
     "Stats",
     "Summary",
     "check_attachment_id",
@@ -120,6 +124,7 @@ class MailboxService:
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         readiness: Mapping[str, ReadinessCheck] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._sessions = sessions
         self._cache = cache
@@ -137,7 +142,9 @@ class MailboxService:
             fresh_logins=self._fresh_logins,
             observer=observer,
         )
-        self._messages = Messages(sessions, snapshots, max_parse_bytes=max_parse_bytes)
+        self._messages = Messages(
+            sessions, snapshots, max_parse_bytes=max_parse_bytes, spool=spool, observer=observer
+        )
         self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
         self._checker = Checker(sessions, observer)
 

@@ -17,7 +17,8 @@ from ..pop3 import POP3ResponseTooLargeError
 from .errors import InvalidInputError, MessageNotFoundError, MessageTooLargeError
 from .ids import decode_id
 from .listing import SnapshotCache
-from .sessions import SessionSource
+from .sessions import SessionObserver, SessionSource
+from .spool import Spool, SpoolFile
 
 _ATTACHMENT_ID = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: The attachment ids the parser can hand out: parts are numbered below 10,000, nested at
@@ -47,6 +48,9 @@ class FullMessage:
 class RawMessage:
     uid: str
     chunks: AsyncIterator[bytes]
+    #: whether the whole message is in a spool file (its session is back in the pool);
+    #: if not, ``chunks`` reads from a session held until the block ends
+    spooled: bool = False
 
 
 class Messages:
@@ -54,11 +58,19 @@ class Messages:
     served raw only)."""
 
     def __init__(
-        self, sessions: SessionSource, snapshots: SnapshotCache, *, max_parse_bytes: int
+        self,
+        sessions: SessionSource,
+        snapshots: SnapshotCache,
+        *,
+        max_parse_bytes: int,
+        spool: Spool | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
         self.max_parse_bytes = max_parse_bytes
+        self._spool = spool
+        self._observer = observer
 
     async def exists(self, account: Account, message_id: str) -> bool:
         uid = decode_id(message_id)
@@ -73,13 +85,39 @@ class Messages:
 
     @contextlib.asynccontextmanager
     async def open_raw(self, account: Account, message_id: str) -> AsyncIterator[RawMessage]:
-        """The message bytes as the server holds them, as a flow of chunks (flat memory)."""
+        """The message bytes as the server holds them, as a flow of chunks (flat memory).
+
+        With a spool, the message is read at upstream speed into a spool file and the
+        session goes back to the pool before the block starts: a client that stops reading
+        holds a file, never a session. A failure of the RETR is then raised on entering.
+        When the spool's budget is spent (or the server sends more than it listed, beyond
+        the margin), the chunks come from the session, held until the block ends."""
         uid = decode_id(message_id)
-        async with self._sessions.lease(account) as session:
-            snap = await self._snapshots.snapshot(session)
-            number = snap.number_of(uid)
-            async with session.client.retr_stream(number) as chunks:
-                yield RawMessage(uid, chunks)
+        with contextlib.ExitStack() as files:
+            async with self._sessions.lease(account) as session:
+                snap = await self._snapshots.snapshot(session)
+                number = snap.number_of(uid)
+                spooled = None
+                if self._spool is not None:
+                    spooled = self._spool.reserve(snap.sizes[number])
+                    if spooled is None:
+                        self._limited("spool-full")
+                async with session.client.retr_stream(number) as chunks:
+                    if spooled is None:
+                        yield RawMessage(uid, chunks)
+                        return
+                    files.enter_context(spooled)
+                    rest = await _fill(spooled, chunks)
+                    if rest is not None:
+                        self._limited("spool-overflow")
+                        yield RawMessage(uid, _chain(spooled, rest, chunks))
+                        return
+            # The session is back in the pool: the client reads the file at its own pace.
+            yield RawMessage(uid, spooled.chunks(), spooled=True)
+
+    def _limited(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.limited(reason)
 
     async def attachment(self, account: Account, message_id: str, attachment_id: str) -> Attachment:
         uid = decode_id(message_id)
@@ -101,3 +139,23 @@ class Messages:
                 return await session.client.retr(number, max_bytes=self.max_parse_bytes)
             except POP3ResponseTooLargeError:
                 raise MessageTooLargeError(None, self.max_parse_bytes) from None
+
+
+async def _fill(file: SpoolFile, chunks: AsyncIterator[bytes]) -> bytes | None:
+    """Write ``chunks`` to ``file`` to the end; the first chunk that does not fit, if any
+    (the rest stays unread in ``chunks``)."""
+    async for chunk in chunks:
+        if not file.write(chunk):
+            return chunk
+    return None
+
+
+async def _chain(
+    file: SpoolFile, rest: bytes, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """What ``file`` holds, then ``rest``, then what is left of ``chunks``."""
+    async for chunk in file.chunks():
+        yield chunk
+    yield rest
+    async for chunk in chunks:
+        yield chunk

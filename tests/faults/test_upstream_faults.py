@@ -272,9 +272,12 @@ async def test_quit_refused(fake_api: Client, fake_server: FakePOP3Server) -> No
 async def test_drop_during_raw_download_breaks_the_transfer(
     aiohttp_client: ClientFactory,
 ) -> None:
+    # Without a spool, the message streams from the session: a drop after the first byte
+    # can only break the transfer.
     big = b"Subject: big\r\n\r\n" + b"x" * 2_000_000 + b"\r\n"
     async with FakePOP3Server(FakeMailbox([("big", big)]), users={"alice": "pw"}) as srv:
-        api = await aiohttp_client(create_app(settings_for(srv.port)))
+        settings = settings_for(srv.port, stream={"spool_max_bytes": 0})
+        api = await aiohttp_client(create_app(settings))
         srv.script("RETR", DropAfter(500_000))
         resp = await api.get(f"/v1/mailboxes/me/messages/{encode_id('big')}/raw", headers=ALICE)
         assert resp.status == 200
@@ -282,6 +285,22 @@ async def test_drop_during_raw_download_breaks_the_transfer(
             await resp.read()
         # The next request works.
         again = await api.get(f"/v1/mailboxes/me/messages/{encode_id('big')}/raw", headers=ALICE)
+        assert await again.read() == big
+        assert srv.mailbox.uids() == ["big"]
+
+
+async def test_drop_during_a_spooled_raw_download_is_a_problem(
+    aiohttp_client: ClientFactory,
+) -> None:
+    # Spooled, the whole message is read before the first byte goes out: a drop is answered.
+    big = b"Subject: big\r\n\r\n" + b"x" * 2_000_000 + b"\r\n"
+    async with FakePOP3Server(FakeMailbox([("big", big)]), users={"alice": "pw"}) as srv:
+        api = await aiohttp_client(create_app(settings_for(srv.port)))
+        srv.script("RETR", DropAfter(500_000))
+        path = f"/v1/mailboxes/me/messages/{encode_id('big')}/raw"
+        body = await checked(await api.get(path, headers=ALICE), 502)
+        assert body["type"] == "/problems/upstream-error"
+        again = await api.get(path, headers=ALICE)
         assert await again.read() == big
         assert srv.mailbox.uids() == ["big"]
 
