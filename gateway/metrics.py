@@ -61,7 +61,9 @@ class Metrics:
         self.limits = Counter(
             "pop3gw_limits",
             "Limits that bit, by reason (fresh-rationed: a ?fresh=true within "
-            "min_fresh_interval of the mailbox's last login was served the newest snapshot).",
+            "min_fresh_interval of the mailbox's last login was served the newest snapshot; "
+            "login-throttled, client-login-rate, upstream-login-rate: a login refused for "
+            "failed logins of the person, the client address, the upstream).",
             ["reason"],
             registry=self.registry,
         )
