@@ -84,6 +84,34 @@ async def test_a_spray_from_one_client_stops_after_its_budget(
     assert "victim" not in scrape
 
 
+async def test_the_issue_spray_with_the_defaults(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """The issue's figure: 300 user names with wrong passwords from one address reached the
+    server 300 times; with the defaults, 10 (the client's burst)."""
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    answers = await spray(api, 300)
+    assert logins(fake_server) == 10
+    assert sum(status == 429 for status, _, _ in answers) == 290
+
+
+async def test_check_is_no_way_around_the_client_budget(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    settings = settings_for(
+        fake_server.port,
+        pool={"client_failed_login_burst": 2, "client_failed_logins_per_minute": 1},
+    )
+    api = await aiohttp_client(create_app(settings))
+    for i in range(2):
+        resp = await api.post("/v1/mailboxes/me/check", headers=basic(f"u{i}", "wrong"))
+        await checked(resp, 401)
+    resp = await api.post("/v1/mailboxes/me/check", headers=basic("u9", "wrong"))
+    body = await checked(resp, 429)
+    assert body["type"] == "/problems/client-login-rate"
+    assert logins(fake_server) == 2
+
+
 async def test_successful_logins_do_not_drain_the_client_budget(
     aiohttp_client: ClientFactory, fake_server: FakePOP3Server
 ) -> None:
