@@ -153,7 +153,11 @@ class SessionOpener:
                 observer.login(account.upstream.name, login_outcome(exc))
             raise
         if rations is not None and attempt is not None:
-            await rations.end(attempt, "ok")
+            try:  # the outcome is recorded in full; a caller gone meanwhile loses the session
+                await asyncio.shield(rations.end(attempt, "ok"))
+            except BaseException:
+                client.abort()
+                raise
         if observer is not None:
             observer.login(account.upstream.name, "ok")
         return client

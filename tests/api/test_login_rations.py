@@ -15,9 +15,11 @@ import pytest
 import redis
 from aiohttp.test_utils import make_mocked_request
 
+from gateway.accounts import Account, Credential, Upstream
 from gateway.api.auth import client_address
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.pop3 import TLSMode
 from gateway.redis import SharedRedis
 from gateway.service import (
     ClientLoginRateError,
@@ -25,6 +27,7 @@ from gateway.service import (
     LoginRations,
     LoginThrottle,
     LoginThrottledError,
+    SessionOpener,
     TokenBuckets,
     UpstreamLoginRateError,
 )
@@ -369,3 +372,38 @@ async def test_the_rations_refuse_in_order_and_give_back() -> None:
     known = await rations.begin("p1", "c", client="192.0.2.1", upstream="u")
     assert known.known_good
     await rations.end(known, "ok")
+
+
+async def test_a_caller_gone_while_the_success_is_recorded_loses_the_session() -> None:
+    class SlowRations(LoginRations):
+        async def end(self, attempt: Any, outcome: str) -> None:
+            await asyncio.sleep(0.05)  # a slow Redis
+            await super().end(attempt, outcome)
+
+    aborted: list[bool] = []
+
+    class Client:
+        def abort(self) -> None:
+            aborted.append(True)
+
+    async def how() -> Any:
+        return Client()
+
+    rations = SlowRations(LoginThrottle(3, 60))
+    opener = SessionOpener(key=b"k" * 32, throttle=rations)
+    account = Account(
+        mailbox_id="me",
+        upstream=Upstream("u", "127.0.0.1", 1, TLSMode.PLAIN),
+        user="a",
+        credential=Credential("pass", value="p"),
+        passthrough=True,
+    )
+    task = asyncio.create_task(opener.open(account, how))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert aborted == [True]  # never handed to anyone, never leaked
+    await asyncio.sleep(0.08)  # the outcome was recorded all the same
+    key = f"{account.person(b'k' * 32)}\0passthrough"
+    assert rations.throttle.known_good(key, account.digest(b"k" * 32))
