@@ -18,7 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.accounts import Account, Credential, Upstream
 from gateway.api.auth import client_address
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.pop3 import TLSMode
 from gateway.redis import SharedRedis
 from gateway.service import (
@@ -407,3 +407,10 @@ async def test_a_caller_gone_while_the_success_is_recorded_loses_the_session() -
     await asyncio.sleep(0.08)  # the outcome was recorded all the same
     key = f"{account.person(b'k' * 32)}\0passthrough"
     assert rations.throttle.known_good(key, account.digest(b"k" * 32))
+
+
+def test_trusted_proxies_must_be_networks() -> None:
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        settings_for(1, http={"trusted_proxies": ["10.0.0.0/8", "proxy.example"]})
+    settings = settings_for(1, http={"trusted_proxies": [" 10.1.2.3/8", "::1"]})
+    assert [str(n) for n in settings.http.trusted_networks] == ["10.0.0.0/8", "::1/128"]
