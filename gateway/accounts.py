@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import threading
 import time
@@ -165,6 +166,9 @@ class Account:
     user: str
     credential: Credential = field(repr=False)
     passthrough: bool
+    #: the address the request came from (the peer, or X-Forwarded-For from a trusted
+    #: proxy), set per request by the API layer: the failed-login rate per client
+    client: str | None = field(default=None, compare=False, repr=False)
 
     def digest(self, key: bytes) -> str:
         """A keyed digest of upstream + user + secret: the pool key (a changed password or
@@ -296,8 +300,11 @@ class Directory:
         presets: bool,
         passthrough: bool,
         timeouts: Timeouts,
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> None:
         self.mailboxes = mailboxes
+        #: peers whose X-Forwarded-For names the client (load balancers, reverse proxies)
+        self.trusted_proxies = trusted_proxies
         self.api_keys = api_keys
         self._domains = {d.lower(): u for d, u in domain_upstreams.items()}
         self._default = default_upstream

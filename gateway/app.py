@@ -25,12 +25,15 @@ from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
 from .replicas import RedisSessionGate
 from .service import (
+    KnownGood,
+    LoginRations,
     LoginThrottle,
     MailboxService,
     PooledSessions,
     SessionOpener,
     SessionSource,
     Spool,
+    TokenBuckets,
 )
 
 #: connections of the one shared Redis client (the cache and the replica gate together)
@@ -122,6 +125,7 @@ def build_directory(settings: Settings) -> Directory:
         presets=settings.presets,
         passthrough=settings.passthrough,
         timeouts=timeouts,
+        trusted_proxies=settings.http.trusted_networks,
     )
 
 
@@ -136,6 +140,31 @@ def http_limits(settings: Settings, *, nofile: int | None = None) -> EdgeLimits:
         body_timeout=http.body_timeout,
         keepalive_timeout=http.keepalive_timeout,
         max_connections=connection_cap(http.max_connections, reserve, nofile),
+    )
+
+
+def login_rations(settings: Settings, cache_key: bytes, redis: SharedRedis | None) -> LoginRations:
+    """Every limit on logins: failed logins per person (in Redis when configured), per
+    client address and per upstream."""
+    limits = settings.pool
+    return LoginRations(
+        LoginThrottle(
+            limits.max_failed_logins,
+            limits.failed_login_window,
+            # known-good credentials are sealed with a key of their own, derived from the
+            # cache secret: replicas and restarts recognise them
+            known_good=KnownGood(
+                hmac.new(cache_key, b"pop3gw known-good login v1", "sha256").digest()
+            ),
+        ),
+        clients=TokenBuckets(
+            limits.client_failed_login_burst, limits.client_failed_logins_per_minute / 60
+        ),
+        upstreams=TokenBuckets(
+            limits.upstream_failed_login_burst, limits.upstream_failed_logins_per_minute / 60
+        ),
+        redis=redis,
+        key=hmac.new(cache_key, b"pop3gw login throttle keys v1", "sha256").digest(),
     )
 
 
@@ -222,11 +251,7 @@ def create_app(
         )
         metrics.watch_pool(pool)
         opener = SessionOpener(
-            key=cache_key,
-            observer=metrics,
-            throttle=LoginThrottle(
-                settings.pool.max_failed_logins, settings.pool.failed_login_window
-            ),
+            key=cache_key, observer=metrics, throttle=login_rations(settings, cache_key, redis)
         )
         sessions = PooledSessions(pool, opener, key=cache_key, observer=metrics)
     readiness = {}

@@ -206,6 +206,15 @@ class PoolSettings(BaseModel):
     #: ?fresh=true logs in again at most once per this many seconds per mailbox; within it
     #: the newest snapshot is served (its snapshot_at says how recent it is)
     min_fresh_interval: float = Field(2.0, ge=0, le=600)
+    #: failed logins from one client address (IPv6: its /64), a token bucket: this many at
+    #: once, refilled at client_failed_logins_per_minute. Logins with a credential that
+    #: last succeeded never count, so a spray of user names stops here
+    client_failed_login_burst: int = Field(10, ge=1, le=1_000_000)
+    client_failed_logins_per_minute: float = Field(6.0, gt=0, le=1_000_000)
+    #: failed logins to one upstream (host:port) from this process, whoever the client is:
+    #: before the provider blocks the gateway's address
+    upstream_failed_login_burst: int = Field(30, ge=1, le=1_000_000)
+    upstream_failed_logins_per_minute: float = Field(30.0, gt=0, le=1_000_000)
 
 
 class HTTPSettings(BaseModel):
@@ -227,6 +236,23 @@ class HTTPSettings(BaseModel):
     max_connections: int | None = Field(None, ge=1, le=1_000_000)
     #: largest request body (413 request-too-large beyond)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: proxies (CIDR list) whose X-Forwarded-For names the client; from anyone else the
+    #: header is ignored and the peer address is the client
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR network") from None
+        return value
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in self.trusted_proxies)
 
 
 class StreamSettings(BaseModel):

@@ -64,7 +64,9 @@ class Metrics:
             "min_fresh_interval of the mailbox's last login was served the newest snapshot; "
             "spool-full: a message streamed from its session, the spool budget being spent; "
             "spool-overflow: a message larger than listed, streamed from its session past "
-            "the margin; send-timeout: a client that accepted no bytes in time, aborted).",
+            "the margin; send-timeout: a client that accepted no bytes in time, aborted; "
+            "login-throttled, client-login-rate, upstream-login-rate: a login refused for "
+            "failed logins of the person, the client address, the upstream).",
             ["reason"],
             registry=self.registry,
         )

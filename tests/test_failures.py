@@ -32,12 +32,14 @@ from gateway.pop3 import (
 )
 from gateway.service import (
     CapabilityMissingError,
+    ClientLoginRateError,
     DeleteFailedError,
     DeleteOutcomeUnknownError,
     InvalidInputError,
     LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
+    UpstreamLoginRateError,
     describe_failure,
     failure_reason,
     login_outcome,
@@ -204,6 +206,8 @@ def test_configured_credentials_are_the_operators_problem() -> None:
         (MessageTooLargeError(10, 5), "message-too-large"),
         (CapabilityMissingError("UIDL"), "capability-missing"),
         (LoginThrottledError(12.4), "login-throttled"),
+        (ClientLoginRateError(3.2), "client-login-rate"),
+        (UpstreamLoginRateError(0.2), "upstream-login-rate"),
         (DeleteOutcomeUnknownError("lost"), "delete-outcome-unknown"),
         (DeleteFailedError("refused"), "delete-failed"),
     ],
@@ -214,6 +218,8 @@ def test_service_failures(exc: BaseException, slug: str) -> None:
     assert problem.slug == slug
     if slug == "login-throttled":
         assert dict(problem.headers)["Retry-After"] == "12"
+    if slug.endswith("-login-rate"):  # at least a second, never "0"
+        assert dict(problem.headers)["Retry-After"] in ("3", "1")
 
 
 def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
@@ -223,6 +229,8 @@ def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
         "too-large",
         "capability-missing",
         "login-throttled",
+        "client-login-rate",
+        "upstream-login-rate",
         "delete-outcome-unknown",
         "delete-failed",
     }

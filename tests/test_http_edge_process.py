@@ -204,4 +204,5 @@ def test_check_config_shows_the_http_limits() -> None:
         "keepalive_timeout": 75.0,
         "max_connections": None,
         "max_body_bytes": 1048576,
+        "trusted_proxies": [],
     }

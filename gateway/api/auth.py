@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import ipaddress
 
 from aiohttp import web
 
@@ -28,8 +30,41 @@ def _credentials(request: web.Request, scheme: str) -> str | None:
     return value.strip()
 
 
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_address(request: web.Request, trusted: Networks) -> str | None:
+    """Where the request comes from: the peer's address, or, when the peer is a trusted
+    proxy, the nearest address in ``X-Forwarded-For`` that is not one (read from the right:
+    what a client writes further left is not vouched for by anyone we trust)."""
+    peer = request.remote
+    if not trusted or peer is None:
+        return peer
+    try:
+        hop: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(hop in net for net in trusted):
+        return peer
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    for entry in reversed(forwarded.split(",")[-32:]):
+        try:
+            hop = ipaddress.ip_address(entry.strip())
+        except ValueError:
+            break  # garbage: the last trusted hop is the nearest address we know
+        if not any(hop in net for net in trusted):
+            return str(hop)
+    return str(hop)
+
+
 def resolve_account(request: web.Request, directory: Directory, scope: str) -> Account:
-    """The account for ``{mailbox}`` in the path, or a :class:`Problem` (401/403/404/400)."""
+    """The account for ``{mailbox}`` in the path, with the request's client address, or a
+    :class:`Problem` (401/403/404/400)."""
+    account = _resolve(request, directory, scope)
+    return dataclasses.replace(account, client=client_address(request, directory.trusted_proxies))
+
+
+def _resolve(request: web.Request, directory: Directory, scope: str) -> Account:
     mailbox_id = request.match_info["mailbox"]
     if mailbox_id == "me":
         return _passthrough(request, directory)

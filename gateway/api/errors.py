@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..pop3 import POP3Error, POP3TimeoutError
-from ..service import LoginThrottledError, ServiceError, failure_reason
+from ..service import LoginRateLimitedError, LoginThrottledError, ServiceError, failure_reason
 
 log = logging.getLogger("gateway.api")
 
@@ -30,6 +30,8 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "mailbox-locked": (423, "Mailbox in use"),
     "login-delay": (429, "Logged in too recently"),
     "login-throttled": (429, "Too many failed logins"),
+    "client-login-rate": (429, "Too many failed logins from this client"),
+    "upstream-login-rate": (429, "Too many failed logins to this mail server"),
     "upstream-auth-failed": (502, "Mail server rejected the configured credentials"),
     "upstream-error": (502, "Mail server error"),
     "capability-missing": (502, "Mail server lacks a needed capability"),
@@ -124,9 +126,14 @@ def _auth(_exc: BaseException, passthrough: bool) -> Problem:
     return Problem("upstream-auth-failed", "the mail server rejected the configured login")
 
 
-def _throttled(exc: BaseException, _passthrough: bool) -> Problem:
-    wait = exc.retry_after if isinstance(exc, LoginThrottledError) else 60.0
-    return Problem("login-throttled", str(exc), headers=(("Retry-After", str(round(wait))),))
+def _throttled(slug: str) -> Callable[[BaseException, bool], Problem]:
+    def build(exc: BaseException, _passthrough: bool) -> Problem:
+        wait = 60.0
+        if isinstance(exc, LoginThrottledError | LoginRateLimitedError):
+            wait = exc.retry_after
+        return Problem(slug, str(exc), headers=(("Retry-After", str(max(1, round(wait)))),))
+
+    return build
 
 
 def _timeout(exc: BaseException, _passthrough: bool) -> Problem:
@@ -153,7 +160,9 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
     "not-found": _as_is("not-found"),
     "too-large": lambda exc, _p: Problem("message-too-large", f"{exc}; fetch it from /raw instead"),
     "capability-missing": _as_is("capability-missing"),
-    "login-throttled": _throttled,
+    "login-throttled": _throttled("login-throttled"),
+    "client-login-rate": _throttled("client-login-rate"),
+    "upstream-login-rate": _throttled("upstream-login-rate"),
     "delete-outcome-unknown": _as_is("delete-outcome-unknown"),
     "delete-failed": _as_is("delete-failed"),
     # the pool's

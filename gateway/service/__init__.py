@@ -33,17 +33,20 @@ from .check import Checker, CheckResult, CheckStep, describe_failure
 from .deletes import DeleteResult, Deletes
 from .errors import (
     CapabilityMissingError,
+    ClientLoginRateError,
     DeleteFailedError,
     DeleteOutcomeUnknownError,
     InvalidInputError,
+    LoginRateLimitedError,
     LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
     ServiceError,
+    UpstreamLoginRateError,
     failure_reason,
 )
 from .ids import Order, decode_id, encode_id
-from .limits import FreshLogins, LoginThrottle
+from .limits import FreshLogins, KnownGood, LoginRations, LoginThrottle, TokenBuckets
 from .listing import MAX_LIMIT, Listing, Page, Snapshot, SnapshotCache, Summary, check_limit
 from .messages import FullMessage, Messages, RawMessage, check_attachment_id
 from .sessions import (
@@ -62,12 +65,16 @@ __all__ = [
     "CapabilityMissingError",
     "CheckResult",
     "CheckStep",
+    "ClientLoginRateError",
     "DeleteFailedError",
     "DeleteOutcomeUnknownError",
     "DeleteResult",
     "FreshLogins",
     "FullMessage",
     "InvalidInputError",
+    "KnownGood",
+    "LoginRateLimitedError",
+    "LoginRations",
     "LoginThrottle",
     "LoginThrottledError",
     "MailboxService",
@@ -87,6 +94,8 @@ __all__ = [
     "SpoolFile",
     "Stats",
     "Summary",
+    "TokenBuckets",
+    "UpstreamLoginRateError",
     "check_attachment_id",
     "check_limit",
     "decode_id",

@@ -66,6 +66,29 @@ class LoginThrottledError(ServiceError):
         self.retry_after = retry_after
 
 
+class LoginRateLimitedError(ServiceError):
+    """Too many failed logins lately from one client address, or to one upstream: the
+    gateway stops sending new credentials for a while, before the provider blocks its
+    address. A credential known to be good is never held back."""
+
+    reason: ClassVar[str] = "login-rate-limited"
+    what: ClassVar[str] = "through this gateway"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins {self.what}; try again in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class ClientLoginRateError(LoginRateLimitedError):
+    reason: ClassVar[str] = "client-login-rate"
+    what: ClassVar[str] = "from this client address"
+
+
+class UpstreamLoginRateError(LoginRateLimitedError):
+    reason: ClassVar[str] = "upstream-login-rate"
+    what: ClassVar[str] = "to this mail server"
+
+
 class DeleteFailedError(ServiceError):
     """The server refused a delete (DELE or QUIT ``-ERR``): not everything was removed."""
 

@@ -1,13 +1,50 @@
-"""Limits on what one mailbox's callers can make the gateway do: failed logins, and new
-logins asked for with ``fresh``."""
+"""Limits on what one mailbox's callers can make the gateway do: failed logins (per person,
+per client address, per upstream), and new logins asked for with ``fresh``."""
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import ipaddress
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from .errors import LoginThrottledError
+from ..redis import RedisUnavailableError, SharedRedis
+from .errors import ClientLoginRateError, LoginThrottledError, UpstreamLoginRateError
+
+
+class KnownGood:
+    """Seals a credential digest as a salted keyed hash: HMAC-SHA256 under ``key`` (per
+    deployment, derived from the cache secret, or random per process) of a random per-entry
+    salt and the digest. What is kept (in memory or in Redis) tells nothing without the key,
+    and two entries for one credential never look alike."""
+
+    SALT_BYTES = 16
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else os.urandom(32)
+
+    def _mac(self, salt: bytes, credential: str) -> bytes:
+        return hmac.digest(self._key, salt + credential.encode(), "sha256")
+
+    def seal(self, credential: str) -> str:
+        salt = os.urandom(self.SALT_BYTES)
+        return f"{salt.hex()}:{self._mac(salt, credential).hex()}"
+
+    def matches(self, sealed: str | bytes | None, credential: str) -> bool:
+        if not sealed:
+            return False
+        if isinstance(sealed, bytes):
+            sealed = sealed.decode("ascii", "replace")
+        salt_hex, sep, mac_hex = sealed.partition(":")
+        try:
+            salt, mac = bytes.fromhex(salt_hex), bytes.fromhex(mac_hex)
+        except ValueError:
+            return False
+        return bool(sep) and hmac.compare_digest(mac, self._mac(salt, credential))
 
 
 class LoginThrottle:
@@ -16,9 +53,9 @@ class LoginThrottle:
     leaves the window. Providers block addresses that keep failing; one misconfigured client
     must not get the gateway (and every other user behind it) blocked.
 
-    A credential that last succeeded for the mailbox (kept as a keyed digest, never in
-    clear) is still let through while it is throttled, so that someone sending wrong
-    passwords cannot lock the mailbox's owner out. Bounded in size."""
+    A credential that last succeeded for the mailbox (kept salted and hashed by
+    :class:`KnownGood`, never in clear) is still let through while it is throttled, so that
+    someone sending wrong passwords cannot lock the mailbox's owner out. Bounded in size."""
 
     def __init__(
         self,
@@ -27,20 +64,34 @@ class LoginThrottle:
         *,
         max_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        known_good: KnownGood | None = None,
     ) -> None:
         self._max = max_failures
         self._window = window
         self._max_keys = max_keys
         self._clock = clock
+        self.sealer = known_good or KnownGood()
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
         self._good: OrderedDict[str, str] = OrderedDict()
         self._in_flight: dict[str, int] = {}
+
+    @property
+    def max_failures(self) -> int:
+        return self._max
+
+    @property
+    def window(self) -> float:
+        return self._window
+
+    def known_good(self, key: str, credential: str) -> bool:
+        """Whether ``credential`` is the one that last succeeded for ``key``."""
+        return self.sealer.matches(self._good.get(key), credential)
 
     def begin(self, key: str, credential: str) -> bool:
         """Before a login: raise while throttled, counting logins still in flight as
         failures to come (a concurrent burst of wrong passwords must not all reach the
         server). Returns whether this attempt was counted; pass that to :meth:`end`."""
-        if self._good.get(key) == credential:
+        if self.known_good(key, credential):
             return False  # the owner's known-good credential is never held back
         now = self._clock()
         recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
@@ -74,9 +125,76 @@ class LoginThrottle:
     def succeeded(self, key: str, credential: str) -> None:
         self._failures.pop(key, None)
         self._good.pop(key, None)
-        self._good[key] = credential
+        self._good[key] = self.sealer.seal(credential)
         while len(self._good) > self._max_keys:
             self._good.popitem(last=False)
+
+
+def client_key(address: str | None) -> str | None:
+    """Whom a client address stands for: itself, or for IPv6 its /64 (one host is usually
+    given a whole /64, so single addresses would cost an attacker nothing)."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class TokenBuckets:
+    """One token bucket per key: ``burst`` tokens, refilled at ``per_second``. A login
+    attempt takes a token before it is sent (so a concurrent burst is counted while in
+    flight) and gives it back unless the server refused the credentials: only failed logins
+    drain a bucket. Bounded in size (a full bucket is forgotten first, then the least
+    recently used)."""
+
+    def __init__(
+        self,
+        burst: int,
+        per_second: float,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or not per_second > 0:
+            raise ValueError("a token bucket needs burst >= 1 and a positive rate")
+        self._burst = float(burst)
+        self._rate = per_second
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._rate)
+
+    def take(self, key: str) -> float:
+        """Take a token: 0.0 when taken, else the seconds until one is there."""
+        now = self._clock()
+        tokens = self._level(key, now)
+        if tokens < 1.0:
+            return (1.0 - tokens) / self._rate
+        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return 0.0
+
+    def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`take` (the attempt did not fail its login)."""
+        if key not in self._buckets:
+            return  # forgotten meanwhile: it is full again
+        now = self._clock()
+        tokens = min(self._burst, self._level(key, now) + 1.0)
+        if tokens >= self._burst:
+            del self._buckets[key]  # a full bucket needs no entry
+        else:
+            self._buckets[key] = (tokens, now)
 
 
 class FreshLogins:
@@ -109,3 +227,195 @@ class FreshLogins:
         while len(self._last) > self._max_keys:
             self._last.popitem(last=False)
         return True
+
+
+#: Redis keys of the shared throttle, ``{id}`` a keyed digest of person + side (never a user
+#: name): ``pop3gw:v1:logins:fail:{id}``, a sorted set of attempts (score: ms since the
+#: epoch; a member is in flight until its login ends, then a failure or gone; TTL: the
+#: window), and ``pop3gw:v1:logins:good:{id}``, the known-good credential sealed by
+#: :class:`KnownGood` (TTL: :data:`KNOWN_GOOD_TTL` after its last success).
+REDIS_PREFIX = "pop3gw:v1:logins:"
+#: How long a known-good credential is remembered in Redis after its last success.
+KNOWN_GOOD_TTL = 30 * 24 * 3600.0
+
+# KEYS: fail, good; ARGV: now ms, window ms, max failures, member.
+# Returns {sealed known-good or '', ms to wait (0: counted, the member is in flight)}.
+_BEGIN = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local good = redis.call('GET', KEYS[2]) or ''
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {good, math.max(1, tonumber(oldest[2]) + window - now)}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], window)
+return {good, 0}
+"""
+# KEYS: fail, good; ARGV: outcome, member, now ms, window ms, max failures, sealed, good ms.
+_END = """
+if ARGV[1] == 'auth' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+elseif ARGV[1] == 'ok' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[7])
+else
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+class Attempt:
+    """One login attempt between :meth:`LoginRations.begin` and :meth:`LoginRations.end`."""
+
+    __slots__ = ("client", "counted", "credential", "key", "known_good", "member", "upstream")
+
+    def __init__(self, key: str, credential: str) -> None:
+        self.key = key
+        self.credential = credential
+        self.known_good = False
+        self.counted = False  #: counted by the in-process throttle
+        self.member: str | None = None  #: counted by the shared throttle (its member)
+        self.client: str | None = None  #: a token taken from this client's bucket
+        self.upstream: str | None = None  #: a token taken from this upstream's bucket
+
+
+class LoginRations:
+    """Every limit on logins, in one place for :class:`SessionOpener`: failed logins per
+    person (in Redis when ``redis`` is given: survives restarts, shared by replicas; in
+    process otherwise, and whenever Redis cannot be used), per client address and per
+    upstream (token buckets). A credential known to be good for the person (the last one
+    that succeeded) passes every one of them."""
+
+    def __init__(
+        self,
+        throttle: LoginThrottle,
+        *,
+        clients: TokenBuckets | None = None,
+        upstreams: TokenBuckets | None = None,
+        redis: SharedRedis | None = None,
+        key: bytes | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.throttle = throttle
+        self._clients = clients
+        self._upstreams = upstreams
+        self._redis = redis
+        self._key = key if key is not None else os.urandom(32)
+        self._wall = wall
+        self._scripts: dict[str, Any] = {}
+
+    def _keys(self, key: str) -> list[str]:
+        name = hmac.digest(self._key, key.encode(), "sha256")[:16].hex()
+        # {name} in braces: a hash tag, so that both keys of a script share a cluster slot
+        return [f"{REDIS_PREFIX}fail:{{{name}}}", f"{REDIS_PREFIX}good:{{{name}}}"]
+
+    async def _eval(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        assert self._redis is not None
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis.client.register_script(source)
+        return await script(keys=keys, args=args)
+
+    async def begin(
+        self, key: str, credential: str, *, client: str | None, upstream: str
+    ) -> Attempt:
+        """Before a login: raise :class:`LoginThrottledError` (the person),
+        :class:`ClientLoginRateError` or :class:`UpstreamLoginRateError` while refused.
+        Pass the attempt to :meth:`end`, whatever happens."""
+        attempt = Attempt(key, credential)
+        await self._begin_person(attempt)
+        if attempt.known_good:
+            return attempt
+        try:
+            self._take(attempt, client, upstream)
+        except BaseException:
+            await self.end(attempt, "other")
+            raise
+        return attempt
+
+    async def _begin_person(self, attempt: Attempt) -> None:
+        throttle = self.throttle
+        if self._redis is not None:
+            member = os.urandom(12).hex()
+            try:
+                found = await self._redis.call(
+                    "login throttle",
+                    self._eval,
+                    _BEGIN,
+                    self._keys(attempt.key),
+                    [
+                        int(self._wall() * 1000),
+                        int(throttle.window * 1000),
+                        throttle.max_failures,
+                        member,
+                    ],
+                )
+                sealed, wait_ms = found[0], int(found[1])
+            except RedisUnavailableError:
+                pass  # do without Redis: the in-process throttle below
+            except (TypeError, ValueError, IndexError):
+                pass  # a reply that makes no sense counts as no reply
+            else:
+                attempt.member = member if wait_ms == 0 else None
+                good = throttle.sealer.matches(sealed, attempt.credential)
+                attempt.known_good = good or throttle.known_good(attempt.key, attempt.credential)
+                if wait_ms and not attempt.known_good:
+                    raise LoginThrottledError(max(1.0, wait_ms / 1000))
+                return
+        attempt.known_good = throttle.known_good(attempt.key, attempt.credential)
+        attempt.counted = throttle.begin(attempt.key, attempt.credential)
+
+    def _take(self, attempt: Attempt, client: str | None, upstream: str) -> None:
+        who = client_key(client)
+        if self._clients is not None and who is not None:
+            wait = self._clients.take(who)
+            if wait:
+                raise ClientLoginRateError(max(1.0, wait))
+            attempt.client = who
+        if self._upstreams is not None:
+            wait = self._upstreams.take(upstream)
+            if wait:
+                raise UpstreamLoginRateError(max(1.0, wait))
+            attempt.upstream = upstream
+
+    async def end(self, attempt: Attempt, outcome: str) -> None:
+        """After a login: ``outcome`` is ``ok``, ``auth`` (credentials refused) or other."""
+        if outcome != "auth":
+            if attempt.client is not None and self._clients is not None:
+                self._clients.give_back(attempt.client)
+            if attempt.upstream is not None and self._upstreams is not None:
+                self._upstreams.give_back(attempt.upstream)
+        throttle = self.throttle
+        # The in-process throttle always learns the outcome: it is what is left when Redis
+        # cannot be reached.
+        if attempt.counted or attempt.member is None:
+            throttle.end(attempt.key, attempt.counted, outcome, attempt.credential)
+        elif outcome == "ok":
+            throttle.succeeded(attempt.key, attempt.credential)
+        elif outcome == "auth":
+            throttle.failed(attempt.key)
+        if self._redis is None or (attempt.member is None and outcome == "other"):
+            return
+        member = attempt.member or os.urandom(12).hex()
+        sealed = throttle.sealer.seal(attempt.credential) if outcome == "ok" else ""
+        # On failure, an attempt in flight leaves the set with the window.
+        with contextlib.suppress(RedisUnavailableError):
+            await self._redis.call(
+                "login throttle",
+                self._eval,
+                _END,
+                self._keys(attempt.key),
+                [
+                    outcome if outcome in ("ok", "auth") else "other",
+                    member,
+                    int(self._wall() * 1000),
+                    int(throttle.window * 1000),
+                    throttle.max_failures,
+                    sealed,
+                    int(KNOWN_GOOD_TTL * 1000),
+                ],
+            )

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from ..accounts import Account
 from ..pop3 import POP3Client, POP3Error, SessionPool, State
-from .errors import failure_reason
-from .limits import LoginThrottle
+from .errors import LoginRateLimitedError, LoginThrottledError, failure_reason
+from .limits import LoginRations, LoginThrottle
 
 #: Login outcomes that are metric labels of their own; every other failure is ``other``.
 _LOGIN_OUTCOMES = frozenset({"auth", "in-use", "login-delay", "tls", "timeout", "unreachable"})
@@ -97,31 +97,44 @@ def login_outcome(exc: BaseException | None) -> str:
 
 
 class SessionOpener:
-    """Connects and logs in; with a throttle, refuses early for a mailbox whose logins keep
-    failing. The throttle sees a keyed digest of the credential, never the secret."""
+    """Connects and logs in; with limits (:class:`LoginRations`, or a bare
+    :class:`LoginThrottle`), refuses early for a person whose logins keep failing, and for
+    a client address or an upstream that sees too many failed logins. The limits see a
+    keyed digest of the credential, never the secret."""
 
     def __init__(
         self,
         *,
         key: bytes,
         observer: SessionObserver | None = None,
-        throttle: LoginThrottle | None = None,
+        throttle: LoginThrottle | LoginRations | None = None,
     ) -> None:
         self._key = key
         self._observer = observer
-        self._throttle = throttle
+        self._rations = LoginRations(throttle) if isinstance(throttle, LoginThrottle) else throttle
 
     async def open(self, account: Account, how: ConnectAndLogin | None = None) -> POP3Client:
         """A logged-in session for ``account``: connected and logged in the usual way, or by
-        ``how``; either way through the login throttle and counted."""
-        throttle = self._throttle
-        # Per person (spellings count once); configured mailboxes apart from passthrough
-        # attempts on the same address, so strangers' guesses cannot throttle a service.
-        side = "passthrough" if account.passthrough else "mailbox:" + account.mailbox_id
-        throttle_key = f"{account.person(self._key)}\0{side}"
-        credential = account.digest(self._key)
-        counted = throttle.begin(throttle_key, credential) if throttle is not None else False
+        ``how``; either way through the login limits and counted."""
+        rations = self._rations
         observer = self._observer
+        attempt = None
+        if rations is not None:
+            # Per person (spellings count once); configured mailboxes apart from passthrough
+            # attempts on the same address, so strangers' guesses cannot throttle a service.
+            side = "passthrough" if account.passthrough else "mailbox:" + account.mailbox_id
+            upstream = account.upstream
+            try:
+                attempt = await rations.begin(
+                    f"{account.person(self._key)}\0{side}",
+                    account.digest(self._key),
+                    client=account.client,
+                    upstream=f"{upstream.host}:{upstream.port}",
+                )
+            except (LoginThrottledError, LoginRateLimitedError) as exc:
+                if observer is not None:
+                    observer.limited(exc.reason)
+                raise
         on_command = observer.observe_pop3 if observer is not None else None
         client: POP3Client | None = None
         try:
@@ -133,14 +146,18 @@ class SessionOpener:
         except BaseException as exc:
             if client is not None:
                 client.abort()
-            if throttle is not None:
+            if rations is not None and attempt is not None:
                 outcome = "auth" if failure_reason(exc) == "auth" else "other"
-                throttle.end(throttle_key, counted, outcome, credential)
+                await asyncio.shield(rations.end(attempt, outcome))
             if observer is not None and not isinstance(exc, asyncio.CancelledError):
                 observer.login(account.upstream.name, login_outcome(exc))
             raise
-        if throttle is not None:
-            throttle.end(throttle_key, counted, "ok", credential)
+        if rations is not None and attempt is not None:
+            try:  # the outcome is recorded in full; a caller gone meanwhile loses the session
+                await asyncio.shield(rations.end(attempt, "ok"))
+            except BaseException:
+                client.abort()
+                raise
         if observer is not None:
             observer.login(account.upstream.name, "ok")
         return client

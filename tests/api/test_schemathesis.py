@@ -37,6 +37,9 @@ def live_gateway(dovecot: Dovecot, dovecot_user: DovecotUser) -> Iterator[str]:
         # The fuzzer sends wrong credentials on purpose, many times; the failed-login
         # throttle (tested on its own) would answer 429 to its invalid-auth checks.
         "POP3GW_POOL__MAX_FAILED_LOGINS": "1000",
+        # ... and so would the failed-login budgets of its one address and one upstream
+        "POP3GW_POOL__CLIENT_FAILED_LOGIN_BURST": "1000000",
+        "POP3GW_POOL__UPSTREAM_FAILED_LOGIN_BURST": "1000000",
     }
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
     base = f"http://127.0.0.1:{port}"

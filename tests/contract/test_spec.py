@@ -40,6 +40,8 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
     "login-throttled": (429, True),
+    "client-login-rate": (429, True),
+    "upstream-login-rate": (429, True),
     "internal": (500, False),
     "upstream-auth-failed": (502, False),
     "upstream-error": (502, False),

@@ -57,6 +57,10 @@ def live_gateway(dovecot: Dovecot, log_path: Path) -> Iterator[str]:
         # The limit is raised so that the fuzzer keeps reaching the login path
         # (tests/security/test_login_throttling.py checks the throttle itself).
         env["POP3GW_POOL__MAX_FAILED_LOGINS"] = "1000"
+    if "client_failed_login_burst" in PoolSettings.model_fields:
+        # the same for the failed-login budgets of the fuzzer's one address and upstream
+        env["POP3GW_POOL__CLIENT_FAILED_LOGIN_BURST"] = "1000000"
+        env["POP3GW_POOL__UPSTREAM_FAILED_LOGIN_BURST"] = "1000000"
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
