@@ -12,6 +12,7 @@ stays on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -255,6 +256,111 @@ async def endless_uidl() -> list[Figure]:
     ]
 
 
+async def spray(dovecot: Dovecot) -> list[Figure]:
+    """300 user names with wrong passwords from one client, 20 at a time."""
+    marker = "auth failed"
+    before = dovecot.log_text().lower().count(marker)
+    statuses: list[int] = []
+    with Gateway(dovecot.port) as gateway:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+            async def guess(i: int) -> None:
+                auth = {"Authorization": basic_auth(f"sprayed{i}", "wrong")}
+                async with http.get(gateway.base + "/v1/mailboxes/me", headers=auth) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+
+            for start in range(0, 300, 20):
+                await asyncio.gather(*(guess(i) for i in range(start, start + 20)))
+    await asyncio.sleep(0.5)  # Dovecot's log catches up
+    reached = dovecot.log_text().lower().count(marker) - before
+    return [
+        Figure("spray", "of 300 wrong logins, reaching the server", reached, 30, ""),
+        Figure("spray", "answered 429", statuses.count(429), 250, "", False),
+    ]
+
+
+async def slowloris(dovecot: Dovecot) -> list[Figure]:
+    """50 connections that send half a request head and then one byte a second."""
+    extra = {"POP3GW_HTTP__HEADER_TIMEOUT": "2"}
+    with Gateway(dovecot.port, extra=extra) as gateway:
+        writers: list[asyncio.StreamWriter] = []
+        readers: list[asyncio.StreamReader] = []
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            readers.append(reader)
+            writers.append(writer)
+        for _ in range(5):  # 5 s of trickling, past the 2 s header timeout
+            for writer in writers:
+                if not writer.is_closing():
+                    writer.write(b"X")
+            await asyncio.sleep(1)
+        closed = 0
+        for reader in readers:
+            try:
+                closed += await asyncio.wait_for(reader.read(), 1) == b""
+            except (TimeoutError, ConnectionError):
+                closed += 1 if reader.at_eof() else 0
+        async with aiohttp.ClientSession() as http, http.get(gateway.base + "/healthz") as r:
+            healthy = r.status == 200
+        for writer in writers:
+            writer.close()
+    return [
+        Figure("slowloris", "share of trickling connections closed", closed / 50, 1, "", False),
+        Figure("slowloris", "/healthz answers meanwhile", float(healthy), 1, "", False),
+    ]
+
+
+async def stalled_readers(dovecot: Dovecot) -> list[Figure]:
+    """8 clients start /raw of a 12 MB message and stop reading; another account lists."""
+    owner, other = dovecot.new_user("stall"), dovecot.new_user("other")
+    owner.deliver(
+        b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" * 0 + (b"y" * 998 + b"\r\n") * 12_000
+    )
+    other.deliver(b"Subject: small\r\n\r\nx\r\n")
+    extra = {"POP3GW_POOL__MAX_PER_UPSTREAM": "8", "POP3GW_POOL__ACQUIRE_TIMEOUT": "10"}
+    with Gateway(dovecot.port, extra=extra) as gateway:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            auth = {"Authorization": basic_auth(owner.name, owner.password)}
+            async with http.get(gateway.base + "/v1/mailboxes/me/messages", headers=auth) as r:
+                message_id = (await r.json())["messages"][0]["id"]
+            head = (
+                f"GET /v1/mailboxes/me/messages/{message_id}/raw HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {basic_auth(owner.name, owner.password)}\r\n\r\n"
+            ).encode()
+            stalled = []
+            for _ in range(8):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", gateway.port, limit=4096
+                )
+                sock = writer.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                writer.write(head)
+                await reader.read(4096)  # the start of the answer, then nothing more
+                stalled.append(writer)
+            await asyncio.sleep(1)
+            worst = 0.0
+            statuses = []
+            other_auth = {"Authorization": basic_auth(other.name, other.password)}
+            for _ in range(5):
+                started = time.perf_counter()
+                url = gateway.base + "/v1/mailboxes/me/messages?fresh=true"
+                async with http.get(url, headers=other_auth) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+                worst = max(worst, time.perf_counter() - started)
+                await asyncio.sleep(2.1)
+            for writer in stalled:
+                writer.close()
+    return [
+        Figure("stalled_readers", "another account's worst answer, 8 stalled (s)", worst, 1, "s"),
+        Figure(
+            "stalled_readers", "its answers other than 200", sum(s != 200 for s in statuses), 0, ""
+        ),
+    ]
+
+
 Scenario = Callable[[Dovecot], Awaitable[list[Figure]]]
 
 
@@ -267,6 +373,9 @@ SCENARIOS: dict[str, Scenario] = {
     "heavy_message": heavy_message,
     "big_names": big_names,
     "fresh_loop": fresh_loop,
+    "spray": spray,
+    "slowloris": slowloris,
+    "stalled_readers": stalled_readers,
     "endless_uidl": _endless,
 }
 
