@@ -296,12 +296,16 @@ async def slowloris(dovecot: Dovecot) -> list[Figure]:
                 if not writer.is_closing():
                     writer.write(b"X")
             await asyncio.sleep(1)
-        closed = 0
-        for reader in readers:
+
+        async def ended(reader: asyncio.StreamReader) -> bool:
+            """Whether the gateway closed the connection (an error answer first or not)."""
             try:
-                closed += await asyncio.wait_for(reader.read(), 1) == b""
+                await asyncio.wait_for(reader.read(), 3)
             except (TimeoutError, ConnectionError):
-                closed += 1 if reader.at_eof() else 0
+                return reader.at_eof()
+            return True
+
+        closed = sum(await asyncio.gather(*(ended(r) for r in readers)))
         async with aiohttp.ClientSession() as http, http.get(gateway.base + "/healthz") as r:
             healthy = r.status == 200
         for writer in writers:
