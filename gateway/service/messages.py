@@ -102,11 +102,13 @@ class Messages:
                     spooled = self._spool.reserve(snap.sizes[number])
                     if spooled is None:
                         self._limited("spool-full")
+                    else:
+                        # Freed however the RETR below ends (-ERR, timeout, cancellation).
+                        files.enter_context(spooled)
                 async with session.client.retr_stream(number) as chunks:
                     if spooled is None:
                         yield RawMessage(uid, chunks)
                         return
-                    files.enter_context(spooled)
                     rest = await _fill(spooled, chunks)
                     if rest is not None:
                         self._limited("spool-overflow")

@@ -188,9 +188,12 @@ class PooledSessions:
     ) -> AsyncIterator[Session]:
         asked = time.monotonic()
         person = account.person(self._key)
+        upstream = account.upstream
         async with self.pool.lease(
             person,
-            account.upstream.name,
+            # The server as the person key sees it (host:port, never a configured name):
+            # one person is one pool key on one server, however its upstream is named.
+            f"{upstream.host}:{upstream.port}",
             functools.partial(self._opener.open, account, how),
             fresh=fresh,
             quit_on_close=not account.upstream.read_only_sessions,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.app import create_app
-from tests.support.api import ClientFactory, basic, checked, settings_for
+from gateway.service import encode_id
+from tests.support.api import READ_KEY, ClientFactory, basic, bearer, checked, settings_for
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 
 SPELLINGS = ["bob", "Bob", "BOB", "bOb"]
@@ -70,3 +71,25 @@ async def test_a_case_sensitive_server_keeps_its_mailboxes_apart(
                     await api.get("/v1/mailboxes/me/messages", headers=basic(name, "pw")), 200
                 )
                 assert [m["subject"] for m in page["messages"]] == [subject]
+
+
+async def test_one_person_under_two_upstream_names_keeps_the_pool_s_books(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A configured mailbox (upstream 'mailbox-box') and passthrough (upstream 'default')
+    on the same server and login are one person: the pool counts their sessions under one
+    server, and a failure in one of them is a clean 404, never a 500 from counts that do
+    not add up (slots leaked that way would end in pool-exhausted for everyone)."""
+    box = FakeMailbox([("m1", b"Subject: x\r\n\r\nhi\r\n")])
+    async with FakePOP3Server(mailboxes={"alice": box}, users={"alice": "pw"}) as server:
+        app = create_app(settings_for(server.port, user="alice", password="pw"))
+        api = await aiohttp_client(app)
+        for _ in range(3):
+            await checked(await api.get("/v1/mailboxes/box", headers=bearer(READ_KEY)), 200)
+            await checked(await api.get("/v1/mailboxes/me", headers=basic("alice", "pw")), 200)
+            missing = f"/v1/mailboxes/me/messages/{encode_id('nope')}/raw"
+            await checked(await api.get(missing, headers=basic("alice", "pw")), 404)
+        scrape = await (await api.get("/metrics")).text()
+        held = [line for line in scrape.splitlines() if line.startswith("pop3gw_pool_sessions")]
+        opened = sum(float(line.rsplit(" ", 1)[1]) for line in held if 'state="open"' in line)
+        assert opened <= 1, held

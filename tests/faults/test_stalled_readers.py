@@ -19,7 +19,7 @@ import pytest
 from gateway.app import create_app
 from gateway.service import encode_id
 from tests.support.api import Client, ClientFactory, basic, checked, settings_for
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import Err, FakeMailbox, FakePOP3Server
 
 ALICE = basic("alice", "pw")
 BOB = basic("bob", "pw")
@@ -218,3 +218,23 @@ async def test_head_sends_no_body(aiohttp_client: ClientFactory, server: FakePOP
         await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
     scrape = await _until(api, "pop3gw_spool_files", 0)
     assert scrape['pop3gw_pool_sessions{state="leased"}'] == 0
+
+
+async def test_a_failed_retr_gives_its_spool_reservation_back(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A RETR refused ([SYS/TEMP]) before any byte: its reservation is given back, so
+    failures cannot fill the spool budget for good (then every later /raw would hold its
+    session again)."""
+    box = FakeMailbox([("m1", b"Subject: x\r\n\r\n" + b"y" * 1000 + b"\r\n")])
+    async with FakePOP3Server(mailboxes={"alice": box}, users={"alice": "pw"}) as srv:
+        srv.script("RETR", Err("SYS/TEMP", "busy"), times=None)
+        settings = settings_for(srv.port, stream={"spool_max_bytes": MIB})
+        api = await aiohttp_client(create_app(settings))
+        path = f"/v1/mailboxes/me/messages/{encode_id('m1')}/raw"
+        for _ in range(20):
+            resp = await api.get(path, headers=ALICE)
+            await checked(resp, 503)
+        scraped = await _scrape(api)
+        assert scraped["pop3gw_spool_files"] == 0
+        assert scraped["pop3gw_spool_reserved_bytes"] == 0
