@@ -186,14 +186,20 @@ class MailboxService:
         return found
 
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
-        if fresh and not self._fresh_logins.claim(account.person(self._cache_key)):
+        claim = self._fresh_logins.claim(account.person(self._cache_key)) if fresh else None
+        if fresh and claim is None:
             fresh = False  # a login less than min_fresh_interval ago: its session serves
             if self._observer is not None:
                 self._observer.limited("fresh-rationed")
-        async with self._sessions.lease(account, fresh=fresh) as session:
-            count, octets = await session.client.stat()
-            caps = await session.client.ensure_transaction_capabilities()
-            return Stats(count, octets, session.opened_at, sorted(caps.items))
+        try:
+            async with self._sessions.lease(account, fresh=fresh) as session:
+                count, octets = await session.client.stat()
+                caps = await session.client.ensure_transaction_capabilities()
+                return Stats(count, octets, session.opened_at, sorted(caps.items))
+        except BaseException:
+            if claim is not None:
+                self._fresh_logins.give_back(claim)  # a failed login spends no ration
+            raise
 
     async def list_messages(
         self,

@@ -10,6 +10,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..redis import RedisUnavailableError, SharedRedis
@@ -216,17 +217,35 @@ class FreshLogins:
         self._clock = clock
         self._last: OrderedDict[str, float] = OrderedDict()
 
-    def claim(self, key: str) -> bool:
-        """Whether a new login for ``key`` may happen now (and if so, it counts from now)."""
+    def claim(self, key: str) -> FreshClaim | None:
+        """A claim on a new login for ``key`` now (it counts from now), or None while the
+        last one is younger than ``min_interval``. Give it back (:meth:`give_back`) if the
+        login fails: a stranger's wrong password must not spend the owner's ration."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._min:
-            return False
+            return None
         self._last[key] = now
         self._last.move_to_end(key)
         while len(self._last) > self._max_keys:
             self._last.popitem(last=False)
-        return True
+        return FreshClaim(key, last, now)
+
+    def give_back(self, claim: FreshClaim) -> None:
+        """Undo ``claim`` (its login failed), unless another was made since."""
+        if self._last.get(claim.key) != claim.at:
+            return
+        if claim.previous is None:
+            del self._last[claim.key]
+        else:
+            self._last[claim.key] = claim.previous
+
+
+@dataclass(frozen=True, slots=True)
+class FreshClaim:
+    key: str
+    previous: float | None  #: the last login's time before this claim
+    at: float
 
 
 #: Redis keys of the shared throttle, ``{id}`` a keyed digest of person + side (never a user

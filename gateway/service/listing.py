@@ -303,7 +303,8 @@ class Listing:
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
-        if fresh and not self._fresh_logins.claim(account.person(self._cache_key)):
+        claim = self._fresh_logins.claim(account.person(self._cache_key)) if fresh else None
+        if fresh and claim is None:
             # Logged in for this mailbox less than min_fresh_interval ago: the newest
             # snapshot is served (the one a login in flight is reading, if there is one).
             fresh = False
@@ -326,15 +327,20 @@ class Listing:
                     snapshots.remember(view, page_key, page)
             if page is not None:
                 return page
-        with snapshots.renewal(view_key):
-            async with self._sessions.lease(account, fresh=fresh) as session:
-                snap = await snapshots.snapshot(session)
-                page = await self._page(account, snap, order, after, limit, session)
-                assert page is not None  # with a session every header can be fetched
-                view = snapshots.view_of(session)
-            if view is not None:
-                snapshots.remember(view, page_key, page)
-            return page
+        try:
+            with snapshots.renewal(view_key):
+                async with self._sessions.lease(account, fresh=fresh) as session:
+                    snap = await snapshots.snapshot(session)
+                    page = await self._page(account, snap, order, after, limit, session)
+                    assert page is not None  # with a session every header can be fetched
+                    view = snapshots.view_of(session)
+                if view is not None:
+                    snapshots.remember(view, page_key, page)
+                return page
+        except BaseException:
+            if claim is not None:
+                self._fresh_logins.give_back(claim)  # a failed login spends no ration
+            raise
 
     async def _page(
         self,

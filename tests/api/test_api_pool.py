@@ -9,7 +9,7 @@ import base64
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.support.api import ClientFactory, checked, settings_for
+from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
@@ -265,3 +265,21 @@ async def test_a_burst_of_fresh_requests_shares_one_login(
     pages = [await checked(resp, 200) for resp in answers]
     assert {page["total"] for page in pages} == {3}  # all see the one new login's snapshot
     assert logins(fake_server) == 2
+
+
+async def test_a_stranger_s_failed_fresh_login_spends_no_ration(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """?fresh=true with a wrong password fails (401) and leaves the owner's ration alone:
+    the owner's fresh request right after still logs in anew and sees new mail."""
+    clock = FakeClock()
+    api = await aiohttp_client(
+        create_app(settings_for(fake_server.port, pool={"min_fresh_interval": 60}), clock=clock)
+    )
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    fake_server.mailbox.add("uid-3", b"Subject: three\r\n\r\nnew\r\n")
+    wrong = basic("alice", "guess")
+    await checked(await api.get("/v1/mailboxes/me/messages?fresh=true", headers=wrong), 401)
+    await checked(await api.get("/v1/mailboxes/me?fresh=true", headers=wrong), 401)
+    page = await checked(await api.get("/v1/mailboxes/me/messages?fresh=true", headers=ALICE), 200)
+    assert page["total"] == 3
