@@ -140,15 +140,12 @@ class MailboxService:
         self._readiness = dict(readiness or {})
         snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
         self._snapshots = snapshots
-        self._cache_key = cache_key
-        self._observer = observer
-        self._fresh_logins = FreshLogins(min_fresh_interval, clock=clock)
         self._listing = Listing(
             sessions,
             snapshots,
             cache,
             cache_key=cache_key,
-            fresh_logins=self._fresh_logins,
+            fresh_logins=FreshLogins(min_fresh_interval, clock=clock),
             observer=observer,
         )
         self._messages = Messages(
@@ -186,19 +183,15 @@ class MailboxService:
         return found
 
     async def stats(self, account: Account, *, fresh: bool = False) -> Stats:
-        claim = self._fresh_logins.claim(account.person(self._cache_key)) if fresh else None
-        if fresh and claim is None:
-            fresh = False  # a login less than min_fresh_interval ago: its session serves
-            if self._observer is not None:
-                self._observer.limited("fresh-rationed")
+        claim = self._listing.claim_fresh(account) if fresh else None
+        fresh = claim is not None  # else a login less than min_fresh_interval ago serves
         try:
             async with self._sessions.lease(account, fresh=fresh) as session:
                 count, octets = await session.client.stat()
                 caps = await session.client.ensure_transaction_capabilities()
                 return Stats(count, octets, session.opened_at, sorted(caps.items))
         except BaseException:
-            if claim is not None:
-                self._fresh_logins.give_back(claim)  # a failed login spends no ration
+            self._listing.give_back_fresh(claim)
             raise
 
     async def list_messages(

@@ -23,7 +23,7 @@ from ..mail import summarize as summarize_headers
 from ..pop3 import POP3ResponseError
 from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundError
 from .ids import Order, decode_cursor, encode_cursor
-from .limits import FreshLogins
+from .limits import FreshClaim, FreshLogins
 from .sessions import Session, SessionObserver, SessionSource
 
 #: Snapshots kept at most (one per recently used login); pages kept per snapshot.
@@ -289,6 +289,19 @@ class Listing:
         self._fresh_logins = fresh_logins
         self._observer = observer
 
+    def claim_fresh(self, account: Account) -> FreshClaim | None:
+        """A claim on a new login for ``account``'s person, or None (counted) while the last
+        one is younger than min_fresh_interval. Give it back if the login fails."""
+        claim = self._fresh_logins.claim(account.person(self._cache_key))
+        if claim is None and self._observer is not None:
+            self._observer.limited("fresh-rationed")
+        return claim
+
+    def give_back_fresh(self, claim: FreshClaim | None) -> None:
+        """A failed login spends no ration."""
+        if claim is not None:
+            self._fresh_logins.give_back(claim)
+
     async def list_messages(
         self,
         account: Account,
@@ -303,13 +316,11 @@ class Listing:
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
-        claim = self._fresh_logins.claim(account.person(self._cache_key)) if fresh else None
+        claim = self.claim_fresh(account) if fresh else None
         if fresh and claim is None:
             # Logged in for this mailbox less than min_fresh_interval ago: the newest
             # snapshot is served (the one a login in flight is reading, if there is one).
             fresh = False
-            if self._observer is not None:
-                self._observer.limited("fresh-rationed")
             await snapshots.wait_for_renewal(view_key)
         view = None if fresh else snapshots.live(view_key)
         if view is None and not fresh and await snapshots.wait_for_renewal(view_key):
@@ -338,8 +349,7 @@ class Listing:
                     snapshots.remember(view, page_key, page)
                 return page
         except BaseException:
-            if claim is not None:
-                self._fresh_logins.give_back(claim)  # a failed login spends no ration
+            self.give_back_fresh(claim)
             raise
 
     async def _page(
