@@ -23,7 +23,7 @@ from . import __version__
 from .app import create_app, http_limits
 from .config import ConfigError, Settings, load_settings
 from .edge import EdgeSite, handler_kwargs
-from .keys import LIFECYCLE, METRICS
+from .keys import LIFECYCLE, METRICS, SERVICE
 from .logs import AccessLogger, configure_logging
 
 log = logging.getLogger("gateway")
@@ -59,6 +59,7 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
         app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds, **kwargs
     )
     await runner.setup()
+    await app[SERVICE].parser.start()  # the first GET of a message waits for no import
     # header, body and keep-alive timeouts, a connection cap, paced accept errors
     site = EdgeSite(
         runner,

@@ -29,6 +29,9 @@ from .service import (
     LoginRations,
     LoginThrottle,
     MailboxService,
+    MessageParser,
+    ParsedCache,
+    ParseWorkers,
     PooledSessions,
     SessionOpener,
     SessionSource,
@@ -267,6 +270,19 @@ def create_app(
     )
     metrics.watch_spool(lambda: (spool.written, spool.reserved, spool.files))
     app[SEND_TIMEOUT] = stream.send_timeout
+    parse = settings.parse
+    workers = (
+        ParseWorkers(
+            parse.workers,
+            timeout=parse.timeout,
+            queue_timeout=parse.queue_timeout,
+            memory_limit=parse.memory_limit_bytes,
+            observer=metrics,
+        )
+        if parse.workers
+        else None
+    )
+    parsed_cache = ParsedCache(parse.cache_max_bytes, parse.cache_ttl_seconds, clock=clock)
     app[SERVICE] = MailboxService(
         sessions,
         header_cache,
@@ -278,6 +294,15 @@ def create_app(
         clock=clock,
         readiness=readiness,
         spool=spool if stream.spool_max_bytes else None,
+        parser=MessageParser(workers, parsed_cache),
+    )
+    parser = app[SERVICE].parser
+    metrics.watch_parsers(
+        lambda: (
+            len(parser.workers.pids) if parser.workers else 0,
+            parser.workers.running if parser.workers else 0,
+            parser.cache.bytes,
+        )
     )
 
     async def redis_client(_app: web.Application) -> AsyncIterator[None]:
@@ -290,6 +315,11 @@ def create_app(
     async def close_cache(_app: web.Application) -> AsyncIterator[None]:
         yield
         await header_cache.close()
+
+    async def close_parsers(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        if workers is not None:
+            await workers.close()
 
     async def close_pool(_app: web.Application) -> AsyncIterator[None]:
         yield
@@ -324,5 +354,6 @@ def create_app(
     app.cleanup_ctx.append(housekeeping)
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
+    app.cleanup_ctx.append(close_parsers)
     setup_routes(app)
     return app

@@ -272,6 +272,30 @@ class StreamSettings(BaseModel):
     spool_dir: Path | None = None
 
 
+class ParseSettings(BaseModel):
+    """How whole messages are parsed for ``GET`` of a message and of an attachment: in
+    worker processes, so that no message can stall the event loop (every other request)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: worker processes that parse (started on first use); 0 parses in the event loop (a
+    #: hostile message then stalls every request while it is parsed: tests and demos only)
+    workers: int = Field(2, ge=0, le=64)
+    #: seconds one parse may take; then its worker is killed and the answer is
+    #: ``422 message-too-complex`` (the message is still there for /raw)
+    timeout: float = Field(10.0, gt=0, le=600)
+    #: seconds a request waits for a free worker before ``503 parser-busy``
+    queue_timeout: float = Field(10.0, gt=0, le=600)
+    #: address-space limit of each worker in bytes (0: none); a parse beyond it ends that
+    #: worker, never the gateway
+    memory_limit_bytes: int = Field(1024**3, ge=0)
+    #: parsed messages kept in memory (counted at their size on the wire), so that opening
+    #: a message again costs no RETR and no parse; 0 keeps none
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0, le=64 * 1024**3)
+    #: seconds a parsed message is kept
+    cache_ttl_seconds: float = Field(300.0, ge=0, le=7 * 24 * 3600)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -316,6 +340,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    parse: ParseSettings = Field(default_factory=ParseSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
     #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load

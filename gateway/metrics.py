@@ -66,7 +66,10 @@ class Metrics:
             "spool-overflow: a message larger than listed, streamed from its session past "
             "the margin; send-timeout: a client that accepted no bytes in time, aborted; "
             "login-throttled, client-login-rate, upstream-login-rate: a login refused for "
-            "failed logins of the person, the client address, the upstream).",
+            "failed logins of the person, the client address, the upstream; parse-timeout, "
+            "parse-crash: a parse stopped at its time or memory limit, its worker killed; "
+            "parse-busy: no parser free in time; client-gone: a read whose client "
+            "disconnected, stopped).",
             ["reason"],
             registry=self.registry,
         )
@@ -174,6 +177,11 @@ class Metrics:
     def watch_spool(self, read: Callable[[], tuple[int, int, int]]) -> None:
         """Report ``read()`` = (bytes spooled, bytes reserved, files open) at scrape time."""
         self.registry.register(_SpoolCollector(read))
+
+    def watch_parsers(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        """Report ``read()`` = (parse workers alive, jobs running, parsed-cache bytes) at
+        scrape time."""
+        self.registry.register(_ParseCollector(read))
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()
@@ -330,6 +338,26 @@ class _ConnectionsCollector(Collector):
             "The cap on concurrent HTTP connections (POP3GW_HTTP__MAX_CONNECTIONS, or derived "
             "from the file-descriptor limit).",
             value=cap,
+        )
+
+
+class _ParseCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        workers, running, cached = self._read()
+        yield GaugeMetricFamily(
+            "pop3gw_parse_workers", "Message parser processes alive now.", value=workers
+        )
+        yield GaugeMetricFamily(
+            "pop3gw_parse_jobs_running", "Messages being parsed now.", value=running
+        )
+        yield GaugeMetricFamily(
+            "pop3gw_parsed_cache_bytes",
+            "Parsed messages kept in memory now, counted at their size on the wire "
+            "(POP3GW_PARSE__CACHE_MAX_BYTES).",
+            value=cached,
         )
 
 

@@ -39,6 +39,8 @@ from gateway.service import (
     LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
+    ParseBusyError,
+    ParseFailedError,
     UpstreamLoginRateError,
     describe_failure,
     failure_reason,
@@ -233,6 +235,8 @@ def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
         "upstream-login-rate",
         "delete-outcome-unknown",
         "delete-failed",
+        ParseFailedError.reason,
+        ParseBusyError.reason,
     }
     assert set(PROBLEMS) <= named
 

@@ -16,8 +16,6 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -37,32 +35,19 @@ from gateway.edge import (
 from gateway.keys import METRICS
 from gateway.logs import AccessLogger
 from gateway.metrics import Metrics
-from tests.support.api import ClientFactory, basic, checked, settings_for
+from tests.support.api import ClientFactory, basic, checked, served, settings_for
 from tests.support.dovecot import free_port
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: "
 
 
-@asynccontextmanager
-async def edge(**limits: float) -> AsyncIterator[tuple[EdgeSite, web.Application]]:
+def edge(
+    **limits: float,
+) -> contextlib.AbstractAsyncContextManager[tuple[EdgeSite, web.Application]]:
     """The gateway's app behind an EdgeSite on a free port (no POP3 server: the tests use
     /healthz and requests refused before any POP3 work)."""
-    app = create_app(settings_for(free_port()))
-    edge_limits = EdgeLimits(**limits)  # type: ignore[arg-type]
-    kwargs = handler_kwargs(
-        edge_limits, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
-    )
-    runner = web.AppRunner(app, **kwargs)
-    await runner.setup()
-    site = EdgeSite(
-        runner, "127.0.0.1", 0, limits=edge_limits, metrics=app[METRICS], handler_kwargs=kwargs
-    )
-    await site.start()
-    try:
-        yield site, app
-    finally:
-        await runner.cleanup()
+    return served(settings_for(free_port()), **limits)
 
 
 async def connect(site: EdgeSite) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

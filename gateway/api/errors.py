@@ -27,6 +27,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "method-not-allowed": (405, "Method not allowed"),
     "request-too-large": (413, "Request body too large"),
     "message-too-large": (422, "Message too large to parse"),
+    "message-too-complex": (422, "Message too complex to parse"),
     "mailbox-locked": (423, "Mailbox in use"),
     "login-delay": (429, "Logged in too recently"),
     "login-throttled": (429, "Too many failed logins"),
@@ -40,6 +41,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "internal": (500, "Internal error"),
     "upstream-unavailable": (503, "Mail server temporarily unavailable"),
     "pool-exhausted": (503, "Too many sessions in use"),
+    "parser-busy": (503, "Message parsers busy"),
     "upstream-timeout": (504, "Mail server timed out"),
 }
 
@@ -49,6 +51,7 @@ RETRY_AFTER = {
     "login-delay": 60,
     "upstream-unavailable": 30,
     "pool-exhausted": 2,
+    "parser-busy": 2,
 }
 
 
@@ -159,6 +162,10 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
     "invalid-input": _as_is("invalid-request"),
     "not-found": _as_is("not-found"),
     "too-large": lambda exc, _p: Problem("message-too-large", f"{exc}; fetch it from /raw instead"),
+    "parse-failed": lambda exc, _p: Problem(
+        "message-too-complex", f"{exc}; fetch it from /raw instead"
+    ),
+    "parse-busy": _as_is("parser-busy"),
     "capability-missing": _as_is("capability-missing"),
     "login-throttled": _throttled("login-throttled"),
     "client-login-rate": _throttled("client-login-rate"),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..keys import METRICS, SEND_TIMEOUT, SERVICE
 from ..mail import Attachment
-from ..service import MessageTooLargeError, Order, check_limit
+from ..service import MessageTooLargeError, Order, ParseFailedError, check_limit
 from . import serializers
 from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified
 from .errors import Problem
@@ -72,7 +74,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     if not_modified(request, etag) and await service.message_exists(account, message_id):
         return web.Response(status=304, headers=headers)
     try:
-        message = await service.get_message(account, message_id)
+        message = await unless_gone(request, service.get_message(account, message_id))
     except MessageTooLargeError as exc:
         raw_url = f"{request.path}/raw"
         raise Problem(
@@ -80,9 +82,42 @@ async def get_message(request: web.Request) -> web.StreamResponse:
             f"{exc}; fetch it from {raw_url} instead",
             extra=(("raw_url", raw_url), ("limit", exc.limit)),
         ) from exc
+    except ParseFailedError as exc:
+        raw_url = f"{request.path}/raw"
+        raise Problem(
+            "message-too-complex",
+            f"{exc}; fetch it from {raw_url} instead",
+            extra=(("raw_url", raw_url),),
+        ) from exc
     data = {"id": message_id, "uid": message.uid, "size": message.size}
     data.update(serializers.parsed_message(message.parsed))
     return json_response(data, headers=headers)
+
+
+#: seconds between two looks at whether the client of a parse is still connected
+_GONE_POLL = 0.1
+_T = TypeVar("_T")
+
+
+async def unless_gone(request: web.Request, work: Coroutine[Any, Any, _T]) -> _T:
+    """``work``'s result; if the client disconnects first, ``work`` is cancelled (its
+    session dropped, its parse killed) and so is this handler: CPU and sessions go to the
+    requests whose clients still wait. Only for work that changes nothing (reads)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_GONE_POLL)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                request.app[METRICS].limited("client-gone")
+                task.cancel()
+                await asyncio.wait({task})
+                raise asyncio.CancelledError("the client went away")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class SendStalledError(ConnectionError):
@@ -171,8 +206,8 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     attachment_id = request.match_info["attachment"]
-    found: Attachment = await request.app[SERVICE].get_attachment(
-        account, message_id, attachment_id
+    found: Attachment = await unless_gone(
+        request, request.app[SERVICE].get_attachment(account, message_id, attachment_id)
     )
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):

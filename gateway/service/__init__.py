@@ -41,6 +41,8 @@ from .errors import (
     LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
+    ParseBusyError,
+    ParseFailedError,
     ServiceError,
     UpstreamLoginRateError,
     failure_reason,
@@ -49,6 +51,7 @@ from .ids import Order, decode_id, encode_id
 from .limits import FreshLogins, KnownGood, LoginRations, LoginThrottle, TokenBuckets
 from .listing import MAX_LIMIT, Listing, Page, Snapshot, SnapshotCache, Summary, check_limit
 from .messages import FullMessage, Messages, RawMessage, check_attachment_id
+from .parsing import MessageParser, ParsedCache, ParseWorkers
 from .sessions import (
     PooledSessions,
     Session,
@@ -79,9 +82,14 @@ __all__ = [
     "LoginThrottledError",
     "MailboxService",
     "MessageNotFoundError",
+    "MessageParser",
     "MessageTooLargeError",
     "Order",
     "Page",
+    "ParseBusyError",
+    "ParseFailedError",
+    "ParseWorkers",
+    "ParsedCache",
     "PooledSessions",
     "RawMessage",
     "ServiceError",
@@ -134,6 +142,7 @@ class MailboxService:
         clock: Callable[[], float] = time.monotonic,
         readiness: Mapping[str, ReadinessCheck] | None = None,
         spool: Spool | None = None,
+        parser: MessageParser | None = None,
     ) -> None:
         self._sessions = sessions
         self._cache = cache
@@ -149,7 +158,13 @@ class MailboxService:
             observer=observer,
         )
         self._messages = Messages(
-            sessions, snapshots, max_parse_bytes=max_parse_bytes, spool=spool, observer=observer
+            sessions,
+            snapshots,
+            key=cache_key,
+            max_parse_bytes=max_parse_bytes,
+            parser=parser,
+            spool=spool,
+            observer=observer,
         )
         self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
         self._checker = Checker(sessions, observer)
@@ -163,10 +178,16 @@ class MailboxService:
         """What the kept snapshots and pages are counted for (bounded; see listing)."""
         return self._snapshots.bytes
 
+    @property
+    def parser(self) -> MessageParser:
+        """Whole-message parsing: its workers and its cache."""
+        return self._messages.parser
+
     def housekeeping(self) -> None:
         """Drop what has expired (snapshots older than snapshot_max_age): called on a timer
         by the app, so memory comes back without waiting for a request."""
         self._snapshots.purge()
+        self._messages.parser.cache.purge()
 
     async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
         """What readiness reports: each dependency, whether it answers, and why not."""

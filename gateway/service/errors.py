@@ -39,6 +39,27 @@ class MessageTooLargeError(ServiceError):
         self.limit = limit
 
 
+class ParseFailedError(ServiceError):
+    """The message could not be parsed within the gateway's limits (time, memory): it
+    is still there, whole, for ``/raw``. ``cause``: ``timeout``, ``crash`` or ``answer``."""
+
+    reason: ClassVar[str] = "parse-failed"
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ParseBusyError(ServiceError):
+    """No message parser was free in time (or none could be started): try again."""
+
+    reason: ClassVar[str] = "parse-busy"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class CapabilityMissingError(ServiceError):
     reason: ClassVar[str] = "capability-missing"
 

@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..accounts import Account
-from ..mail import Attachment, ParsedMessage, find_attachment, parse_message
+from ..mail import Attachment, ParsedMessage
 from ..pop3 import POP3ResponseTooLargeError
 from .errors import InvalidInputError, MessageNotFoundError, MessageTooLargeError
 from .ids import decode_id
 from .listing import SnapshotCache
-from .sessions import SessionObserver, SessionSource
+from .parsing import MessageParser, ParsedCache
+from .sessions import Session, SessionObserver, SessionSource
 from .spool import Spool, SpoolFile
 
 _ATTACHMENT_ID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -55,20 +56,25 @@ class RawMessage:
 
 class Messages:
     """One message at a time; parsing is capped at ``max_parse_bytes`` (larger messages are
-    served raw only)."""
+    served raw only), done by ``parser`` (off the event loop when it has workers) and kept
+    by mailbox namespace + unique-id (``key`` makes the namespace)."""
 
     def __init__(
         self,
         sessions: SessionSource,
         snapshots: SnapshotCache,
         *,
+        key: bytes,
         max_parse_bytes: int,
+        parser: MessageParser | None = None,
         spool: Spool | None = None,
         observer: SessionObserver | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
+        self._key = key
         self.max_parse_bytes = max_parse_bytes
+        self.parser = parser or MessageParser(None, ParsedCache(0, 0))
         self._spool = spool
         self._observer = observer
 
@@ -79,9 +85,29 @@ class Messages:
             return uid in snap.by_uid
 
     async def get(self, account: Account, message_id: str) -> FullMessage:
+        """The message parsed: from the parsed cache, from a parse of it under way for
+        another request, or fetched and parsed now (in that order; the message's presence
+        is checked in a session every time, so a deleted message is never served)."""
         uid = decode_id(message_id)
-        raw = await self._retr_capped(account, uid)
-        return FullMessage(uid, len(raw), parse_message(raw))
+        key = (account.namespace(self._key), uid)
+        parser = self.parser
+        for _ in range(2):
+            async with self._sessions.lease(account) as session:
+                snap = await self._snapshots.snapshot(session)
+                number = snap.number_of(uid)
+                found = parser.cached(key)
+                if found is not None:
+                    return FullMessage(uid, found.size or snap.sizes[number], found)
+                raw = None
+                if not parser.in_flight(key):
+                    raw = await self._retr_number(session, number, snap.sizes[number])
+            if raw is not None:
+                return FullMessage(uid, len(raw), await parser.parse(key, raw))
+            found = await parser.join(key)
+            if found is not None:
+                return FullMessage(uid, found.size or 0, found)
+            # that parse ended before it could be joined: fetch it here (once more)
+        raise MessageNotFoundError("the message changed while it was read; try again")
 
     @contextlib.asynccontextmanager
     async def open_raw(self, account: Account, message_id: str) -> AsyncIterator[RawMessage]:
@@ -124,7 +150,7 @@ class Messages:
     async def attachment(self, account: Account, message_id: str, attachment_id: str) -> Attachment:
         uid = decode_id(message_id)
         check_attachment_id(attachment_id)
-        found = find_attachment(await self._retr_capped(account, uid), attachment_id)
+        found = await self.parser.attachment(await self._retr_capped(account, uid), attachment_id)
         if found is None:
             raise MessageNotFoundError("no attachment with that id in the message")
         return found
@@ -134,13 +160,15 @@ class Messages:
         async with self._sessions.lease(account) as session:
             snap = await self._snapshots.snapshot(session)
             number = snap.number_of(uid)
-            size = snap.sizes[number]
-            if size > self.max_parse_bytes:
-                raise MessageTooLargeError(size, self.max_parse_bytes)
-            try:
-                return await session.client.retr(number, max_bytes=self.max_parse_bytes)
-            except POP3ResponseTooLargeError:
-                raise MessageTooLargeError(None, self.max_parse_bytes) from None
+            return await self._retr_number(session, number, snap.sizes[number])
+
+    async def _retr_number(self, session: Session, number: int, size: int) -> bytes:
+        if size > self.max_parse_bytes:
+            raise MessageTooLargeError(size, self.max_parse_bytes)
+        try:
+            return await session.client.retr(number, max_bytes=self.max_parse_bytes)
+        except POP3ResponseTooLargeError:
+            raise MessageTooLargeError(None, self.max_parse_bytes) from None
 
 
 async def _fill(file: SpoolFile, chunks: AsyncIterator[bytes]) -> bytes | None:

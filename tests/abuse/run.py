@@ -12,11 +12,13 @@ stays on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -49,12 +51,40 @@ class Figure:
         )
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the gateway's message parsers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _sum_status(pid: int, field: str) -> float:
+    total = 0
+    for each in [pid, *children(pid)]:
+        with contextlib.suppress(OSError, KeyError):  # a parser may end meanwhile
+            total += proc_status(each)[field]
+    return total / 1024
+
+
 def rss_mib(pid: int) -> float:
-    return proc_status(pid)["VmRSS"] / 1024
+    """Resident memory of the gateway and its parser processes together."""
+    return _sum_status(pid, "VmRSS")
 
 
 def peak_mib(pid: int) -> float:
-    return proc_status(pid)["VmHWM"] / 1024
+    """Peak resident memory of the gateway plus that of its parsers alive now."""
+    return _sum_status(pid, "VmHWM")
+
+
+async def metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
+    """One sample of /metrics (``name`` with its labels as printed), 0 when absent."""
+    async with http.get(base + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
 
 
 async def watch_health(base: str, stop: asyncio.Event) -> list[float]:
@@ -170,6 +200,98 @@ async def heavy_message(dovecot: Dovecot) -> list[Figure]:
             "s",
         ),
         Figure("heavy_message", "answers other than 200", sum(s != 200 for s in statuses), 0, ""),
+    ]
+
+
+async def abandoned_gets(dovecot: Dovecot) -> list[Figure]:
+    """Four clients open a stranger's 24 MB message and hang up at once (after 0.05 to
+    0.4 s: while it is fetched, while it is parsed), eight rounds; /healthz every 50 ms.
+    The work of a request whose client left must stop: no parse running and no session
+    leased a second later."""
+    user = dovecot.new_user("abandon")
+    user.deliver(big_message())
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    # no parsed cache: every round must fetch and parse again
+    with Gateway(dovecot.port, extra={"POP3GW_PARSE__CACHE_MAX_BYTES": "0"}) as gateway:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async with http.get(gateway.base + "/v1/mailboxes/me/messages", headers=auth) as r:
+                page = await r.json()
+            message = f"{gateway.base}/v1/mailboxes/me/messages/{page['messages'][0]['id']}"
+            stop = asyncio.Event()
+            health = asyncio.create_task(watch_health(gateway.base, stop))
+
+            async def leave_after(delay: float) -> None:
+                async with aiohttp.ClientSession() as own:  # its own connection, closed
+                    with contextlib.suppress(TimeoutError):
+                        await own.get(message, headers=auth, timeout=aiohttp.ClientTimeout(delay))
+
+            for i in range(8):
+                await asyncio.gather(*(leave_after(0.05 + 0.05 * i) for _ in range(4)))
+            await asyncio.sleep(1.0)
+            running = await metric(http, gateway.base, "pop3gw_parse_jobs_running")
+            leased = await metric(http, gateway.base, 'pop3gw_pool_sessions{state="leased"}')
+            gone = await metric(http, gateway.base, 'pop3gw_limits_total{reason="client-gone"}')
+            stop.set()
+            latencies = await health
+            async with http.get(message, headers=auth) as resp:
+                await resp.read()
+                still = resp.status
+    return [
+        Figure(
+            "abandoned_gets",
+            "worst /healthz while 32 GETs are abandoned (s)",
+            max(latencies),
+            0.5,
+            "s",
+        ),
+        Figure("abandoned_gets", f"parses running 1 s after ({gone:.0f} stopped)", running, 0, ""),
+        Figure("abandoned_gets", "sessions leased 1 s after", leased, 0, ""),
+        Figure(
+            "abandoned_gets",
+            "the message still answers 200 (1 = yes)",
+            still == 200,
+            1,
+            "",
+            lower_is_better=False,
+        ),
+    ]
+
+
+async def case_spellings() -> list[Figure]:
+    """The big_names mailbox under four case spellings of one login (one person to a
+    server that ignores case): listed in full by each, three times."""
+    name = b"N" * MIB
+    box = FakeMailbox(
+        [
+            (
+                f"u{i}",
+                b'From: "'
+                + name
+                + b'" <n%d@example.com>\r\nTo: "' % i
+                + name
+                + b'" <t@example.com>\r\nSubject: big name %d\r\n\r\nx\r\n' % i,
+            )
+            for i in range(100)
+        ]
+    )
+    spellings = ["bob", "Bob", "BOB", "bOb"]
+    async with FakePOP3Server(box, users={s: "pw" for s in spellings}) as server:
+        with Gateway(server.port) as gateway:
+            before = rss_mib(gateway.pid)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+                for _ in range(3):
+                    for spelling in spellings:
+                        url = gateway.base + "/v1/mailboxes/me/messages?limit=100&fresh=true"
+                        auth = {"Authorization": basic_auth(spelling, "pw")}
+                        async with http.get(url, headers=auth) as resp:
+                            body = await resp.read()
+                            assert resp.status == 200, body[:200]
+                    await asyncio.sleep(2.1)  # past the fresh ration
+            peak = peak_mib(gateway.pid) - before
+            after = rss_mib(gateway.pid) - before
+    return [
+        Figure("case_spellings", "peak RSS growth, 4 spellings x 100 MB (MiB)", peak, 256, "MiB"),
+        Figure("case_spellings", "RSS growth after the listings (MiB)", after, 256, "MiB"),
     ]
 
 
@@ -375,7 +497,9 @@ async def _endless(_dovecot: Dovecot) -> list[Figure]:
 SCENARIOS: dict[str, Scenario] = {
     "hostile_header": hostile_header,
     "heavy_message": heavy_message,
+    "abandoned_gets": abandoned_gets,
     "big_names": big_names,
+    "case_spellings": lambda _dovecot: case_spellings(),
     "fresh_loop": fresh_loop,
     "spray": spray,
     "slowloris": slowloris,

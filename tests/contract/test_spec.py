@@ -37,6 +37,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "method-not-allowed": (405, False),
     "request-too-large": (413, False),
     "message-too-large": (422, False),
+    "message-too-complex": (422, False),
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
     "login-throttled": (429, True),
@@ -50,6 +51,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "delete-failed": (502, False),
     "upstream-unavailable": (503, True),
     "pool-exhausted": (503, True),
+    "parser-busy": (503, True),
     "upstream-timeout": (504, False),
 }
 

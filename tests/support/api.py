@@ -8,15 +8,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
 
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
+from gateway.app import create_app
 from gateway.config import Settings, load_settings
 from gateway.contract import load_spec
+from gateway.edge import EdgeLimits, EdgeSite, handler_kwargs
+from gateway.keys import METRICS
+from gateway.logs import AccessLogger
 from tests.support.contract import ResponseValidator
 
 Client = TestClient[web.Request, web.Application]
@@ -78,6 +84,30 @@ def settings_for(port: int, *, user: str = "", password: str = "", **extra: Any)
     }
     values.update(extra)
     return load_settings(**values)
+
+
+@asynccontextmanager
+async def served(
+    settings: Settings, **limits: float
+) -> AsyncIterator[tuple[EdgeSite, web.Application]]:
+    """The gateway's app served as ``pop3gw serve`` serves it (an ``AppRunner`` and an
+    ``EdgeSite`` on a free port), not by aiohttp's test server: that one cancels a handler
+    whose client disconnects, which the gateway's own runner does not do."""
+    app = create_app(settings)
+    edge_limits = EdgeLimits(**limits)  # type: ignore[arg-type]
+    kwargs = handler_kwargs(
+        edge_limits, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
+    )
+    runner = web.AppRunner(app, **kwargs)
+    await runner.setup()
+    site = EdgeSite(
+        runner, "127.0.0.1", 0, limits=edge_limits, metrics=app[METRICS], handler_kwargs=kwargs
+    )
+    await site.start()
+    try:
+        yield site, app
+    finally:
+        await runner.cleanup()
 
 
 @cache
