@@ -137,7 +137,7 @@ def http_limits(settings: Settings, *, nofile: int | None = None) -> EdgeLimits:
     (``nofile``, else read now) less what POP3 sessions, Redis and files need
     (:func:`gateway.edge.fd_reserve`); :class:`ConfigError` when it cannot."""
     http = settings.http
-    reserve = fd_reserve(settings.pool.max_total, REDIS_MAX_CONNECTIONS)
+    reserve = fd_reserve(settings.pool.max_total, REDIS_MAX_CONNECTIONS, settings.parse.workers)
     return EdgeLimits(
         header_timeout=http.header_timeout,
         body_timeout=http.body_timeout,

@@ -103,11 +103,12 @@ class EdgeLimits:
     accept_backoff: tuple[float, float] = (0.1, 2.0)
 
 
-def fd_reserve(pop3_sessions: int, redis_connections: int) -> int:
+def fd_reserve(pop3_sessions: int, redis_connections: int, parse_workers: int = 0) -> int:
     """Descriptors kept out of the HTTP connection cap: one socket per POP3 session plus
     one more per session for what a session may hold open beside it (a spool or
-    certificate file), the Redis client's connections, and :data:`PROCESS_FDS`."""
-    return 2 * pop3_sessions + redis_connections + PROCESS_FDS
+    certificate file), the Redis client's connections, four per message parser (its two
+    pipes, and those of one being replaced), and :data:`PROCESS_FDS`."""
+    return 2 * pop3_sessions + redis_connections + 4 * parse_workers + PROCESS_FDS
 
 
 def connection_cap(requested: int | None, reserve: int, nofile: int | None = None) -> int:

@@ -69,7 +69,8 @@ class Metrics:
             "failed logins of the person, the client address, the upstream; parse-timeout, "
             "parse-crash: a parse stopped at its time or memory limit, its worker killed; "
             "parse-busy: no parser free in time; client-gone: a read whose client "
-            "disconnected, stopped).",
+            "disconnected, stopped; header-truncated: a header section past the TOP cap, "
+            "summarized from its first MiB).",
             ["reason"],
             registry=self.registry,
         )

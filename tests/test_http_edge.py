@@ -321,6 +321,7 @@ async def test_accept_errors_pause_the_listener_and_are_logged_sparingly(
 def test_connection_cap_stays_below_the_fd_limit() -> None:
     reserve = fd_reserve(pop3_sessions=64, redis_connections=64)
     assert reserve == 256
+    assert fd_reserve(pop3_sessions=64, redis_connections=64, parse_workers=2) == 264
     assert connection_cap(None, reserve, nofile=1024) == 768
     assert connection_cap(None, reserve, nofile=1_048_576) == 1024
     assert connection_cap(100, reserve, nofile=1024) == 100
@@ -337,7 +338,8 @@ def test_http_settings_are_validated() -> None:
     )
     limits = http_limits(settings, nofile=400)
     assert (limits.header_timeout, limits.body_timeout, limits.keepalive_timeout) == (2, 3, 4)
-    assert limits.max_connections == 400 - (16 + 64 + 64)
+    # 2 per POP3 session, 64 for Redis, 4 per parser (2 by default), 64 for the process
+    assert limits.max_connections == 400 - (16 + 64 + 8 + 64)
     for bad in ({"header_timeout": 0}, {"max_connections": 0}, {"keepalive": 3}):
         with pytest.raises(ConfigError, match="http"):
             load_settings(http=bad)

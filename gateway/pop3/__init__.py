@@ -49,6 +49,7 @@ from .pool import (
     SessionFactory,
     SessionPool,
 )
+from .protocol import TruncatedBody
 
 __all__ = [
     "ALLOWED_STATES",
@@ -89,4 +90,5 @@ __all__ = [
     "TLSConfig",
     "TLSMode",
     "Timeouts",
+    "TruncatedBody",
 ]

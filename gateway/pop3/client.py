@@ -135,11 +135,14 @@ DEFAULT_MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
 #: Default byte cap on one TOP reply. ``TOP n 0`` is a header section: a few KB in real
 #: mail (Postfix, for one, keeps at most 100 KB of any one header by default). One reply at
 #: a time is held while a pipelined burst is read (:meth:`POP3Client.top_each`), so this
-#: bounds a listing's reading memory. It is generous on purpose: a larger header section
-#: fails the whole TOP batch (the session is mid-reply), so a stranger's message with a
-#: huge header must stay under it for its owner's listing to keep working; reading such a
-#: section without holding it all is the better answer, still to come.
-DEFAULT_MAX_TOP_BYTES: Final = 16 * 1024 * 1024
+#: bounds a listing's reading memory. A larger section (a stranger can send one) is kept
+#: to this size and the rest read and dropped, up to :data:`DEFAULT_MAX_TOP_SKIP_BYTES`:
+#: the session and its owner's listing go on (the reply is a ``TruncatedBody``).
+DEFAULT_MAX_TOP_BYTES: Final = 1024 * 1024
+#: Default bound on the whole of one TOP reply, dropped part included: a server that goes
+#: on past it (no mail server holds such a header section) is broken or hostile, and the
+#: reply fails as too large.
+DEFAULT_MAX_TOP_SKIP_BYTES: Final = 256 * 1024 * 1024
 #: Default byte cap on a CAPA reply: real ones are under 1 KB (a long SASL list included).
 DEFAULT_MAX_CAPA_BYTES: Final = 64 * 1024
 
@@ -156,11 +159,13 @@ class ReplyLimits:
     """
 
     listing: int = DEFAULT_MAX_LISTING_BYTES  #: UIDL and LIST (also in :meth:`uidl_and_list`)
-    top: int = DEFAULT_MAX_TOP_BYTES  #: each TOP reply (also in :meth:`top_each`)
+    top: int = DEFAULT_MAX_TOP_BYTES  #: each TOP reply kept (also in :meth:`top_each`)
     capa: int = DEFAULT_MAX_CAPA_BYTES  #: CAPA
+    #: each TOP reply read in all (beyond ``top``, read and dropped)
+    top_skip: int = DEFAULT_MAX_TOP_SKIP_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("listing", "top", "capa"):
+        for name in ("listing", "top", "capa", "top_skip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"reply limit {name!r} must be a positive number of bytes")
@@ -174,6 +179,11 @@ class ReplyLimits:
         if verb == "CAPA":
             return self.capa
         return None
+
+    def skip_for_verb(self, verb: str) -> int | None:
+        """How much of a reply to ``verb`` past its cap is read and dropped (None: none,
+        the reply fails as too large)."""
+        return max(self.top_skip, self.top) if verb == "TOP" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +288,7 @@ class _Command:
     line: bytes
     multiline: bool
     max_bytes: int | None = None  #: the body's byte cap (multi-line replies)
+    skip_to: int | None = None  #: past the cap, read and drop up to this (TruncatedBody)
 
 
 def _check_arg(value: str, what: str) -> bytes:
@@ -541,7 +552,9 @@ class POP3Client:
                 status = await self._read_status(cmd.verb)
                 body = None
                 if status.ok and cmd.multiline:
-                    body = await self._stream.read_body(max_bytes=cmd.max_bytes, command=cmd.verb)
+                    body = await self._stream.read_body(
+                        max_bytes=cmd.max_bytes, command=cmd.verb, skip_to=cmd.skip_to
+                    )
             outcome = "ok" if status.ok else "err"
         finally:
             self._observe(cmd.verb, outcome, started)
@@ -555,7 +568,14 @@ class POP3Client:
 
     def _multi_command(self, verb: str, *args: bytes) -> _Command:
         """A multi-line command with its reply's byte cap (:class:`ReplyLimits`)."""
-        return _Command(verb, self._line(verb, *args), True, self.reply_limits.for_verb(verb))
+        limits = self.reply_limits
+        return _Command(
+            verb,
+            self._line(verb, *args),
+            True,
+            limits.for_verb(verb),
+            limits.skip_for_verb(verb),
+        )
 
     async def _multi(self, verb: str, *args: bytes) -> bytes:
         _, body = await self._execute(self._multi_command(verb, *args))
@@ -1023,14 +1043,17 @@ class POP3Client:
                         await self._stream.drain(self.timeouts.command)
                     cmd = commands[len(replies)]
                     taken = self._stream.take_reply(
-                        cmd.multiline, max_bytes=cmd.max_bytes, command=cmd.verb
+                        cmd.multiline,
+                        max_bytes=cmd.max_bytes,
+                        command=cmd.verb,
+                        skip_to=cmd.skip_to,
                     )
                     if taken is None:
                         status = await self._read_status(cmd.verb)
                         body = None
                         if status.ok and cmd.multiline:
                             body = await self._stream.read_body(
-                                max_bytes=cmd.max_bytes, command=cmd.verb
+                                max_bytes=cmd.max_bytes, command=cmd.verb, skip_to=cmd.skip_to
                             )
                     else:
                         status, body = self._status_of(taken[0], cmd.verb), taken[1]

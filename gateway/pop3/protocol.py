@@ -81,6 +81,13 @@ class StatusLine:
         return cls(ok, code, text)
 
 
+class TruncatedBody(bytes):
+    """A multi-line body cut at its reply's cap: the first bytes the server sent, while the
+    rest was read and dropped (``skip_to``), so the session stays usable."""
+
+    __slots__ = ()
+
+
 def _preview(data: bytes | bytearray, limit: int = 60) -> str:
     """A short, printable, single-line rendering of server bytes for error messages."""
     shown = bytes(data[:limit]).decode("ascii", "backslashreplace")
@@ -391,37 +398,60 @@ class POP3Stream:
             await self._fill(timeout, phase)
 
     def take_reply(
-        self, multiline: bool, *, max_bytes: int | None = None, command: str | None = None
+        self,
+        multiline: bool,
+        *,
+        max_bytes: int | None = None,
+        command: str | None = None,
+        skip_to: int | None = None,
     ) -> tuple[bytes, bytes | None] | None:
         """The next reply if all of it is already buffered (see :func:`complete_reply`),
         consumed; else None and nothing consumed.
 
-        ``max_bytes`` caps the body as :meth:`read_body` does (a whole reply already
-        buffered is at most the read buffer's size, so the check can come after parsing).
+        ``max_bytes`` and ``skip_to`` cap the body as :meth:`read_body` does (a whole reply
+        already buffered is at most the read buffer's size, so the check can come after
+        parsing).
         """
         line, body, used = complete_reply(self._protocol.buffer, self._max_line, multiline)
         if not used:
             return None
         if max_bytes is not None and body is not None and len(body) > max_bytes:
-            raise POP3ResponseTooLargeError(max_bytes, command)
+            if skip_to is None or len(body) > skip_to:
+                raise POP3ResponseTooLargeError(skip_to or max_bytes, command)
+            body = TruncatedBody(body[:max_bytes])
         self._protocol.consumed(used)
         return line, body
 
-    async def read_body(self, *, max_bytes: int | None = None, command: str | None = None) -> bytes:
+    async def read_body(
+        self,
+        *,
+        max_bytes: int | None = None,
+        command: str | None = None,
+        skip_to: int | None = None,
+    ) -> bytes:
         """A whole multi-line body, dot-unstuffed, line endings as the server sent them.
 
         With ``max_bytes``, raises :class:`POP3ResponseTooLargeError` (naming ``command``)
         as soon as the body grows past it, before reading more: what is held stays below
         the cap plus one read buffer, however long the server goes on. The stream is then
-        mid-reply: the caller must abort it.
+        mid-reply: the caller must abort it. With ``skip_to`` as well, a body past
+        ``max_bytes`` is read on and dropped (flat memory) up to ``skip_to`` bytes in all,
+        and its first ``max_bytes`` are returned as a :class:`TruncatedBody`: the session
+        stays usable; past ``skip_to``, the error as above.
         """
         out: list[bytes | bytearray] = []
         size = 0
+        kept: bytes | None = None
         async for chunk in self._body_chunks(out):
             size += len(chunk)
-            if max_bytes is not None and size > max_bytes:
-                raise POP3ResponseTooLargeError(max_bytes, command)
-        return b"".join(out)
+            if max_bytes is None or size <= max_bytes:
+                continue
+            if skip_to is None or size > skip_to:
+                raise POP3ResponseTooLargeError(skip_to or max_bytes, command)
+            if kept is None:
+                kept = b"".join(out)[:max_bytes]
+            out.clear()  # what is past the cap is dropped as it comes
+        return b"".join(out) if kept is None else TruncatedBody(kept)
 
     async def iter_body(self) -> AsyncGenerator[bytes, None]:
         """The multi-line body as a flow of chunks of at most about :data:`CHUNK_SIZE`."""

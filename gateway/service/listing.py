@@ -20,7 +20,7 @@ from ..accounts import Account
 from ..cache import HeaderCache
 from ..mail import HeaderSummary
 from ..mail import summarize as summarize_headers
-from ..pop3 import POP3ResponseError
+from ..pop3 import POP3ResponseError, TruncatedBody
 from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundError
 from .ids import Order, decode_cursor, encode_cursor
 from .limits import FreshClaim, FreshLogins
@@ -401,6 +401,9 @@ class Listing:
                 # next commands of the pipeline.
                 if isinstance(reply, bytes):
                     number = missing[index]
+                    if isinstance(reply, TruncatedBody) and self._observer is not None:
+                        # a header section past the TOP cap: summarized from its start
+                        self._observer.limited("header-truncated")
                     summary = summarize_headers(reply, size=snap.sizes[number])
                     found[snap.uids[number]] = summary
                     fresh[snap.uids[number]] = summary.to_json()

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -490,6 +493,57 @@ async def stalled_readers(dovecot: Dovecot) -> list[Figure]:
 Scenario = Callable[[Dovecot], Awaitable[list[Figure]]]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fd_exhaustion(dovecot: Dovecot) -> list[Figure]:
+    """The gateway runs out of file descriptors: 200 clients connect while it has room for
+    8 more, and hold on for 10 s. Accepting must pause (no busy loop, a log line per 10 s,
+    not one per failed accept), and it must answer again once they leave."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "gateway.log"
+        with Gateway(dovecot.port, extra={"POP3GW_POOL__MAX_TOTAL": "4"}, log=log) as gateway:
+            in_use = len(os.listdir(f"/proc/{gateway.pid}/fd"))
+            resource.prlimit(gateway.pid, resource.RLIMIT_NOFILE, (in_use + 8, 4096))
+            before = len(log.read_bytes().splitlines())
+            cpu = _cpu_seconds(gateway.pid)
+            port = gateway.port
+            clients: list[socket.socket] = []
+            try:
+                for _ in range(200):
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        sock.connect(("127.0.0.1", port))
+                    clients.append(sock)
+                await asyncio.sleep(10)
+                busy = _cpu_seconds(gateway.pid) - cpu
+                lines = log.read_bytes().splitlines()[before:]
+            finally:
+                for sock in clients:
+                    sock.close()
+            resource.prlimit(gateway.pid, resource.RLIMIT_NOFILE, (4096, 4096))
+            started = time.monotonic()
+            answered = False
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+                while not answered and time.monotonic() - started < 20:
+                    try:
+                        async with http.get(gateway.base + "/healthz") as resp:
+                            answered = resp.status == 200
+                    except (aiohttp.ClientError, TimeoutError):
+                        await asyncio.sleep(0.2)
+            recovery = time.monotonic() - started if answered else 99.0
+    tracebacks = sum(b"Traceback" in line for line in lines)
+    return [
+        Figure("fd_exhaustion", "log lines in 10 s out of descriptors", len(lines), 3, ""),
+        Figure("fd_exhaustion", "tracebacks logged", tracebacks, 0, ""),
+        Figure("fd_exhaustion", "CPU seconds used meanwhile (no busy loop)", busy, 1.0, "s"),
+        Figure("fd_exhaustion", "seconds to answer /healthz once they left", recovery, 5, "s"),
+    ]
+
+
 async def _endless(_dovecot: Dovecot) -> list[Figure]:
     return await endless_uidl()
 
@@ -505,6 +559,7 @@ SCENARIOS: dict[str, Scenario] = {
     "slowloris": slowloris,
     "stalled_readers": stalled_readers,
     "endless_uidl": _endless,
+    "fd_exhaustion": fd_exhaustion,
 }
 
 

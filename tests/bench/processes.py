@@ -96,8 +96,14 @@ class Gateway:
     """
 
     def __init__(
-        self, upstream_port: int, *, redis: bool = False, extra: dict[str, str] | None = None
+        self,
+        upstream_port: int,
+        *,
+        redis: bool = False,
+        extra: dict[str, str] | None = None,
+        log: Path | None = None,
     ) -> None:
+        self.log = log  #: where its output goes (else: inherited)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.redis = redis
@@ -112,12 +118,19 @@ class Gateway:
 
     def __enter__(self) -> Self:
         module = "tests.bench.profiled" if self._env.get("BENCH_PROFILE_DIR") else "gateway"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", module, "serve"],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[2],
-        )
+        output = None if self.log is None else self.log.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", module, "serve"],
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own copy
         try:
             wait_until_serving(self.base + "/healthz", self._proc, START_TIMEOUT)
             self._start_py_spy()

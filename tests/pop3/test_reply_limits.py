@@ -18,6 +18,7 @@ from gateway.pop3 import (
     State,
     Timeouts,
     TLSMode,
+    TruncatedBody,
 )
 from gateway.pop3.client import (
     DEFAULT_MAX_CAPA_BYTES,
@@ -38,7 +39,9 @@ MESSAGES = [
     ("uid-1", b"Subject: one\r\n\r\nfirst\r\n"),
     ("uid-2", b"Subject: two\r\n\r\nsecond\r\n"),
 ]
-LIMITS = ReplyLimits(listing=CAP, top=CAP, capa=CAP)
+#: a TOP reply past its cap is read on and dropped up to this, then fails
+SKIP = 4 * CAP
+LIMITS = ReplyLimits(listing=CAP, top=CAP, capa=CAP, top_skip=SKIP)
 
 
 @pytest.fixture
@@ -90,11 +93,12 @@ async def test_an_endless_reply_is_cut_at_its_cap_with_flat_memory(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert caught.value.limit == CAP
+    limit = SKIP if verb == "TOP" else CAP  # TOP: kept to CAP, read on up to SKIP
+    assert caught.value.limit == limit
     assert caught.value.command == verb
     assert caught.value.reason == "reply-too-large"
     assert isinstance(caught.value, POP3ProtocolError)  # still a protocol failure
-    assert f"reply to {verb} is larger than the {CAP}-byte limit" in str(caught.value)
+    assert f"reply to {verb} is larger than the {limit}-byte limit" in str(caught.value)
     assert client.state is State.CLOSED  # mid-reply: the session cannot be reused
     assert peak < CAP + SLACK, f"held {peak} bytes for a {CAP}-byte cap"
     assert endless.sent < ENDLESS // 4  # the client stopped reading long before the end
@@ -127,7 +131,7 @@ async def test_a_whole_oversized_reply_already_buffered_is_refused(
     both = b"+OK\r\nSubject: one\r\n\r\n.\r\n" + b"+OK\r\n" + big + b"\r\n.\r\n"
     server.script("TOP", Reply(both), arg="1 0")
     server.script("TOP", Reply(b""), arg="2 0")
-    client = await session(server, reply_limits=ReplyLimits(top=1024))
+    client = await session(server, reply_limits=ReplyLimits(top=1024, top_skip=1024))
     await client.capa()
     seen: list[bytes | POP3ResponseError] = []
     with pytest.raises(POP3ResponseTooLargeError) as caught:
@@ -135,6 +139,40 @@ async def test_a_whole_oversized_reply_already_buffered_is_refused(
     assert caught.value.command == "TOP"
     assert seen == [b"Subject: one\r\n\r\n"]
     assert client.state is State.CLOSED
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lockstep"])
+@pytest.mark.parametrize("size", [2000, 3 * CAP], ids=["buffered", "streamed"])
+async def test_a_header_section_past_the_top_cap_is_kept_to_the_cap_and_the_session_goes_on(
+    pipelining: bool, size: int
+) -> None:
+    """Anyone can send a message with a huge header section: its TOP reply is kept to the
+    cap (the rest read and dropped, memory flat), and the next replies of the same session
+    are read as usual, whether the big reply sat whole in the read buffer or streamed."""
+    cap = 1024 if size == 2000 else CAP
+    huge = b"Subject: huge\r\nX-Big: " + b"b" * size + b"\r\n\r\nbody\r\n"
+    box = FakeMailbox([*MESSAGES, ("uid-3", huge)])
+    async with FakePOP3Server(box, users={"alice": "pw"}) as srv:
+        client = await session(
+            srv, pipelining=pipelining, reply_limits=ReplyLimits(top=cap, top_skip=SKIP)
+        )
+        await client.capa()
+        tracemalloc.start()
+        try:
+            replies = await client.top_many([3, 1, 2])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        first = replies[0]
+        assert isinstance(first, TruncatedBody)
+        assert len(first) == cap
+        assert first.startswith(b"Subject: huge\r\nX-Big: bbb")
+        assert replies[1:] == [b"Subject: one\r\n\r\n", b"Subject: two\r\n\r\n"]
+        assert not isinstance(replies[1], TruncatedBody)
+        assert peak < cap + SLACK
+        assert isinstance(await client.top(3, 0), TruncatedBody)  # one command alone too
+        assert await client.uidl() == {1: "uid-1", 2: "uid-2", 3: "uid-3"}
+        await client.quit()
 
 
 def test_the_defaults_fit_real_mailboxes() -> None:
@@ -151,6 +189,8 @@ def test_the_defaults_fit_real_mailboxes() -> None:
     assert len(uidl) <= limits.listing
     assert len(listing) <= limits.listing
     assert limits.top >= 1024 * 1024
+    assert limits.skip_for_verb("TOP") == limits.top_skip >= 64 * limits.top
+    assert limits.skip_for_verb("UIDL") is None  # only a header section may be cut
     assert limits.for_verb("RETR") is None  # RETR is capped per call
     assert limits.top > READ_HIGH_WATER  # a whole buffered reply can still be too large
 
