@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from gateway.config import Scope
 from gateway.contract import DOCS_ASSETS, load_spec, parse_yaml, spec_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,6 +218,16 @@ def test_every_v1_operation_lists_both_security_schemes(spec: dict[str, Any]) ->
     assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
     for method, template, op in v1_operations(spec):
         assert op["security"] == [{"basicAuth": []}, {"bearerAuth": []}], (method, template)
+
+
+def test_the_intro_names_only_real_scopes(spec: dict[str, Any]) -> None:
+    """The paragraph on configured mailboxes names, in backticks, exactly the scopes an API
+    key can have (it once named a `check` scope that does not exist)."""
+    intro = spec["info"]["description"]
+    start = intro.index("**Configured mailboxes**")
+    paragraph = intro[start : intro.index("\n\n", start)]
+    named = set(re.findall(r"`([a-z]+)`", paragraph))
+    assert named == set(get_args(Scope))
 
 
 def test_operational_endpoints_need_no_credentials(spec: dict[str, Any]) -> None:
