@@ -72,6 +72,18 @@ async def test_metrics_after_real_requests(
         assert secret not in scrape
 
 
+async def test_root_leads_to_the_docs(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    resp = await api.get("/", allow_redirects=False)
+    await checked(resp, 302)
+    assert resp.headers["Location"] == "/docs"
+    followed = await api.get("/")
+    assert followed.status == 200
+    assert followed.content_type == "text/html"
+
+
 async def test_metrics_token(aiohttp_client: ClientFactory, fake_server: FakePOP3Server) -> None:
     api = await aiohttp_client(
         create_app(settings_for(fake_server.port, metrics_token="m-token-123"))

@@ -63,6 +63,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/mailboxes/{mailbox}/messages/{id}/attachments/{attachment}"),
     ("post", "/v1/mailboxes/{mailbox}/messages/delete"),
     ("post", "/v1/mailboxes/{mailbox}/check"),
+    ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -311,7 +311,7 @@ def test_records_what_it_saw() -> None:
 
 def test_lists_the_operations(validator: ResponseValidator) -> None:
     operations = validator.operations()
-    assert len(operations) == 14
+    assert len(operations) == 15
     assert ("POST", DELETE_MANY) in operations
     assert ("DELETE", MESSAGE) in operations
 
@@ -708,7 +708,7 @@ def test_match_path(
 @pytest.mark.parametrize(
     "path",
     [
-        "/",
+        "//",
         "/v1",
         "/v1/mailboxes",
         "/v1/mailboxes/",
