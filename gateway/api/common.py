@@ -39,8 +39,14 @@ def account_of(request: web.Request, scope: str) -> Account:
     return account
 
 
+def query(request: web.Request, name: str) -> str | None:
+    """An optional query parameter; an empty value (``?cursor=``) is the same as none, as
+    forms and URL templates send them."""
+    return request.query.get(name) or None
+
+
 def flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name)
+    value = query(request, name)
     if value is None:
         return False
     if value.lower() in _TRUE:

@@ -13,7 +13,7 @@ from ..keys import METRICS, SEND_TIMEOUT, SERVICE
 from ..mail import Attachment
 from ..service import MessageTooLargeError, Order, check_limit
 from . import serializers
-from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified
+from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified, query
 from .errors import Problem
 from .middlewares import STREAMING_KEY, request_id_of
 
@@ -23,7 +23,7 @@ _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
+    raw = query(request, "limit") or "50"
     digits = raw.lstrip("0") or "0"  # leading zeros are fine ("0050"), huge numbers are not
     number = int(digits) if raw.isascii() and raw.isdigit() and len(digits) <= 6 else 0
     return check_limit(number)  # the service's one rule (and its message) for a page size
@@ -32,14 +32,14 @@ def _limit(request: web.Request) -> int:
 async def list_messages(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     limit = _limit(request)
-    order = request.query.get("order", "desc")
+    order = query(request, "order") or "desc"
     if order not in ("desc", "asc"):
         raise Problem("invalid-request", "order must be desc or asc")
     ordered: Order = "desc" if order == "desc" else "asc"
     page = await request.app[SERVICE].list_messages(
         account,
         limit=limit,
-        cursor=request.query.get("cursor"),
+        cursor=query(request, "cursor"),
         order=ordered,
         fresh=flag(request, "fresh"),
     )

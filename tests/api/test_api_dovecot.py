@@ -139,6 +139,26 @@ async def test_listing_bad_input(
     assert body["type"] == "/problems/invalid-request"
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=50&cursor=&order=desc&fresh=false",  # the README's own example
+        "limit=&cursor=&order=&fresh=",
+        "cursor=",
+    ],
+)
+async def test_empty_query_parameters_are_absent(
+    dovecot_api: Client, dovecot_user: DovecotUser, query: str
+) -> None:
+    dovecot_user.deliver_many([simple_message(i) for i in range(3)])
+    headers = basic(dovecot_user)
+    plain = await checked(await dovecot_api.get("/v1/mailboxes/me/messages", headers=headers), 200)
+    resp = await dovecot_api.get(f"/v1/mailboxes/me/messages?{query}", headers=headers)
+    assert await checked(resp, 200) == plain
+    stats = await dovecot_api.get("/v1/mailboxes/me?fresh=", headers=headers)
+    assert (await checked(stats, 200))["messages"] == 3
+
+
 async def test_cursor_of_the_other_order(dovecot_api: Client, dovecot_user: DovecotUser) -> None:
     dovecot_user.deliver_many([simple_message(i) for i in range(3)])
     headers = basic(dovecot_user)
