@@ -44,9 +44,10 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         fresh=flag(request, "fresh"),
     )
     etag, body = request.app[RENDERINGS].render(page)
-    if not_modified(request, etag):
+    held = not_modified(request, etag)
+    if held is not None:
         return web.Response(
-            status=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"}
+            status=304, headers={"ETag": held, "Cache-Control": "private, no-cache"}
         )
     return web.Response(
         body=body,
@@ -69,8 +70,9 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     etag = f'"{message_id}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     service = request.app[SERVICE]
-    if not_modified(request, etag) and await service.message_exists(account, message_id):
-        return web.Response(status=304, headers=headers)
+    held = not_modified(request, etag)
+    if held is not None and await service.message_exists(account, message_id):
+        return web.Response(status=304, headers={**headers, "ETag": held})
     try:
         message = await service.get_message(account, message_id)
     except MessageTooLargeError as exc:

@@ -128,6 +128,36 @@ async def test_listing_etag(dovecot_api: Client, dovecot_user: DovecotUser) -> N
 
 
 @pytest.mark.parametrize(
+    "given",
+    ["W/{etag}", '"nothing", {etag}', '"a", W/{etag}, "b"', "*", 'W/"x",*'],
+)
+async def test_if_none_match_compares_weakly(
+    dovecot_api: Client, dovecot_user: DovecotUser, given: str
+) -> None:
+    """RFC 9110 section 13.1.2: If-None-Match uses the weak comparison, lists and *."""
+    dovecot_user.deliver(simple_message(1))
+    headers = basic(dovecot_user)
+    listing_url = "/v1/mailboxes/me/messages"
+    listing = await dovecot_api.get(listing_url, headers=headers)
+    page = await checked(listing, 200)
+    message_url = f"{listing_url}/{page['messages'][0]['id']}"
+    message = await dovecot_api.get(message_url, headers=headers)
+    await checked(message, 200)
+    for url, etag in (
+        (listing_url, listing.headers["ETag"]),
+        (message_url, message.headers["ETag"]),
+    ):
+        strong = etag.removeprefix("W/")
+        resp = await dovecot_api.get(
+            url, headers={**headers, "If-None-Match": given.format(etag=strong)}
+        )
+        await checked(resp, 304)
+        assert resp.headers["ETag"].removeprefix("W/") == strong
+    other = await dovecot_api.get(listing_url, headers={**headers, "If-None-Match": 'W/"other"'})
+    await checked(other, 200)
+
+
+@pytest.mark.parametrize(
     "query",
     ["limit=0", "limit=501", "limit=abc", "order=newest", "cursor=%21%21", "fresh=maybe"],
 )

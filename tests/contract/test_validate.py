@@ -548,16 +548,16 @@ def test_rejects_missing_or_malformed_headers(
 
 
 def test_rejects_conditional_headers_that_do_not_fit(validator: ResponseValidator) -> None:
-    weak = {**RID, "ETag": 'W/"m"', "Cache-Control": "private, max-age=31536000, immutable"}
+    unquoted = {**RID, "ETag": "W/m", "Cache-Control": "private, max-age=31536000, immutable"}
     rejects(
         validator,
-        r'header does not .*: "W/\\"m\\"" does not',
+        r'header does not .*: "W/m" does not',
         "GET",
         MESSAGE,
         200,
         JSON,
         dumps(message()),
-        weak,
+        unquoted,
     )
     short = {**RID, "ETag": '"m"', "Cache-Control": "max-age=60"}
     rejects(
