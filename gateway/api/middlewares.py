@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..keys import METRICS
-from ..logs import REQUEST_ID
+from ..logs import PROBLEM_KEY, REQUEST_ID
 from .errors import Problem, classify, problem_response
 
 log = logging.getLogger("gateway.api")
@@ -94,6 +94,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             # aiohttp raises HTTPRequestEntityTooLarge from request.read()/json()/post() past
             # the app's client_max_size (http.max_body_bytes)
             detail = "the request body is larger than the gateway accepts"
+        request[PROBLEM_KEY] = slug
         return problem_response(slug, detail, request_id=request_id, headers=headers)
     except Exception as exc:
         if request.get(STREAMING_KEY):
@@ -106,6 +107,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             # connection (a body timeout): nobody is left to answer, and it is no server
             # fault worth a traceback.
             log.info("client connection lost: %s", exc, extra={"request_id": request_id})
+            request[PROBLEM_KEY] = "invalid-request"
             return problem_response(
                 "invalid-request", "the connection was closed", request_id=request_id
             )
@@ -122,6 +124,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
                 extra={"request_id": request_id},
             )
         request.app[METRICS].problem(problem.slug)
+        request[PROBLEM_KEY] = problem.slug
         return problem_response(
             problem.slug,
             problem.detail,
