@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..keys import METRICS, SEND_TIMEOUT, SERVICE
-from ..mail import Attachment
+from ..mail import Attachment, text_charset
 from ..service import MessageTooLargeError, Order, check_limit
 from . import serializers
 from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified, query
@@ -19,6 +19,8 @@ from .middlewares import STREAMING_KEY, request_id_of
 
 #: bytes of an attachment written at a time
 _ATTACHMENT_CHUNK = 64 * 1024
+#: text parts up to this size have their charset found on the event loop
+_INLINE_SNIFF = 256 * 1024
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -179,6 +181,13 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
+    elif content_type.startswith("text/"):
+        # a look at every byte when the part declares no known charset: off the loop if long
+        if len(found.payload) <= _INLINE_SNIFF:
+            charset = text_charset(found.charset, found.payload)
+        else:
+            charset = await asyncio.to_thread(text_charset, found.charset, found.payload)
+        content_type += f"; charset={charset}"
     # The part was read with a capped RETR whose session is already back in the pool; the
     # send timeout bounds how long a client that stops reading keeps its bytes in memory.
     response = web.StreamResponse(
@@ -191,6 +200,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
             "Content-Security-Policy": "sandbox",
             "ETag": f'"{message_id}.{attachment_id}"',
             "Cache-Control": IMMUTABLE,
+            "X-Request-ID": request_id_of(request),  # streamed: set before it starts
         },
     )
     payload = memoryview(found.payload)

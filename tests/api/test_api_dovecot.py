@@ -11,7 +11,15 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.support.api import DELETE_KEY, OTHER_KEY, READ_KEY, ClientFactory, checked, settings_for
+from tests.support.api import (
+    DELETE_KEY,
+    OTHER_KEY,
+    READ_KEY,
+    ClientFactory,
+    checked,
+    settings_for,
+    validator,
+)
 from tests.support.corpus import expected_retr, generate_corpus, simple_message
 from tests.support.dovecot import Dovecot, DovecotUser
 
@@ -242,6 +250,57 @@ async def test_message_raw_and_attachment(dovecot_api: Client, dovecot_user: Dov
         base, headers={**headers, "If-None-Match": resp.headers["ETag"]}
     )
     assert not_modified.status == 304
+
+
+def _part(content_type: str, payload: bytes, name: str) -> bytes:
+    return (
+        b"--b1\r\nContent-Type: " + content_type.encode() + b"\r\n"
+        b"Content-Disposition: attachment; filename=" + name.encode() + b"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    )
+
+
+TEXT_PARTS = [
+    (
+        "text/plain; charset=ISO-8859-1",
+        "caf\u00e9".encode("latin-1"),
+        "text/plain; charset=iso-8859-1",
+    ),
+    ("text/csv", "a,\u00e9\r\n".encode(), "text/csv; charset=utf-8"),
+    ("text/plain", b"plain ascii\r\n", "text/plain; charset=us-ascii"),
+    ("text/plain; charset=x-no-such-charset", b"\xe9\xff", "text/plain; charset=unknown-8bit"),
+    ('text/html; charset="utf-8"', "<p>\u00e9</p>".encode(), "text/html; charset=utf-8"),
+    ("application/pdf", b"%PDF-1.4", "application/pdf"),
+]
+
+
+async def test_text_attachments_carry_a_charset(
+    dovecot_api: Client, dovecot_user: DovecotUser
+) -> None:
+    """A text attachment says how its bytes are encoded: the charset its part declares,
+    else what its bytes are (ASCII, UTF-8, or unknown-8bit); other types carry none."""
+    raw = (
+        b"From: a@example.com\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+        + b"".join(_part(ct, payload, f"f{i}") for i, (ct, payload, _) in enumerate(TEXT_PARTS))
+        + b"--b1--\r\n"
+    )
+    dovecot_user.deliver(raw)
+    headers = basic(dovecot_user)
+    listing = await checked(
+        await dovecot_api.get("/v1/mailboxes/me/messages", headers=headers), 200
+    )
+    base = f"/v1/mailboxes/me/messages/{listing['messages'][0]['id']}"
+    message = await checked(await dovecot_api.get(base, headers=headers), 200)
+    assert len(message["attachments"]) == len(TEXT_PARTS)
+    for attachment, (_, payload, expected) in zip(message["attachments"], TEXT_PARTS, strict=True):
+        part = await dovecot_api.get(f"{base}/attachments/{attachment['id']}", headers=headers)
+        assert part.status == 200
+        await validator().check(part)  # bytes, not JSON
+        assert part.headers["Content-Type"] == expected
+        assert await part.read() == payload
 
 
 async def test_every_corpus_message_is_answered(
