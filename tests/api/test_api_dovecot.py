@@ -212,6 +212,71 @@ async def test_cursor_of_the_other_order(dovecot_api: Client, dovecot_user: Dove
     assert "order" in body["detail"]
 
 
+async def test_cursor_of_another_mailbox_is_refused(
+    dovecot_api: Client, dovecot_user: DovecotUser
+) -> None:
+    """A cursor is bound to the mailbox it was made for, even one over the same maildrop
+    (``me`` and the configured ``box`` log in as the same user here)."""
+    dovecot_user.deliver_many([simple_message(i) for i in range(3)])
+    url = "/v1/mailboxes/{}/messages"
+    mine = await checked(
+        await dovecot_api.get(url.format("me") + "?limit=1", headers=basic(dovecot_user)), 200
+    )
+    theirs = await checked(
+        await dovecot_api.get(url.format("box") + "?limit=1", headers=bearer(READ_KEY)), 200
+    )
+    for mailbox, headers, cursor in (
+        ("box", bearer(READ_KEY), mine["next_cursor"]),
+        ("me", basic(dovecot_user), theirs["next_cursor"]),
+    ):
+        resp = await dovecot_api.get(
+            url.format(mailbox), params={"cursor": cursor, "limit": "1"}, headers=headers
+        )
+        body = await checked(resp, 400)
+        assert "mailbox" in body["detail"]
+    # each in its own mailbox leads on, as before
+    for mailbox, headers, page in (
+        ("me", basic(dovecot_user), mine),
+        ("box", bearer(READ_KEY), theirs),
+    ):
+        resp = await dovecot_api.get(
+            url.format(mailbox), params={"cursor": page["next_cursor"]}, headers=headers
+        )
+        assert len((await checked(resp, 200))["messages"]) == 2
+
+
+async def test_a_tampered_cursor_is_refused(dovecot_api: Client, dovecot_user: DovecotUser) -> None:
+    dovecot_user.deliver_many([simple_message(i) for i in range(3)])
+    headers = basic(dovecot_user)
+    page = await checked(
+        await dovecot_api.get("/v1/mailboxes/me/messages?limit=1", headers=headers), 200
+    )
+    sealed = bytearray(base64.urlsafe_b64decode(page["next_cursor"] + "=="))
+    sealed[5] ^= 1  # another message number
+    forged = base64.urlsafe_b64encode(bytes(sealed)).rstrip(b"=").decode()
+    resp = await dovecot_api.get(
+        "/v1/mailboxes/me/messages", params={"cursor": forged}, headers=headers
+    )
+    await checked(resp, 400)
+
+
+@pytest.mark.parametrize("secret", [None, "a-shared-cache-secret-0123456789"])
+async def test_cursors_outlive_a_restart_when_a_secret_is_set(
+    aiohttp_client: ClientFactory, dovecot: Dovecot, dovecot_user: DovecotUser, secret: str | None
+) -> None:
+    """Cursors are sealed with a key from POP3GW_CACHE_SECRET: with it, another process (a
+    restart, a replica) takes them; without it each process has a random key of its own."""
+    dovecot_user.deliver_many([simple_message(i) for i in range(3)])
+    extra = {} if secret is None else {"cache_secret": secret}
+    before, after = [
+        await aiohttp_client(create_app(settings_for(dovecot.port, **extra))) for _ in range(2)
+    ]
+    url = "/v1/mailboxes/me/messages"
+    page = await checked(await before.get(url + "?limit=1", headers=basic(dovecot_user)), 200)
+    resp = await after.get(url, params={"cursor": page["next_cursor"]}, headers=basic(dovecot_user))
+    await checked(resp, 400 if secret is None else 200)
+
+
 async def test_message_raw_and_attachment(dovecot_api: Client, dovecot_user: DovecotUser) -> None:
     dovecot_user.deliver(MULTIPART)
     headers = basic(dovecot_user)
