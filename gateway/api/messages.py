@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..keys import METRICS, SEND_TIMEOUT, SERVICE
 from ..mail import Attachment, text_charset
-from ..service import MessageTooLargeError, Order, check_limit
+from ..service import MessageTooLargeError, Order, check_attachment_id, check_limit
 from . import serializers
 from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified, query
 from .errors import Problem
@@ -126,20 +126,35 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     service = request.app[SERVICE]
+    etag = f'"{message_id}"'
+    headers = {
+        "Content-Type": "message/rfc822",
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE,
+        "Content-Disposition": f'inline; filename="{message_id}.eml"',
+        "X-Content-Type-Options": "nosniff",
+        "X-Request-ID": request_id_of(request),
+    }
+    # A message never changes for its unique-id: a 304, and the headers of a HEAD, need only
+    # the session's listing, never a RETR. (No Content-Length: LIST sizes are not always what
+    # RETR sends, and GET streams without one.)
+    held = not_modified(request, etag)
+    if held is not None or request.method == "HEAD":
+        exists = await service.message_exists(account, message_id)
+        if exists and held is not None:
+            return web.Response(status=304, headers={"ETag": held, "Cache-Control": IMMUTABLE})
+        if request.method == "HEAD":
+            if not exists:
+                raise Problem("not-found", "no message with that id in the mailbox")
+            response = web.StreamResponse(headers=headers)
+            await response.prepare(request)
+            await response.write_eof()
+            return response
     # Spooled (the usual case), the whole message is read and its session back in the pool
     # before the block starts; else the block holds the session, and the send timeout bounds
     # how long a client that stops reading can keep it.
     async with service.open_raw(account, message_id) as raw:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "message/rfc822",
-                "ETag": f'"{message_id}"',
-                "Cache-Control": IMMUTABLE,
-                "Content-Disposition": f'inline; filename="{message_id}.eml"',
-                "X-Content-Type-Options": "nosniff",
-                "X-Request-ID": request_id_of(request),
-            }
-        )
+        response = web.StreamResponse(headers=headers)
         # The first chunk comes before the status line goes out, so that a failure to start
         # (drop, timeout) is still answered with a problem.
         first = await anext(raw.chunks, b"")
@@ -175,9 +190,17 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     attachment_id = request.match_info["attachment"]
-    found: Attachment = await request.app[SERVICE].get_attachment(
-        account, message_id, attachment_id
-    )
+    service = request.app[SERVICE]
+    etag = f'"{message_id}.{attachment_id}"'
+    held = not_modified(request, etag)
+    if (
+        held is not None
+        and check_attachment_id(attachment_id)
+        and await service.message_exists(account, message_id)
+    ):
+        # The client holds this part of a message that never changes: no RETR.
+        return web.Response(status=304, headers={"ETag": held, "Cache-Control": IMMUTABLE})
+    found: Attachment = await service.get_attachment(account, message_id, attachment_id)
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
@@ -198,7 +221,7 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
             ),
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox",
-            "ETag": f'"{message_id}.{attachment_id}"',
+            "ETag": etag,
             "Cache-Control": IMMUTABLE,
             "X-Request-ID": request_id_of(request),  # streamed: set before it starts
         },

@@ -24,6 +24,8 @@ CHECK = "/v1/mailboxes/{mailbox}/check"
 JSON = "application/json; charset=utf-8"
 PROBLEM = "application/problem+json"
 RID = {"X-Request-ID": "req-1"}
+#: what a message's answers (parsed, raw, a part) say about caching
+IMMUTABLE_M1 = {"ETag": '"m1"', "Cache-Control": "private, max-age=31536000, immutable"}
 ID = "MTcxNDU2NDgwMC5NMVA0MjQyLm14LmV4YW1wbGUub3Jn"
 
 
@@ -147,7 +149,7 @@ def problem(slug: str, status: int, **extra: Any) -> dict[str, Any]:
             200,
             "message/rfc822",
             b"Subject: x\r\n\r\nbody\r\n",
-            {**RID, "X-Content-Type-Options": "nosniff"},
+            {**RID, **IMMUTABLE_M1, "X-Content-Type-Options": "nosniff"},
         ),
         (
             "GET",
@@ -155,7 +157,7 @@ def problem(slug: str, status: int, **extra: Any) -> dict[str, Any]:
             200,
             "message/rfc822",
             None,
-            {**RID, "Content-Length": "20", "X-Content-Type-Options": "nosniff"},
+            {**RID, **IMMUTABLE_M1, "Content-Length": "20", "X-Content-Type-Options": "nosniff"},
         ),
         (
             "GET",
@@ -165,6 +167,7 @@ def problem(slug: str, status: int, **extra: Any) -> dict[str, Any]:
             b"%PDF-1.7",
             {
                 **RID,
+                **IMMUTABLE_M1,
                 "Content-Disposition": "attachment; filename*=UTF-8''report%202024.pdf",
                 "X-Content-Type-Options": "nosniff",
             },
@@ -175,7 +178,12 @@ def problem(slug: str, status: int, **extra: Any) -> dict[str, Any]:
             200,
             "text/html; charset=utf-8",
             b"<p>",
-            {**RID, "Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"},
+            {
+                **RID,
+                **IMMUTABLE_M1,
+                "Content-Disposition": "attachment",
+                "X-Content-Type-Options": "nosniff",
+            },
         ),
         (
             "POST",
@@ -449,7 +457,7 @@ def test_rejects_json_where_a_problem_is_due(validator: ResponseValidator) -> No
 
 
 def test_rejects_a_raw_message_with_another_type(validator: ResponseValidator) -> None:
-    headers = {**RID, "X-Content-Type-Options": "nosniff"}
+    headers = {**RID, **IMMUTABLE_M1, "X-Content-Type-Options": "nosniff"}
     rejects(
         validator, "Received: text/plain Documented:", "GET", RAW, 200, "text/plain", b"x", headers
     )
@@ -576,7 +584,12 @@ def test_rejects_conditional_headers_that_do_not_fit(validator: ResponseValidato
 
 
 def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseValidator) -> None:
-    inline = {**RID, "Content-Disposition": "inline", "X-Content-Type-Options": "nosniff"}
+    inline = {
+        **RID,
+        **IMMUTABLE_M1,
+        "Content-Disposition": "inline",
+        "X-Content-Type-Options": "nosniff",
+    }
     rejects(
         validator,
         r'header does not conform .*: "inline" does not',
@@ -587,7 +600,7 @@ def test_rejects_an_attachment_that_a_browser_could_render(validator: ResponseVa
         b"",
         inline,
     )
-    sniff = {**RID, "Content-Disposition": "attachment"}
+    sniff = {**RID, **IMMUTABLE_M1, "Content-Disposition": "attachment"}
     rejects(
         validator,
         "are missing from the response: - `X-Content-Type-Options`",
