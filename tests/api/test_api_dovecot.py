@@ -459,8 +459,28 @@ async def test_check(dovecot_api: Client, dovecot_user: DovecotUser) -> None:
     ]
     assert all(s["ok"] for s in body["steps"] if s["name"] != "tls")
     assert body["ok"]
+
+
+async def test_check_reports_a_rejected_password_as_its_failed_step(
+    dovecot_api: Client, dovecot_user: DovecotUser
+) -> None:
+    """A check that ran reports its steps, the failed one included: a wrong passthrough
+    password is still the 401 of every operation (they are the request's own credentials),
+    and its problem carries the report (it was a bare 401)."""
     bad = {"Authorization": "Basic " + base64.b64encode(f"{dovecot_user.name}:x".encode()).decode()}
-    await checked(await dovecot_api.post("/v1/mailboxes/me/check", headers=bad), 401)
+    resp = await dovecot_api.post("/v1/mailboxes/me/check", headers=bad)
+    problem = await checked(resp, 401)
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert problem["type"] == "/problems/unauthorized"
+    body = problem["check"]
+    assert body["ok"] is False
+    assert [s["name"] for s in body["steps"]] == ["connect", "tls", "greeting", "auth"]
+    assert body["steps"][-1] == {
+        **body["steps"][-1],
+        "ok": False,
+        "detail": "the server rejected the credentials",
+    }
+    assert (body["messages"], body["octets"], body["capabilities"]) == (None, None, [])
 
 
 async def test_check_of_a_configured_mailbox_reports_the_failed_step(
@@ -472,6 +492,24 @@ async def test_check_of_a_configured_mailbox_reports_the_failed_step(
     assert not failed["ok"]
     assert failed["steps"][-1]["name"] == "auth"
     assert failed["steps"][-1]["detail"] == "the server rejected the credentials"
+
+
+@pytest.mark.parametrize("path", ["/v1/mailboxes/me", "/v1/mailboxes/me/check"])
+async def test_no_mail_server_for_the_user_is_no_credential_problem(
+    aiohttp_client: ClientFactory, path: str
+) -> None:
+    """No upstream for the user's domain: 422 no-mail-server, without a challenge that
+    would make a browser ask again for a password that is not the problem."""
+    api = await aiohttp_client(create_app(settings_for(1, default_upstream=None)))
+    token = base64.b64encode(b"someone@nowhere.example:pw").decode()
+    resp = await api.request(
+        "POST" if path.endswith("check") else "GET",
+        path,
+        headers={"Authorization": f"Basic {token}"},
+    )
+    body = await checked(resp, 422)
+    assert body["type"] == "/problems/no-mail-server"
+    assert "WWW-Authenticate" not in resp.headers
 
 
 async def test_wrong_password_is_401(dovecot_api: Client, dovecot_user: DovecotUser) -> None:

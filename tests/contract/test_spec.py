@@ -38,6 +38,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "method-not-allowed": (405, False),
     "request-too-large": (413, False),
     "message-too-large": (422, False),
+    "no-mail-server": (422, False),
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
     "login-throttled": (429, True),
@@ -319,7 +320,9 @@ def test_405_names_the_allowed_methods(spec: dict[str, Any]) -> None:
 def test_message_too_large_points_to_raw(spec: dict[str, Any]) -> None:
     response = spec["components"]["responses"]["MessageTooLarge"]
     schema = response["content"]["application/problem+json"]["schema"]
-    assert "raw_url" in schema["allOf"][1]["required"]
+    refinement = schema["allOf"][1]
+    assert refinement["if"]["properties"]["type"] == {"const": "/problems/message-too-large"}
+    assert "raw_url" in refinement["then"]["required"]
     example = response["content"]["application/problem+json"]["example"]
     assert example["raw_url"].endswith("/raw")
     assert example["raw_url"] in example["detail"]
