@@ -49,7 +49,12 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     held = not_modified(request, etag)
     if held is not None:
         return web.Response(
-            status=304, headers={"ETag": held, "Cache-Control": "private, no-cache"}
+            status=304,
+            headers={
+                "ETag": held,
+                "Cache-Control": "private, no-cache",
+                "Vary": "Accept-Encoding",
+            },
         )
     return web.Response(
         body=body,
@@ -74,7 +79,9 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     held = not_modified(request, etag)
     if held is not None and await service.message_exists(account, message_id):
-        return web.Response(status=304, headers={**headers, "ETag": held})
+        return web.Response(
+            status=304, headers={**headers, "ETag": held, "Vary": "Accept-Encoding"}
+        )
     try:
         message = await service.get_message(account, message_id)
     except MessageTooLargeError as exc:

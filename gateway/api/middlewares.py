@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..keys import METRICS
 from ..logs import PROBLEM_KEY, REQUEST_ID
+from .compression import compress
 from .errors import Problem, classify, problem_response
 
 log = logging.getLogger("gateway.api")
@@ -50,6 +51,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     - accepts a sane ``X-Request-ID`` or makes one, echoes it on every response (streamed
       ones set it before they start), and keeps it in a context variable for the logs;
     - turns every failure into ``application/problem+json``;
+    - compresses large JSON answers for clients that accept gzip (api/compression.py);
     - counts and times the request by route template (never by concrete path).
     """
     started = time.perf_counter()
@@ -60,6 +62,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     status = 500
     try:
         response = await _answer(request, handler, request_id)
+        await compress(request, response)  # JSON for clients that accept gzip
         status = response.status
         if not response.prepared:  # streamed responses set it before they start
             response.headers["X-Request-ID"] = request_id
