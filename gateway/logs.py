@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+#: the problem type (slug) a request was answered with, for its access-log line
+PROBLEM_KEY = web.RequestKey("problem", str)
 
 #: Extra record attributes copied into JSON lines when present.
 _EXTRA_FIELDS = (
@@ -63,12 +65,23 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``time level logger message``, then what an access line adds (its duration, and the
+    problem type of an error answer), then the request id in brackets."""
+
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s%(rid)s")
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s%(more)s%(rid)s")
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", "")
         record.rid = f" [{request_id}]" if request_id else ""
+        more = ""
+        duration = getattr(record, "duration_ms", None)
+        if duration is not None:
+            more += f" {duration:.1f}ms"
+        problem = getattr(record, "problem", None)
+        if problem:
+            more += f" {problem}"
+        record.more = more
         return super().format(record)
 
 
@@ -94,7 +107,8 @@ def configure_logging(
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, route template, status, time, bytes, request id.
+    """One line per request: method, route template, status, time, bytes, request id, and
+    for an error answer its problem type.
 
     The query string is left out (it is not needed to operate the service) and so are all
     headers: Authorization never reaches a log.
@@ -111,6 +125,7 @@ class AccessLogger(AbstractAccessLogger):
                 resource = None
             if resource is not None:
                 route = resource.canonical
+        problem = request.get(PROBLEM_KEY) if response.status >= 400 else None
         self.logger.info(
             "%s %s %s",
             request.method,
@@ -124,6 +139,7 @@ class AccessLogger(AbstractAccessLogger):
                 "duration_ms": round(time * 1000, 3),
                 "bytes": response.body_length,
                 "remote": request.remote,
+                "problem": problem,
             },
         )
 

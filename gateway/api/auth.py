@@ -123,9 +123,11 @@ def _checked_passthrough(request: web.Request, directory: Directory) -> Account:
         raise Problem("invalid-request", "the user name or password is too long")
     account = directory.passthrough_account(user, password)
     if account is None:
+        # Not a credential problem (another password would not help): no challenge, so a
+        # browser does not ask for one again.
         raise Problem(
-            "unauthorized",
-            "no mail server is configured for this user (no default upstream, no preset)",
-            _BASIC_CHALLENGE,
+            "no-mail-server",
+            "no mail server is configured for this user's domain (no upstream for it, "
+            "no preset, no default upstream)",
         )
     return account

@@ -4,6 +4,7 @@ JSON, conditional requests. Handlers parse and check input, call the service, sh
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from .middlewares import PASSTHROUGH_KEY
 from .serializers import PageRenderings, dumps
 
 _TRUE = {"true", "1", "yes"}
+#: one entry of an If-None-Match list: ``*``, or an entity tag, weak or strong
+_ENTITY_TAGS = re.compile(r'\*|(W/)?("[\x21\x23-\x7E\x80-\xFF]*")')
 _FALSE = {"false", "0", "no"}
 IMMUTABLE = "private, max-age=31536000, immutable"
 #: Rendered listing pages (the API layer's own cache: pages are immutable).
@@ -39,8 +42,14 @@ def account_of(request: web.Request, scope: str) -> Account:
     return account
 
 
+def query(request: web.Request, name: str) -> str | None:
+    """An optional query parameter; an empty value (``?cursor=``) is the same as none, as
+    forms and URL templates send them."""
+    return request.query.get(name) or None
+
+
 def flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name)
+    value = query(request, name)
     if value is None:
         return False
     if value.lower() in _TRUE:
@@ -50,6 +59,15 @@ def flag(request: web.Request, name: str) -> bool:
     raise Problem("invalid-request", f"{name} must be true or false")
 
 
-def not_modified(request: web.Request, etag: str) -> bool:
-    given = request.headers.get("If-None-Match", "")
-    return any(tag.strip() in (etag, "*") for tag in given.split(","))
+def not_modified(request: web.Request, etag: str) -> str | None:
+    """Whether ``If-None-Match`` matches ``etag`` by the weak comparison (RFC 9110 section
+    13.1.2: ``W/"x"`` matches ``"x"``; a list matches if one entry does; ``*`` matches any):
+    the entity tag a ``304`` then carries (the one the client holds), else None."""
+    wanted = etag.removeprefix("W/")
+    for header in request.headers.getall("If-None-Match", ()):
+        for match in _ENTITY_TAGS.finditer(header):
+            if match.group(0) == "*":
+                return etag
+            if match.group(2) == wanted:
+                return match.group(0)
+    return None

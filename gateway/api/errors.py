@@ -28,6 +28,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "request-too-large": (413, "Request body too large"),
     "message-too-large": (422, "Message too large to parse"),
     "message-too-complex": (422, "Message too complex to parse"),
+    "no-mail-server": (422, "No mail server for this user"),
     "mailbox-locked": (423, "Mailbox in use"),
     "login-delay": (429, "Logged in too recently"),
     "login-throttled": (429, "Too many failed logins"),
@@ -98,7 +99,8 @@ def problem_response(
     )
 
 
-_WWW_AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),)
+#: the challenge sent with a 401 on ``me`` (passthrough)
+BASIC_CHALLENGE = (("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),)
 
 
 def _as_is(slug: str) -> Callable[[BaseException, bool], Problem]:
@@ -124,7 +126,7 @@ def _auth(_exc: BaseException, passthrough: bool) -> Problem:
         return Problem(
             "unauthorized",
             "the mail server rejected the user name or password",
-            headers=_WWW_AUTHENTICATE,
+            headers=BASIC_CHALLENGE,
         )
     return Problem("upstream-auth-failed", "the mail server rejected the configured login")
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..keys import SERVICE
 from . import serializers
 from .common import account_of, flag, json_response
+from .errors import BASIC_CHALLENGE, Problem
 
 
 async def mailbox_stats(request: web.Request) -> web.StreamResponse:
@@ -16,5 +17,17 @@ async def mailbox_stats(request: web.Request) -> web.StreamResponse:
 
 
 async def check_mailbox(request: web.Request) -> web.StreamResponse:
+    """The report of every step, failed ones included, answered 200; except when the
+    server rejects the request's own credentials (passthrough): then the 401 every
+    operation answers, with the same report in the problem's ``check`` member."""
     account = account_of(request, "read")
-    return json_response(serializers.check_result(await request.app[SERVICE].check(account)))
+    result = await request.app[SERVICE].check(account)
+    report = serializers.check_result(result)
+    if result.credentials_rejected and account.passthrough:
+        raise Problem(
+            "unauthorized",
+            "the mail server rejected the user name or password",
+            BASIC_CHALLENGE,
+            extra=(("check", report),),
+        )
+    return json_response(report)

@@ -12,20 +12,28 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..keys import METRICS, SEND_TIMEOUT, SERVICE
-from ..mail import Attachment
-from ..service import MessageTooLargeError, Order, ParseFailedError, check_limit
+from ..mail import Attachment, text_charset
+from ..service import (
+    MessageTooLargeError,
+    Order,
+    ParseFailedError,
+    check_attachment_id,
+    check_limit,
+)
 from . import serializers
-from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified
+from .common import IMMUTABLE, RENDERINGS, account_of, flag, json_response, not_modified, query
 from .errors import Problem
 from .middlewares import STREAMING_KEY, request_id_of
 
 #: bytes of an attachment written at a time
 _ATTACHMENT_CHUNK = 64 * 1024
+#: text parts up to this size have their charset found on the event loop
+_INLINE_SNIFF = 256 * 1024
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
+    raw = query(request, "limit") or "50"
     digits = raw.lstrip("0") or "0"  # leading zeros are fine ("0050"), huge numbers are not
     number = int(digits) if raw.isascii() and raw.isdigit() and len(digits) <= 6 else 0
     return check_limit(number)  # the service's one rule (and its message) for a page size
@@ -34,21 +42,27 @@ def _limit(request: web.Request) -> int:
 async def list_messages(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     limit = _limit(request)
-    order = request.query.get("order", "desc")
+    order = query(request, "order") or "desc"
     if order not in ("desc", "asc"):
         raise Problem("invalid-request", "order must be desc or asc")
     ordered: Order = "desc" if order == "desc" else "asc"
     page = await request.app[SERVICE].list_messages(
         account,
         limit=limit,
-        cursor=request.query.get("cursor"),
+        cursor=query(request, "cursor"),
         order=ordered,
         fresh=flag(request, "fresh"),
     )
     etag, body = request.app[RENDERINGS].render(page)
-    if not_modified(request, etag):
+    held = not_modified(request, etag)
+    if held is not None:
         return web.Response(
-            status=304, headers={"ETag": etag, "Cache-Control": "private, no-cache"}
+            status=304,
+            headers={
+                "ETag": held,
+                "Cache-Control": "private, no-cache",
+                "Vary": "Accept-Encoding",
+            },
         )
     return web.Response(
         body=body,
@@ -71,8 +85,11 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     etag = f'"{message_id}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     service = request.app[SERVICE]
-    if not_modified(request, etag) and await service.message_exists(account, message_id):
-        return web.Response(status=304, headers=headers)
+    held = not_modified(request, etag)
+    if held is not None and await service.message_exists(account, message_id):
+        return web.Response(
+            status=304, headers={**headers, "ETag": held, "Vary": "Accept-Encoding"}
+        )
     try:
         message = await unless_gone(request, service.get_message(account, message_id))
     except MessageTooLargeError as exc:
@@ -157,20 +174,35 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     service = request.app[SERVICE]
+    etag = f'"{message_id}"'
+    headers = {
+        "Content-Type": "message/rfc822",
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE,
+        "Content-Disposition": f'inline; filename="{message_id}.eml"',
+        "X-Content-Type-Options": "nosniff",
+        "X-Request-ID": request_id_of(request),
+    }
+    # A message never changes for its unique-id: a 304, and the headers of a HEAD, need only
+    # the session's listing, never a RETR. (No Content-Length: LIST sizes are not always what
+    # RETR sends, and GET streams without one.)
+    held = not_modified(request, etag)
+    if held is not None or request.method == "HEAD":
+        exists = await service.message_exists(account, message_id)
+        if exists and held is not None:
+            return web.Response(status=304, headers={"ETag": held, "Cache-Control": IMMUTABLE})
+        if request.method == "HEAD":
+            if not exists:
+                raise Problem("not-found", "no message with that id in the mailbox")
+            response = web.StreamResponse(headers=headers)
+            await response.prepare(request)
+            await response.write_eof()
+            return response
     # Spooled (the usual case), the whole message is read and its session back in the pool
     # before the block starts; else the block holds the session, and the send timeout bounds
     # how long a client that stops reading can keep it.
     async with service.open_raw(account, message_id) as raw:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "message/rfc822",
-                "ETag": f'"{message_id}"',
-                "Cache-Control": IMMUTABLE,
-                "Content-Disposition": f'inline; filename="{message_id}.eml"',
-                "X-Content-Type-Options": "nosniff",
-                "X-Request-ID": request_id_of(request),
-            }
-        )
+        response = web.StreamResponse(headers=headers)
         # The first chunk comes before the status line goes out, so that a failure to start
         # (drop, timeout) is still answered with a problem.
         first = await anext(raw.chunks, b"")
@@ -206,12 +238,29 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     account = account_of(request, "read")
     message_id = _message_id(request)
     attachment_id = request.match_info["attachment"]
+    service = request.app[SERVICE]
+    etag = f'"{message_id}.{attachment_id}"'
+    held = not_modified(request, etag)
+    if (
+        held is not None
+        and check_attachment_id(attachment_id)
+        and await service.message_exists(account, message_id)
+    ):
+        # The client holds this part of a message that never changes: no RETR.
+        return web.Response(status=304, headers={"ETag": held, "Cache-Control": IMMUTABLE})
     found: Attachment = await unless_gone(
-        request, request.app[SERVICE].get_attachment(account, message_id, attachment_id)
+        request, service.get_attachment(account, message_id, attachment_id)
     )
     content_type = found.content_type.lower()
     if not _MIME_TYPE.fullmatch(content_type):
         content_type = "application/octet-stream"
+    elif content_type.startswith("text/"):
+        # a look at every byte when the part declares no known charset: off the loop if long
+        if len(found.payload) <= _INLINE_SNIFF:
+            charset = text_charset(found.charset, found.payload)
+        else:
+            charset = await asyncio.to_thread(text_charset, found.charset, found.payload)
+        content_type += f"; charset={charset}"
     # The part was read with a capped RETR whose session is already back in the pool; the
     # send timeout bounds how long a client that stops reading keeps its bytes in memory.
     response = web.StreamResponse(
@@ -222,8 +271,9 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
             ),
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox",
-            "ETag": f'"{message_id}.{attachment_id}"',
+            "ETag": etag,
             "Cache-Control": IMMUTABLE,
+            "X-Request-ID": request_id_of(request),  # streamed: set before it starts
         },
     )
     payload = memoryview(found.payload)

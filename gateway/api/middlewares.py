@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..keys import METRICS
-from ..logs import REQUEST_ID
+from ..logs import PROBLEM_KEY, REQUEST_ID
+from .compression import compress
 from .errors import Problem, classify, problem_response
 
 log = logging.getLogger("gateway.api")
@@ -50,6 +51,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     - accepts a sane ``X-Request-ID`` or makes one, echoes it on every response (streamed
       ones set it before they start), and keeps it in a context variable for the logs;
     - turns every failure into ``application/problem+json``;
+    - compresses large JSON answers for clients that accept gzip (api/compression.py);
     - counts and times the request by route template (never by concrete path).
     """
     started = time.perf_counter()
@@ -60,6 +62,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     status = 500
     try:
         response = await _answer(request, handler, request_id)
+        await compress(request, response)  # JSON for clients that accept gzip
         status = response.status
         if not response.prepared:  # streamed responses set it before they start
             response.headers["X-Request-ID"] = request_id
@@ -94,6 +97,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             # aiohttp raises HTTPRequestEntityTooLarge from request.read()/json()/post() past
             # the app's client_max_size (http.max_body_bytes)
             detail = "the request body is larger than the gateway accepts"
+        request[PROBLEM_KEY] = slug
         return problem_response(slug, detail, request_id=request_id, headers=headers)
     except Exception as exc:
         if request.get(STREAMING_KEY):
@@ -106,6 +110,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             # connection (a body timeout): nobody is left to answer, and it is no server
             # fault worth a traceback.
             log.info("client connection lost: %s", exc, extra={"request_id": request_id})
+            request[PROBLEM_KEY] = "invalid-request"
             return problem_response(
                 "invalid-request", "the connection was closed", request_id=request_id
             )
@@ -122,6 +127,7 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
                 extra={"request_id": request_id},
             )
         request.app[METRICS].problem(problem.slug)
+        request[PROBLEM_KEY] = problem.slug
         return problem_response(
             problem.slug,
             problem.detail,

@@ -57,6 +57,11 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
     return web.Response(body=contract.spec_json(), content_type="application/json")
 
 
+async def root(request: web.Request) -> web.StreamResponse:
+    """The gateway's address alone leads to its documentation."""
+    return web.Response(status=302, headers={"Location": "/docs"})
+
+
 async def docs_page(request: web.Request) -> web.StreamResponse:
     return web.Response(
         text=contract.docs_html(),

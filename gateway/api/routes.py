@@ -14,7 +14,7 @@ from .messages import (
     get_raw,
     list_messages,
 )
-from .operations import docs_asset, docs_page, healthz, metrics, openapi_json, readyz
+from .operations import docs_asset, docs_page, healthz, metrics, openapi_json, readyz, root
 from .serializers import PageRenderings
 
 MAILBOX = "/v1/mailboxes/{mailbox:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
@@ -34,6 +34,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete(MESSAGE, delete_message)
     router.add_get(MESSAGE + "/raw", get_raw)
     router.add_get(MESSAGE + "/attachments/{attachment:[^/]+}", get_attachment)
+    router.add_get("/", root)
     router.add_get("/healthz", healthz)
     router.add_get("/readyz", readyz)
     router.add_get("/metrics", metrics)

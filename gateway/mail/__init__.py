@@ -6,6 +6,7 @@ attachments by their MIME part path (`find_attachment`). Nothing here raises on 
 input: problems become best-effort text plus named ``defects``.
 """
 
+from ._text import text_charset
 from .message import (
     MAX_NESTING_DEPTH,
     MAX_PARTS,
@@ -29,4 +30,5 @@ __all__ = [
     "find_attachment",
     "parse_message",
     "summarize",
+    "text_charset",
 ]

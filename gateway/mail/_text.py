@@ -31,6 +31,7 @@ __all__ = [
     "decode_unlabelled",
     "header_fallback",
     "lookup_charset",
+    "text_charset",
 ]
 
 # -- charsets ------------------------------------------------------------------------------
@@ -155,6 +156,25 @@ def lookup_charset(label: str | None) -> str | None:
     if normalized in _UNLABELLED or normalized not in _KNOWN:
         return None
     return _codec_for(normalized)
+
+
+#: a charset label as MIME writes it (RFC 2978's mime-charset), safe in a header
+_CHARSET_LABEL = re.compile(r"[A-Za-z0-9!#$%&'+^_`{}~-]{1,40}")
+
+
+def text_charset(label: str | None, data: bytes) -> str:
+    """The charset to send a text part's bytes with: its declared ``label`` (lower-cased)
+    when that names an encoding we know; else ``us-ascii`` (RFC 2046's default) when the
+    bytes are ASCII, ``utf-8`` when they read as UTF-8, and ``unknown-8bit`` (RFC 1428)."""
+    if label is not None and _CHARSET_LABEL.fullmatch(label) and lookup_charset(label):
+        return label.lower()
+    if data.isascii():
+        return "us-ascii"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown-8bit"
+    return "utf-8"
 
 
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff]")

@@ -78,9 +78,11 @@ class AttachmentInfo:
 
 @dataclass(frozen=True, slots=True)
 class Attachment(AttachmentInfo):
-    """An attachment with its decoded octets."""
+    """An attachment with its decoded octets, and the charset its part declares (as
+    written, unchecked; None when it declares none)."""
 
     payload: bytes = field(repr=False)
+    charset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,5 +441,6 @@ def find_attachment(raw: bytes, attachment_id: str) -> Attachment | None:
                 disposition=info.disposition,
                 content_id=info.content_id,
                 payload=payload,
+                charset=leaf.params.get("charset"),
             )
     return None

@@ -1,5 +1,7 @@
 """The account wizard's "test settings": connect, TLS, authenticate, CAPA and STAT, each
-timed, stopping at the first failure, described in our own words."""
+timed, stopping at the first failure, described in our own words. Every failure of a step
+(rejected credentials included, whoever's they are) is reported as that step, in one
+:class:`CheckResult`."""
 
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ class CheckResult:
     capabilities: list[str]
     messages: int | None = None
     octets: int | None = None
+    #: the server rejected the credentials (the auth step failed with -ERR)
+    credentials_rejected: bool = False
 
 
 class Checker:
@@ -74,6 +78,7 @@ class Checker:
         upstream = account.upstream
         caps: list[str] = []
         messages = octets = None
+        rejected = False
 
         async def step(name: str, action: Callable[[], Awaitable[Any]]) -> Any:
             started = time.perf_counter()
@@ -115,14 +120,13 @@ class Checker:
                 caps = sorted(capabilities.items)
                 messages, octets = await step("stat", session.client.stat)
         except POP3AuthError:
-            if account.passthrough:
-                raise  # the caller's own credentials are wrong: a 401, as on every endpoint
+            rejected = True
         except (POP3Error, OSError):
             if not steps:
                 raise  # refused before any step (pool, gate): a problem, as on every route
         ok = all(s.ok for s in steps if s.name != "tls" or upstream.tls is not TLSMode.PLAIN)
         ok = ok and any(s.name == "stat" for s in steps)
-        return CheckResult(ok, steps, caps, messages, octets)
+        return CheckResult(ok, steps, caps, messages, octets, credentials_rejected=rejected)
 
 
 async def _noop() -> None:

@@ -22,7 +22,7 @@ from ..mail import HeaderSummary
 from ..mail import summarize as summarize_headers
 from ..pop3 import POP3ResponseError, TruncatedBody
 from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundError
-from .ids import Order, decode_cursor, encode_cursor
+from .ids import Cursors, Order
 from .limits import FreshClaim, FreshLogins
 from .sessions import Session, SessionObserver, SessionSource
 
@@ -286,8 +286,14 @@ class Listing:
         self._snapshots = snapshots
         self._cache = cache
         self._cache_key = cache_key
+        self._cursors = Cursors(cache_key)
         self._fresh_logins = fresh_logins
         self._observer = observer
+
+    def _cursor_scope(self, account: Account) -> bytes:
+        """What a cursor is bound to: the mailbox as named in the path, and the maildrop
+        (upstream and user) behind it."""
+        return f"{account.mailbox_id}\0{account.namespace(self._cache_key)}".encode()
 
     def claim_fresh(self, account: Account) -> FreshClaim | None:
         """A claim on a new login for ``account``'s person, or None (counted) while the last
@@ -312,7 +318,8 @@ class Listing:
         fresh: bool = False,
     ) -> Page:
         check_limit(limit)
-        after = decode_cursor(cursor, order) if cursor is not None else None
+        scope = self._cursor_scope(account)
+        after = self._cursors.decode(scope, cursor, order) if cursor is not None else None
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
@@ -357,7 +364,7 @@ class Listing:
         account: Account,
         snap: Snapshot,
         order: Order,
-        after: tuple[str, int] | None,
+        after: tuple[str | None, int] | None,
         limit: int,
         session: Session | None,
     ) -> Page | None:
@@ -371,7 +378,9 @@ class Listing:
         next_cursor = None
         if start + limit < len(ordered) and page_numbers:
             last = page_numbers[-1]
-            next_cursor = encode_cursor(order, snap.uids[last], last)
+            next_cursor = self._cursors.encode(
+                self._cursor_scope(account), order, snap.uids[last], last
+            )
         return Page(items, len(ordered), next_cursor, snap.at)
 
     async def _summaries(
@@ -414,11 +423,13 @@ class Listing:
         return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
 
 
-def _resume_index(ordered: list[int], snap: Snapshot, after: tuple[str, int], order: Order) -> int:
+def _resume_index(
+    ordered: list[int], snap: Snapshot, after: tuple[str | None, int], order: Order
+) -> int:
     """Where the page after ``after`` starts. The uid normally identifies the last item; if it
-    is gone (deleted meanwhile), continue from its message number."""
+    is gone (deleted meanwhile) or not in the cursor, continue from its message number."""
     uid, number = after
-    numbers = snap.by_uid.get(uid)
+    numbers = snap.by_uid.get(uid) if uid is not None else None
     if numbers:
         last = numbers[0] if order == "asc" else numbers[-1]
         return ordered.index(last) + 1

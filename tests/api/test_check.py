@@ -25,7 +25,9 @@ async def test_password_guessing_through_check_is_throttled(
     owner = await checked(await api.post(CHECK, headers=basic("alice", "pw")), 200)
     assert owner["ok"] is True
     for i in range(3):
-        await checked(await api.post(CHECK, headers=basic("alice", f"guess-{i}")), 401)
+        guess = await checked(await api.post(CHECK, headers=basic("alice", f"guess-{i}")), 401)
+        assert guess["check"]["ok"] is False
+        assert guess["check"]["steps"][-1]["name"] == "auth"
     asked = logins(fake_server)
     resp = await api.post(CHECK, headers=basic("alice", "guess-4"))
     body = await checked(resp, 429)

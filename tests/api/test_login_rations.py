@@ -108,7 +108,7 @@ async def test_check_is_no_way_around_the_client_budget(
     api = await aiohttp_client(create_app(settings))
     for i in range(2):
         resp = await api.post("/v1/mailboxes/me/check", headers=basic(f"u{i}", "wrong"))
-        await checked(resp, 401)
+        assert (await checked(resp, 401))["check"]["steps"][-1]["name"] == "auth"
     resp = await api.post("/v1/mailboxes/me/check", headers=basic("u9", "wrong"))
     body = await checked(resp, 429)
     assert body["type"] == "/problems/client-login-rate"

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.logs import REQUEST_ID, AccessLogger, RequestIdFilter, configure_logging
@@ -70,6 +72,18 @@ async def test_metrics_after_real_requests(
     # Nothing that identifies a user, a mailbox, a message or a secret is a label.
     for secret in ("alice", "wrong-pw-XYZ", "uid-1", encode_id("uid-1"), 'pw"', "pw}"):
         assert secret not in scrape
+
+
+async def test_root_leads_to_the_docs(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    api = await aiohttp_client(create_app(settings_for(fake_server.port)))
+    resp = await api.get("/", allow_redirects=False)
+    await checked(resp, 302)
+    assert resp.headers["Location"] == "/docs"
+    followed = await api.get("/")
+    assert followed.status == 200
+    assert followed.content_type == "text/html"
 
 
 async def test_metrics_token(aiohttp_client: ClientFactory, fake_server: FakePOP3Server) -> None:
@@ -128,6 +142,40 @@ def test_json_and_text_log_lines() -> None:
             root.removeHandler(handler)
         root.setLevel(logging.WARNING)
     assert AccessLogger  # exercised by the SIGTERM test's real server
+
+
+async def test_access_lines_carry_duration_and_problem_type(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """An error answer's access line names its problem type (JSON and text); the text line
+    says how long the request took."""
+    server = TestServer(create_app(settings_for(fake_server.port)))
+    await server.start_server(
+        access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
+    )
+    api = await aiohttp_client(server)
+    stream = io.StringIO()
+    try:
+        for fmt in ("json", "text"):
+            configure_logging("INFO", fmt, stream=stream)
+            await checked(await api.get("/v1/mailboxes/me", headers=WRONG), 401)
+            await checked(await api.get("/v1/mailboxes/me/messages?limit=0", headers=ALICE), 400)
+            await checked(await api.get("/healthz"), 200)
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
+    lines = [line for line in stream.getvalue().splitlines() if "gateway.access" in line]
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    texts = [line for line in lines if not line.startswith("{")]
+    assert [e.get("problem") for e in entries] == ["unauthorized", "invalid-request", None]
+    assert all(e["duration_ms"] >= 0 for e in entries)
+    assert len(texts) == 3
+    assert re.search(r" /v1/mailboxes/\{mailbox\} 401 [0-9.]+ms unauthorized \[", texts[0])
+    assert re.search(r" 400 [0-9.]+ms invalid-request \[", texts[1])
+    assert re.search(r" /healthz 200 [0-9.]+ms \[", texts[2])
+    assert "wrong-pw-XYZ" not in stream.getvalue()
 
 
 # -- SIGTERM during a download ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from gateway.config import Scope
 from gateway.contract import DOCS_ASSETS, load_spec, parse_yaml, spec_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "request-too-large": (413, False),
     "message-too-large": (422, False),
     "message-too-complex": (422, False),
+    "no-mail-server": (422, False),
     "mailbox-locked": (423, True),
     "login-delay": (429, True),
     "login-throttled": (429, True),
@@ -64,6 +66,7 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/mailboxes/{mailbox}/messages/{id}/attachments/{attachment}"),
     ("post", "/v1/mailboxes/{mailbox}/messages/delete"),
     ("post", "/v1/mailboxes/{mailbox}/check"),
+    ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -221,6 +224,16 @@ def test_every_v1_operation_lists_both_security_schemes(spec: dict[str, Any]) ->
         assert op["security"] == [{"basicAuth": []}, {"bearerAuth": []}], (method, template)
 
 
+def test_the_intro_names_only_real_scopes(spec: dict[str, Any]) -> None:
+    """The paragraph on configured mailboxes names, in backticks, exactly the scopes an API
+    key can have (it once named a `check` scope that does not exist)."""
+    intro = spec["info"]["description"]
+    start = intro.index("**Configured mailboxes**")
+    paragraph = intro[start : intro.index("\n\n", start)]
+    named = set(re.findall(r"`([a-z]+)`", paragraph))
+    assert named == set(get_args(Scope))
+
+
 def test_operational_endpoints_need_no_credentials(spec: dict[str, Any]) -> None:
     for method, template, op in operations(spec):
         if template == "/metrics":
@@ -306,10 +319,14 @@ def test_405_names_the_allowed_methods(spec: dict[str, Any]) -> None:
     assert header["required"] is True
 
 
-def test_message_too_large_points_to_raw(spec: dict[str, Any]) -> None:
+def test_message_too_large_or_too_complex_points_to_raw(spec: dict[str, Any]) -> None:
     response = spec["components"]["responses"]["MessageTooLarge"]
     schema = response["content"]["application/problem+json"]["schema"]
-    assert "raw_url" in schema["allOf"][1]["required"]
+    refinement = schema["allOf"][1]
+    assert refinement["if"]["properties"]["type"] == {
+        "enum": ["/problems/message-too-large", "/problems/message-too-complex"]
+    }
+    assert "raw_url" in refinement["then"]["required"]
     example = response["content"]["application/problem+json"]["example"]
     assert example["raw_url"].endswith("/raw")
     assert example["raw_url"] in example["detail"]
@@ -326,7 +343,10 @@ def test_conditional_gets(spec: dict[str, Any]) -> None:
         assert "ETag" in op["responses"]["304"]["headers"]
     cache_control = deref(spec, message["responses"]["200"]["headers"]["Cache-Control"])
     assert cache_control["schema"]["const"] == "private, max-age=31536000, immutable"
-    strong = deref(spec, message["responses"]["200"]["headers"]["ETag"])
+    etag = deref(spec, message["responses"]["200"]["headers"]["ETag"])
+    assert re.fullmatch(etag["schema"]["pattern"], '"abc"')
+    assert re.fullmatch(etag["schema"]["pattern"], 'W/"abc"')  # compressed, or a weak 304
+    strong = deref(spec, {"$ref": "#/components/headers/StrongETag"})
     assert not re.fullmatch(strong["schema"]["pattern"], 'W/"abc"')
     assert re.fullmatch(strong["schema"]["pattern"], '"abc"')
 
