@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def normalise_fingerprint(value: str | None) -> str | None:
+    """A certificate's SHA-256 as 64 lower-case hex digits. Colons and case do not matter,
+    and the whole line ``openssl x509 -noout -fingerprint -sha256`` prints is accepted."""
+    if value is None:
+        return None
+    digest = value.rpartition("=")[2].strip().replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("must be the 64 hex digits of the certificate's SHA-256 (colons allowed)")
+    return digest
 
 
 class UpstreamURL(BaseModel):
@@ -107,9 +119,15 @@ class UpstreamSettings(BaseModel):
     allow_plaintext: bool = False
     #: switch off for servers that advertise PIPELINING and lose commands
     pipelining: bool = True
+    #: false: the pinned certificate (fingerprint_sha256) is the only check (a self-signed
+    #: server); refused without a pin
     verify_tls: bool = True
+    #: a PEM bundle of the CAs to trust for this server (instead of the system's)
     cafile: Path | None = None
+    #: the SHA-256 of the server's certificate: checked on every connection, in addition to
+    #: the chain (or alone, with verify_tls = false)
     fingerprint_sha256: str | None = None
+    #: the name the certificate must be valid for (default: the URL's host)
     tls_server_name: str | None = None
     #: end sessions without QUIT after reading (providers where RETR + QUIT marks mail read)
     read_only_sessions: bool = False
@@ -120,6 +138,11 @@ class UpstreamSettings(BaseModel):
     def _url(cls, value: str) -> str:
         UpstreamURL.parse(value)
         return value
+
+    @field_validator("fingerprint_sha256")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        return normalise_fingerprint(value)
 
     @property
     def parsed(self) -> UpstreamURL:
@@ -295,6 +318,13 @@ class Settings(BaseSettings):
     default_upstream: str | None = None
     #: allow plaintext POP3 to a non-loopback default upstream
     default_upstream_allow_plaintext: bool = False
+    #: TLS of the default upstream, as for a configured upstream: a PEM bundle of the CAs
+    #: to trust (a private CA), a certificate pin, whether the chain is verified too (false
+    #: only with a pin), the name the certificate must be valid for
+    default_upstream_cafile: Path | None = None
+    default_upstream_fingerprint_sha256: str | None = None
+    default_upstream_verify_tls: bool = True
+    default_upstream_tls_server_name: str | None = None
     #: built-in provider presets by the user's domain (126.com, gmail.com, ...)
     presets: bool = True
     #: HTTP Basic passthrough on /v1/mailboxes/me
@@ -338,6 +368,11 @@ class Settings(BaseSettings):
         if value:
             UpstreamURL.parse(value)
         return value or None
+
+    @field_validator("default_upstream_fingerprint_sha256")
+    @classmethod
+    def _default_fingerprint(cls, value: str | None) -> str | None:
+        return normalise_fingerprint(value)
 
     @property
     def listen_host(self) -> str:
@@ -428,6 +463,66 @@ def _secret_has_line_breaks(box: MailboxSettings, source: str) -> bool:
     return value is not None and any(c in value for c in "\r\n\0")
 
 
+def _tls_options(cafile: Path | None, fingerprint: str | None, verify: bool) -> list[str]:
+    return [
+        name
+        for name, set_ in (("cafile", cafile), ("fingerprint_sha256", fingerprint))
+        if set_ is not None
+    ] + ([] if verify else ["verify_tls"])
+
+
+def _cafile_problems(field: str, path: Path | None) -> list[str]:
+    """A CA bundle that cannot be used stops the start, rather than every connection."""
+    if path is None:
+        return []
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:  # before OSError, its base
+        return [f"{field}: {path} holds no PEM certificate"]
+    except OSError as exc:
+        return [f"{field}: cannot read {path}: {exc.strerror or exc}"]
+    return []
+
+
+def _default_upstream_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    tls_set = _tls_options(
+        settings.default_upstream_cafile,
+        settings.default_upstream_fingerprint_sha256,
+        settings.default_upstream_verify_tls,
+    )
+    if settings.default_upstream_tls_server_name is not None:
+        tls_set.append("tls_server_name")
+    if not settings.default_upstream:
+        problems.extend(
+            f"default_upstream_{name}: set without default_upstream" for name in tls_set
+        )
+        return problems
+    url = UpstreamURL.parse(settings.default_upstream)
+    if url.tls == "plain":
+        if not settings.default_upstream_allow_plaintext and not is_loopback(url.host):
+            problems.append(
+                f"default_upstream: plaintext POP3 to {url.host} needs "
+                "default_upstream_allow_plaintext = true"
+            )
+        problems.extend(
+            f"default_upstream_{name}: {settings.default_upstream} is plaintext (pop3://); "
+            "use pop3s:// or pop3+starttls://"
+            for name in tls_set
+        )
+        return problems
+    if (
+        not settings.default_upstream_verify_tls
+        and not settings.default_upstream_fingerprint_sha256
+    ):
+        problems.append(
+            "default_upstream_verify_tls: false needs default_upstream_fingerprint_sha256 "
+            "(nothing would be checked)"
+        )
+    problems.extend(_cafile_problems("default_upstream_cafile", settings.default_upstream_cafile))
+    return problems
+
+
 def _cross_check(settings: Settings) -> None:
     problems: list[str] = []
     names = [u.name for u in settings.upstreams]
@@ -442,17 +537,10 @@ def _cross_check(settings: Settings) -> None:
             )
         if not up.verify_tls and not up.fingerprint_sha256:
             problems.append(f"upstreams.{i}.verify_tls: false needs fingerprint_sha256")
-    if settings.default_upstream:
-        url = UpstreamURL.parse(settings.default_upstream)
-        if (
-            url.tls == "plain"
-            and not settings.default_upstream_allow_plaintext
-            and not is_loopback(url.host)
-        ):
-            problems.append(
-                f"default_upstream: plaintext POP3 to {url.host} needs "
-                "default_upstream_allow_plaintext = true"
-            )
+        if url.tls == "plain" and _tls_options(up.cafile, up.fingerprint_sha256, up.verify_tls):
+            problems.append(f"upstreams.{i}: TLS settings for a plaintext pop3:// URL")
+        problems.extend(_cafile_problems(f"upstreams.{i}.cafile", up.cafile))
+    problems.extend(_default_upstream_problems(settings))
     ids = [m.id for m in settings.mailboxes]
     for dup in {n for n in ids if ids.count(n) > 1}:
         problems.append(f"mailboxes: id {dup!r} is used twice")
