@@ -39,6 +39,7 @@ from .errors import (
     POP3TLSError,
     POP3UpdateError,
     POP3UTF8Error,
+    server_address,
 )
 from .pool import (
     PoolClosedError,
@@ -89,4 +90,5 @@ __all__ = [
     "TLSConfig",
     "TLSMode",
     "Timeouts",
+    "server_address",
 ]

@@ -43,6 +43,7 @@ from .errors import (
     MessageTooLargeError,
     ServiceError,
     UpstreamLoginRateError,
+    connection_failure_words,
     failure_reason,
 )
 from .ids import Order, decode_id, encode_id
@@ -98,6 +99,7 @@ __all__ = [
     "UpstreamLoginRateError",
     "check_attachment_id",
     "check_limit",
+    "connection_failure_words",
     "decode_id",
     "describe_failure",
     "encode_id",
