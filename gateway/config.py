@@ -16,18 +16,21 @@ Invalid configuration stops the start with a message naming the field
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
 import ssl
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -49,6 +52,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _cased(value: object, case: Callable[[str], str]) -> object:
+    """An enumeration's value in the case its choices are written in."""
+    return case(value.strip()) if isinstance(value, str) else value
 
 
 def normalise_fingerprint(value: str | None) -> str | None:
@@ -165,6 +173,8 @@ class MailboxSettings(BaseModel):
     token_env: str | None = None
     token_file: Path | None = None
 
+    _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
+
     @field_validator("user")
     @classmethod
     def _user(cls, value: str) -> str:
@@ -190,6 +200,10 @@ class ApiKeySettings(BaseModel):
     #: configured mailbox ids this key may use; ``"*"`` for all
     mailboxes: list[str] = Field(min_length=1)
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read"]), min_length=1)
+
+    _scopes = field_validator("scopes", mode="before")(
+        lambda v: [_cased(x, str.lower) for x in v] if isinstance(v, list) else v
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -300,6 +314,10 @@ class LogSettings(BaseModel):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
+
+    # Enumerations are read in any case (LOG__LEVEL=debug, LOG__FORMAT=TEXT).
+    _level = field_validator("level", mode="before")(lambda v: _cased(v, str.upper))
+    _format = field_validator("format", mode="before")(lambda v: _cased(v, str.lower))
 
 
 class Settings(BaseSettings):
@@ -436,17 +454,89 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise _describe(exc) from None
     _cross_check(settings)
     return settings
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> ConfigError:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "(top)"
-        lines.append(f"{where}: {error['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        message = error["msg"]
+        env = env_name(where)
+        if error["type"] == "extra_forbidden" and env:
+            close = difflib.get_close_matches(env, known_variables(), n=1, cutoff=0.75)
+            message = "not a setting" + (f"; did you mean {close[0]}?" if close else "")
+        lines.append(f"{where}: {message}")
+    return _invalid(lines)
+
+
+def env_name(where: str) -> str | None:
+    """The environment variable of a setting named by its path (``log.level`` ->
+    ``POP3GW_LOG__LEVEL``); None inside a list (set in the file, or as JSON)."""
+    parts = where.split(".")
+    if parts[0] not in Settings.model_fields or any(p.isdigit() for p in parts):
+        return None
+    return "POP3GW_" + "__".join(parts).upper()
+
+
+def _invalid(problems: list[str]) -> ConfigError:
+    """One error for every problem, each naming its setting and, where there is one, the
+    environment variable that sets it."""
+    lines = []
+    for problem in problems:
+        where, sep, what = problem.partition(": ")
+        env = env_name(where) if sep else None
+        lines.append(f"{where} ({env}): {what}" if env else problem)
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(lines)))
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``POP3GW_*`` environment variable the gateway reads."""
+    names = {"POP3GW_CONFIG"}
+    for name, field in Settings.model_fields.items():
+        names.add(f"POP3GW_{name.upper()}")
+        if _is_model(field) and isinstance(field.annotation, type):
+            names.update(
+                f"POP3GW_{name.upper()}__{sub.upper()}" for sub in field.annotation.model_fields
+            )
+    return frozenset(names)
+
+
+def _is_model(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``POP3GW_*`` variable that sets nothing (a misspelt name is
+    otherwise ignored in silence), with the nearest known name."""
+    known = known_variables()
+    nested = {f"POP3GW_{n.upper()}__" for n, f in Settings.model_fields.items() if _is_model(f)}
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("POP3GW_") or upper in known:
+            continue
+        if upper.startswith(tuple(nested)):
+            continue  # inside a known group: refused at load, with the name meant
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a pop3gw setting and is ignored{hint}")
+    return warnings
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file cannot be read, or None. It is opened, not looked at: permissions,
+    directories and dangling links are all found."""
+    if not path.is_file():
+        return f"{path} is not a readable file (missing, or not a file)"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
 
 
 def _secret_has_line_breaks(box: MailboxSettings, source: str) -> bool:
@@ -579,8 +669,9 @@ def _cross_check(settings: Settings) -> None:
             problems.append(f"mailboxes.{i}.token_env: {box.token_env} is not set")
         elif sources[0] in ("password_file", "token_file"):
             path = getattr(box, sources[0])
-            if not Path(path).is_file():
-                problems.append(f"mailboxes.{i}.{sources[0]}: {path} is not a readable file")
+            unreadable = _unreadable(Path(path))
+            if unreadable:
+                problems.append(f"mailboxes.{i}.{sources[0]}: {unreadable}")
         if len(sources) == 1 and _secret_has_line_breaks(box, sources[0]):
             # Never sent, but better refused here than answered to API callers as their
             # own invalid request. The message says where, never what.
@@ -595,8 +686,11 @@ def _cross_check(settings: Settings) -> None:
                 problems.append(f"api_keys.{i}.mailboxes: unknown mailbox {box_id!r}")
     if settings.redis_url is not None and settings.cache_secret is None:
         problems.append(
-            "cache_secret: required with redis_url, so that every replica derives the same "
-            "cache keys"
+            "cache_secret: required with POP3GW_REDIS_URL, so that every replica derives the "
+            "same cache keys; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+    if settings.stream.spool_dir is not None and not settings.stream.spool_dir.is_dir():
+        problems.append(f"stream.spool_dir: {settings.stream.spool_dir} is not a directory")
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(problems)))
+        raise _invalid(problems)
