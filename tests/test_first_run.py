@@ -185,3 +185,29 @@ def test_the_start_up_line_says_what_is_in_effect_and_masks_every_secret() -> No
         # not the value, nor any part of it of 6 characters or more
         for i in range(len(secret) - 5):
             assert secret[i : i + 6] not in out + err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_make_demo_listens_where_asked_and_installs_only_the_runtime() -> None:
+    result = subprocess.run(
+        ["make", "-n", "demo", "LISTEN=127.0.0.1:9999"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "scripts/bootstrap.sh --python-only" in result.stdout
+    assert ".venv/bin/pop3gw demo --listen 127.0.0.1:9999" in result.stdout
+    # --python-only installs requirements/runtime.lock: no test, lint or build tool in it
+    bootstrap = (ROOT / "scripts/bootstrap.sh").read_text()
+    assert 'if [ "$python_only" -eq 1 ]; then\n    want=runtime' in bootstrap
+    pinned = {
+        line.split("==")[0]
+        for line in (ROOT / "requirements/runtime.lock").read_text().splitlines()
+        if "==" in line and not line.startswith(" ")
+    }
+    assert pinned >= {"aiohttp", "pydantic", "redis"}
+    assert not pinned & {"pytest", "ruff", "mypy", "coverage", "hypothesis", "trustme"}
