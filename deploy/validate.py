@@ -406,7 +406,7 @@ def cmd_known_vars(envfile: str, config_json: str) -> int:
     errors = []
     for line in Path(envfile).read_text().splitlines():
         name = line.partition("=")[0]
-        if name.startswith("POP3GW_"):
+        if name.startswith("POP3GW_") and name != "POP3GW_CONFIG":  # (the file's name)
             top = name.removeprefix("POP3GW_").partition("__")[0].lower()
             if top not in known:
                 errors.append(f"{name}: pop3gw has no setting {top!r}")

@@ -165,7 +165,10 @@ def test_default_upstream_tls_settings_are_checked_at_start(
     with pytest.raises(ConfigError, match=r"default_upstream_cafile.*plaintext"):
         load_settings()
     monkeypatch.delenv("POP3GW_DEFAULT_UPSTREAM")
-    with pytest.raises(ConfigError, match="default_upstream_cafile: set without default_upstream"):
+    with pytest.raises(
+        ConfigError,
+        match=r"default_upstream_cafile \(POP3GW_DEFAULT_UPSTREAM_CAFILE\): set without ",
+    ):
         load_settings()
 
 
