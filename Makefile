@@ -31,9 +31,9 @@ deps-latest:  ## the suite in a throw-away venv with the newest releases: what w
 clean:  ## remove caches and the virtualenv
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .coverage htmlcov
 
-demo:  ## run the gateway with a built-in demo mailbox on http://127.0.0.1:8080
+demo:  ## the gateway with a built-in demo mailbox on http://127.0.0.1:8080 (make demo LISTEN=127.0.0.1:9090)
 	scripts/bootstrap.sh --python-only
-	$(VENV)/pop3gw demo
+	$(VENV)/pop3gw demo $(if $(LISTEN),--listen $(LISTEN))
 
 run:  ## run the gateway from POP3GW_* settings (see README)
 	scripts/bootstrap.sh --python-only

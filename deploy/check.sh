@@ -166,7 +166,7 @@ kubernetes_validate() {
 stage "yamllint, kustomize, kubernetes-validate $K8S_VERSION (strict), policy"
 .venv/bin/yamllint --strict --config-file deploy/yamllint.yaml deploy/ || fail "yamllint"
 mkdir -p "$WORK/rendered"
-OVERLAYS=(dev prod)
+OVERLAYS=(dev prod service-mode)
 for overlay in "${OVERLAYS[@]}"; do
     rendered=$WORK/rendered/$overlay.yaml
     offline "$KUBECTL" kustomize "deploy/overlays/$overlay" >"$rendered" ||
@@ -231,7 +231,8 @@ checkov_skips=CKV_DOCKER_7,CKV_K8S_43,CKV_K8S_35
 cp Dockerfile "$WORK/rendered/Dockerfile"
 offline "$TOOLS/bin/checkov" --skip-download --quiet --compact \
     --framework kubernetes dockerfile --skip-check "$checkov_skips" \
-    -f "$WORK/rendered/dev.yaml" -f "$WORK/rendered/prod.yaml" -f "$WORK/rendered/Dockerfile" \
+    -f "$WORK/rendered/dev.yaml" -f "$WORK/rendered/prod.yaml" \
+    -f "$WORK/rendered/service-mode.yaml" -f "$WORK/rendered/Dockerfile" \
     >"$WORK/checkov.log" 2>&1 || { cat "$WORK/checkov.log" >&2; fail "checkov"; }
 grep -E '^(Passed|[a-z]+ scan results)' "$WORK/checkov.log" | paste -sd' ' >&2
 # ...and it bites: a writable root filesystem fails it (CKV_K8S_22).
@@ -317,8 +318,12 @@ sys.exit(f"build tools in the final image: {found}" if found else 0)
 ' || fail "the final image holds build tools"
 for overlay in "${OVERLAYS[@]}"; do
     "$PY" deploy/validate.py env "$WORK/rendered/$overlay.yaml" >"$WORK/$overlay.env"
+    # the files of the overlay's ConfigMap and Secret volumes (its config file, password
+    # files), mounted where the pod has them
+    mapfile -t volumes < <("$PY" deploy/validate.py files "$WORK/rendered/$overlay.yaml" \
+        "$WORK/volumes/$overlay")
     podman run --rm --no-healthcheck --read-only --cap-drop ALL --network none \
-        --env-file "$WORK/$overlay.env" --entrypoint /opt/venv/bin/pop3gw \
+        --env-file "$WORK/$overlay.env" "${volumes[@]}" --entrypoint /opt/venv/bin/pop3gw \
         "$IMAGE" check-config >"$WORK/$overlay.config.json" ||
         fail "$overlay: pop3gw check-config rejects the overlay's settings"
     "$PY" deploy/validate.py known-vars "$WORK/$overlay.env" "$WORK/$overlay.config.json" ||

@@ -4,6 +4,10 @@
                                          write every other document to CORE_OUT
     validate.py policy OVERLAY RENDERED  what deploy/README.md promises of an overlay
     validate.py env RENDERED             the gateway container's environment, as an env file
+    validate.py files RENDERED DIR       writes the files the gateway's ConfigMap and
+                                         Secret volumes hold under DIR (placeholders
+                                         replaced by stand-ins) and prints podman's
+                                         --volume arguments, one a line
     validate.py known-vars ENVFILE JSON  every POP3GW_* variable names a setting that
                                          `pop3gw check-config` (its output: JSON) knows
     validate.py lock PYPROJECT LOCK      the lock pins a version of every dependency that
@@ -193,9 +197,95 @@ def check_network_policy(policy: dict[str, Any], errors: list[str]) -> None:
     for rule in spec.get("egress", []):
         if not rule.get("ports"):
             errors.append("NetworkPolicy pop3gw: an egress rule without ports allows everything")
-    wanted = {(110, "TCP"), (995, "TCP"), (6379, "TCP"), (53, "UDP"), (53, "TCP")}
+    wanted = {(110, "TCP"), (995, "TCP"), (443, "TCP"), (6379, "TCP"), (53, "UDP"), (53, "TCP")}
     if port_set(spec.get("egress", [])) != wanted:
         errors.append(f"NetworkPolicy pop3gw: egress must allow exactly {sorted(wanted)}")
+
+
+def configured_ports(docs: list[dict[str, Any]], env: dict[str, str]) -> dict[str, int]:
+    """Where the gateway is configured to connect -> the TCP port: the default upstream,
+    the config file's upstreams and mailboxes (from its ConfigMap), Redis."""
+    from urllib.parse import urlsplit
+
+    defaults = {"pop3": 110, "pop3+starttls": 110, "pop3s": 995, "redis": 6379, "rediss": 6379}
+    urls = {}
+    for name in ("POP3GW_DEFAULT_UPSTREAM", "POP3GW_REDIS_URL"):
+        if env.get(name):
+            urls[name] = env[name]
+    config = env.get("POP3GW_CONFIG")
+    if config:
+        for cm in by_kind(docs, "ConfigMap").values():
+            text = (cm.get("data") or {}).get(Path(config).name)
+            if text is None:
+                continue
+            data = tomllib.loads(text)
+            for i, up in enumerate(data.get("upstreams", [])):
+                urls[f"{config}: upstreams.{i}.url"] = up["url"]
+            for i, box in enumerate(data.get("mailboxes", [])):
+                if "://" in box["upstream"]:
+                    urls[f"{config}: mailboxes.{i}.upstream"] = box["upstream"]
+    ports = {}
+    for where, url in urls.items():
+        parts = urlsplit(url.replace("REPLACE-WITH-", "x"))
+        ports[where] = parts.port or defaults.get(parts.scheme.lower(), 0)
+    return ports
+
+
+def check_configured_ports(
+    docs: list[dict[str, Any]], env: dict[str, str], policy: dict[str, Any], errors: list[str]
+) -> None:
+    allowed = {port for port, proto in port_set(policy["spec"].get("egress", [])) if proto == "TCP"}
+    for where, port in configured_ports(docs, env).items():
+        if port not in allowed:
+            errors.append(f"NetworkPolicy pop3gw: egress does not allow TCP {port} ({where})")
+
+
+def mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The volume that holds ``path`` in the container, if any."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return volumes.get(mount["name"])
+    return None
+
+
+def check_service_mode(
+    docs: list[dict[str, Any]], deployment: dict[str, Any], errors: list[str]
+) -> None:
+    """Configured mailboxes and API keys: the config file from a ConfigMap, every mailbox
+    password from a Secret file, the API keys and the cache secret from Secrets."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "pop3gw"]
+    env = container_env(docs, container)
+    refs = {
+        item["name"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    for name in ("POP3GW_API_KEYS", "POP3GW_CACHE_SECRET", "POP3GW_REDIS_URL"):
+        if name not in refs:
+            errors.append(f"service-mode: {name} must come from a Secret")
+    config = env.get("POP3GW_CONFIG")
+    volume = mounted(pod, container, config) if config else None
+    if volume is None or "configMap" not in volume:
+        errors.append("service-mode: POP3GW_CONFIG must name a file of a ConfigMap volume")
+        return
+    text = (by_kind(docs, "ConfigMap")[volume["configMap"]["name"]].get("data") or {}).get(
+        Path(config).name
+    )
+    if text is None:
+        errors.append(f"service-mode: the ConfigMap holds no {Path(config).name}")
+        return
+    data = tomllib.loads(text)
+    if not data.get("mailboxes"):
+        errors.append("service-mode: the config file configures no mailbox")
+    for box in data.get("mailboxes", []):
+        secret_file = box.get("password_file") or box.get("token_file")
+        holder = mounted(pod, container, secret_file) if secret_file else None
+        if holder is None or "secret" not in holder:
+            errors.append(f"service-mode: mailbox {box['id']}: its secret must be a Secret file")
+    if data.get("api_keys"):
+        errors.append("service-mode: API keys belong in the Secret (POP3GW_API_KEYS)")
 
 
 def cmd_policy(overlay: str, rendered: str) -> int:
@@ -226,13 +316,14 @@ def cmd_policy(overlay: str, rendered: str) -> int:
     if gateway is None:
         return problems_of([*errors, f"{overlay}: no Deployment pop3gw"])
     check_gateway(docs, gateway, errors)
-    policy = by_kind(docs, "NetworkPolicy").get("pop3gw")
-    if policy:
-        check_network_policy(policy, errors)
     (container,) = [
         c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "pop3gw"
     ]
     env = container_env(docs, container)
+    policy = by_kind(docs, "NetworkPolicy").get("pop3gw")
+    if policy:
+        check_network_policy(policy, errors)
+        check_configured_ports(docs, env, policy, errors)
     refs = {
         item["name"]
         for item in container.get("env", [])
@@ -245,7 +336,9 @@ def cmd_policy(overlay: str, rendered: str) -> int:
             errors.append("dev: one replica and no autoscaler")
         if "POP3GW_REDIS_URL" in env:
             errors.append("dev: the in-process cache (no POP3GW_REDIS_URL)")
-    elif overlay == "prod":
+    elif overlay in ("prod", "service-mode"):
+        if overlay == "service-mode":
+            check_service_mode(docs, gateway, errors)
         if replicas != 3 or hpas.get("pop3gw", {}).get("spec", {}).get("minReplicas") != 3:
             errors.append("prod: three replicas, and an autoscaler that keeps at least three")
         for name in ("POP3GW_REDIS_URL", "POP3GW_CACHE_SECRET"):
@@ -271,7 +364,40 @@ def cmd_env(rendered: str) -> int:
         if "\n" in value:
             print(f"{name}: a multi-line value cannot go in an env file", file=sys.stderr)
             return 1
-        print(f"{name}={value}")
+        print(f"{name}={stand_in(value)}")
+    return 0
+
+
+def stand_in(value: str) -> str:
+    """A placeholder replaced by a value of the right shape (64 hex digits: a password, a
+    token, a SHA-256), so that check-config sees what an installation would hold."""
+    return re.sub(PLACEHOLDER + r"[A-Z0-9-]*", "ab" * 32, value)
+
+
+def cmd_files(rendered: str, out_dir: str) -> int:
+    docs = load(rendered)
+    deployment = by_kind(docs, "Deployment")["pop3gw"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "pop3gw"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    sources = {"configMap": by_kind(docs, "ConfigMap"), "secret": by_kind(docs, "Secret")}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        kind = "configMap" if "configMap" in volume else "secret" if "secret" in volume else None
+        if kind is None:
+            continue
+        name = volume[kind]["name"] if kind == "configMap" else volume[kind]["secretName"]
+        source = sources[kind][name]
+        data = source.get("data") or source.get("stringData") or {}
+        items = volume[kind].get("items") or [{"key": k, "path": k} for k in data]
+        target = Path(out_dir) / mount["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(0o755)
+        for item in items:
+            path = target / item["path"]
+            path.write_text(stand_in(data[item["key"]]))
+            path.chmod(0o644)  # (in the pod: the volume's mode, the gateway's group)
+        print(f"--volume={target}:{mount['mountPath']}:ro")
     return 0
 
 
@@ -280,7 +406,7 @@ def cmd_known_vars(envfile: str, config_json: str) -> int:
     errors = []
     for line in Path(envfile).read_text().splitlines():
         name = line.partition("=")[0]
-        if name.startswith("POP3GW_"):
+        if name.startswith("POP3GW_") and name != "POP3GW_CONFIG":  # (the file's name)
             top = name.removeprefix("POP3GW_").partition("__")[0].lower()
             if top not in known:
                 errors.append(f"{name}: pop3gw has no setting {top!r}")
@@ -365,6 +491,7 @@ COMMANDS = {
     "crds": cmd_crds,
     "policy": cmd_policy,
     "env": cmd_env,
+    "files": cmd_files,
     "known-vars": cmd_known_vars,
     "lock": cmd_lock,
     "mutate": cmd_mutate,

@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from . import __version__
 from .app import create_app, http_limits
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, unknown_variables
 from .edge import EdgeSite, handler_kwargs
 from .keys import LIFECYCLE, METRICS, SERVICE
 from .logs import AccessLogger, configure_logging
@@ -29,8 +31,49 @@ from .logs import AccessLogger, configure_logging
 log = logging.getLogger("gateway")
 
 
+CONFIGURATION_HELP = """\
+configuration:
+  Every setting is an environment variable with the prefix POP3GW_ (nested ones with
+  "__": POP3GW_LOG__LEVEL=debug), or a key in the file named by POP3GW_CONFIG (TOML, JSON
+  or YAML; upstreams, mailboxes and API keys go there). Variables win over the file.
+  The README's "Configuration" table lists them all. A misspelt POP3GW_* variable is
+  reported at start; `pop3gw check-config` validates everything (files included) and
+  prints what is in effect, secrets masked.
+
+examples:
+  POP3GW_DEFAULT_UPSTREAM=pop3s://pop.example.com:995 pop3gw serve
+  POP3GW_LISTEN=0.0.0.0:8080 POP3GW_CONFIG=/etc/pop3gw/config.toml pop3gw serve
+"""
+
+
 def _setup_logging(settings: Settings) -> None:
     configure_logging(settings.log.level, settings.log.format)
+
+
+def _redis_shown(url: str) -> str:
+    """A Redis URL without its credentials or query: where, never how to get in."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    hidden = "***@" if parts.username or parts.password or parts.query else ""
+    return f"{parts.scheme}://{hidden}{host or ''}{port}{parts.path}"
+
+
+def configuration_in_effect(settings: Settings) -> dict[str, Any]:
+    """Every setting as it is in effect; every secret (passwords, keys, tokens, the cache
+    secret, the Redis URL's credentials) replaced by a mask, never shown even in part."""
+    shown: dict[str, Any] = settings.model_dump(mode="json")  # SecretStr -> "**********"
+    if settings.redis_url is not None:
+        shown["redis_url"] = _redis_shown(settings.redis_url.get_secret_value())
+    shown["config_file"] = os.environ.get("POP3GW_CONFIG")
+    return shown
+
+
+def _warn_unknown_variables() -> list[str]:
+    warnings = unknown_variables(os.environ)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 async def serve(settings: Settings, *, ready_message: str | None = None) -> None:
@@ -44,6 +87,11 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
        released, caches closed; the process exits 0.
     """
     limits = http_limits(settings)  # ConfigError before anything starts
+    _warn_unknown_variables()
+    log.info(
+        "configuration in effect (secrets masked): %s",
+        json.dumps(configuration_in_effect(settings), sort_keys=True, default=str),
+    )
     app = create_app(settings)
     transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
 
@@ -138,6 +186,8 @@ async def demo(overrides: dict[str, Any]) -> None:
 
 
 def check_config() -> int:
+    for warning in unknown_variables(os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -152,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pop3gw", description="POP3 mailboxes over HTTP/JSON")
     parser.add_argument("--version", action="version", version=f"pop3gw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gateway")
+    sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway until SIGTERM or SIGINT.",
+        epilog=CONFIGURATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo_parser = sub.add_parser("demo", help="run the gateway with a built-in demo mailbox")
     demo_parser.add_argument("--listen", help="host:port (default 127.0.0.1:8080)")
     sub.add_parser("check-config", help="validate the configuration and print it, secrets masked")

@@ -72,9 +72,16 @@ def _upstream(spec: UpstreamSettings) -> Upstream:
     )
 
 
-def _url_upstream(name: str, url: UpstreamURL, timeouts: Timeouts) -> Upstream:
+def _url_upstream(
+    name: str, url: UpstreamURL, timeouts: Timeouts, tls_config: TLSConfig | None = None
+) -> Upstream:
     return Upstream(
-        name=name, host=url.host, port=url.port, tls=_TLS_MODES[url.tls], timeouts=timeouts
+        name=name,
+        host=url.host,
+        port=url.port,
+        tls=_TLS_MODES[url.tls],
+        tls_config=tls_config or TLSConfig(),
+        timeouts=timeouts,
     )
 
 
@@ -119,7 +126,19 @@ def build_directory(settings: Settings) -> Directory:
     )
     default = None
     if settings.default_upstream:
-        default = _url_upstream("default", UpstreamURL.parse(settings.default_upstream), timeouts)
+        default = _url_upstream(
+            "default",
+            UpstreamURL.parse(settings.default_upstream),
+            timeouts,
+            TLSConfig(
+                verify=settings.default_upstream_verify_tls,
+                cafile=str(settings.default_upstream_cafile)
+                if settings.default_upstream_cafile
+                else None,
+                fingerprint_sha256=settings.default_upstream_fingerprint_sha256,
+                server_hostname=settings.default_upstream_tls_server_name,
+            ),
+        )
     return Directory(
         mailboxes=mailboxes,
         api_keys=keys,

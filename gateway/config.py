@@ -16,17 +16,21 @@ Invalid configuration stops the start with a message naming the field
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -48,6 +52,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _cased(value: object, case: Callable[[str], str]) -> object:
+    """An enumeration's value in the case its choices are written in."""
+    return case(value.strip()) if isinstance(value, str) else value
+
+
+def normalise_fingerprint(value: str | None) -> str | None:
+    """A certificate's SHA-256 as 64 lower-case hex digits. Colons and case do not matter,
+    and the whole line ``openssl x509 -noout -fingerprint -sha256`` prints is accepted."""
+    if value is None:
+        return None
+    digest = value.rpartition("=")[2].strip().replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("must be the 64 hex digits of the certificate's SHA-256 (colons allowed)")
+    return digest
 
 
 class UpstreamURL(BaseModel):
@@ -107,9 +127,15 @@ class UpstreamSettings(BaseModel):
     allow_plaintext: bool = False
     #: switch off for servers that advertise PIPELINING and lose commands
     pipelining: bool = True
+    #: false: the pinned certificate (fingerprint_sha256) is the only check (a self-signed
+    #: server); refused without a pin
     verify_tls: bool = True
+    #: a PEM bundle of the CAs to trust for this server (instead of the system's)
     cafile: Path | None = None
+    #: the SHA-256 of the server's certificate: checked on every connection, in addition to
+    #: the chain (or alone, with verify_tls = false)
     fingerprint_sha256: str | None = None
+    #: the name the certificate must be valid for (default: the URL's host)
     tls_server_name: str | None = None
     #: end sessions without QUIT after reading (providers where RETR + QUIT marks mail read)
     read_only_sessions: bool = False
@@ -120,6 +146,11 @@ class UpstreamSettings(BaseModel):
     def _url(cls, value: str) -> str:
         UpstreamURL.parse(value)
         return value
+
+    @field_validator("fingerprint_sha256")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        return normalise_fingerprint(value)
 
     @property
     def parsed(self) -> UpstreamURL:
@@ -141,6 +172,8 @@ class MailboxSettings(BaseModel):
     password_file: Path | None = None
     token_env: str | None = None
     token_file: Path | None = None
+
+    _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
 
     @field_validator("user")
     @classmethod
@@ -167,6 +200,10 @@ class ApiKeySettings(BaseModel):
     #: configured mailbox ids this key may use; ``"*"`` for all
     mailboxes: list[str] = Field(min_length=1)
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read"]), min_length=1)
+
+    _scopes = field_validator("scopes", mode="before")(
+        lambda v: [_cased(x, str.lower) for x in v] if isinstance(v, list) else v
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -302,6 +339,10 @@ class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
 
+    # Enumerations are read in any case (LOG__LEVEL=debug, LOG__FORMAT=TEXT).
+    _level = field_validator("level", mode="before")(lambda v: _cased(v, str.upper))
+    _format = field_validator("format", mode="before")(lambda v: _cased(v, str.lower))
+
 
 class Settings(BaseSettings):
     """Everything pop3gw reads at start."""
@@ -319,6 +360,13 @@ class Settings(BaseSettings):
     default_upstream: str | None = None
     #: allow plaintext POP3 to a non-loopback default upstream
     default_upstream_allow_plaintext: bool = False
+    #: TLS of the default upstream, as for a configured upstream: a PEM bundle of the CAs
+    #: to trust (a private CA), a certificate pin, whether the chain is verified too (false
+    #: only with a pin), the name the certificate must be valid for
+    default_upstream_cafile: Path | None = None
+    default_upstream_fingerprint_sha256: str | None = None
+    default_upstream_verify_tls: bool = True
+    default_upstream_tls_server_name: str | None = None
     #: built-in provider presets by the user's domain (126.com, gmail.com, ...)
     presets: bool = True
     #: HTTP Basic passthrough on /v1/mailboxes/me
@@ -363,6 +411,11 @@ class Settings(BaseSettings):
         if value:
             UpstreamURL.parse(value)
         return value or None
+
+    @field_validator("default_upstream_fingerprint_sha256")
+    @classmethod
+    def _default_fingerprint(cls, value: str | None) -> str | None:
+        return normalise_fingerprint(value)
 
     @property
     def listen_host(self) -> str:
@@ -426,17 +479,89 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise _describe(exc) from None
     _cross_check(settings)
     return settings
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> ConfigError:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "(top)"
-        lines.append(f"{where}: {error['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        message = error["msg"]
+        env = env_name(where)
+        if error["type"] == "extra_forbidden" and env:
+            close = difflib.get_close_matches(env, known_variables(), n=1, cutoff=0.75)
+            message = "not a setting" + (f"; did you mean {close[0]}?" if close else "")
+        lines.append(f"{where}: {message}")
+    return _invalid(lines)
+
+
+def env_name(where: str) -> str | None:
+    """The environment variable of a setting named by its path (``log.level`` ->
+    ``POP3GW_LOG__LEVEL``); None inside a list (set in the file, or as JSON)."""
+    parts = where.split(".")
+    if parts[0] not in Settings.model_fields or any(p.isdigit() for p in parts):
+        return None
+    return "POP3GW_" + "__".join(parts).upper()
+
+
+def _invalid(problems: list[str]) -> ConfigError:
+    """One error for every problem, each naming its setting and, where there is one, the
+    environment variable that sets it."""
+    lines = []
+    for problem in problems:
+        where, sep, what = problem.partition(": ")
+        env = env_name(where) if sep else None
+        lines.append(f"{where} ({env}): {what}" if env else problem)
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(lines)))
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``POP3GW_*`` environment variable the gateway reads."""
+    names = {"POP3GW_CONFIG"}
+    for name, field in Settings.model_fields.items():
+        names.add(f"POP3GW_{name.upper()}")
+        if _is_model(field) and isinstance(field.annotation, type):
+            names.update(
+                f"POP3GW_{name.upper()}__{sub.upper()}" for sub in field.annotation.model_fields
+            )
+    return frozenset(names)
+
+
+def _is_model(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``POP3GW_*`` variable that sets nothing (a misspelt name is
+    otherwise ignored in silence), with the nearest known name."""
+    known = known_variables()
+    nested = {f"POP3GW_{n.upper()}__" for n, f in Settings.model_fields.items() if _is_model(f)}
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("POP3GW_") or upper in known:
+            continue
+        if upper.startswith(tuple(nested)):
+            continue  # inside a known group: refused at load, with the name meant
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a pop3gw setting and is ignored{hint}")
+    return warnings
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file cannot be read, or None. It is opened, not looked at: permissions,
+    directories and dangling links are all found."""
+    if not path.is_file():
+        return f"{path} is not a readable file (missing, or not a file)"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
 
 
 def _secret_has_line_breaks(box: MailboxSettings, source: str) -> bool:
@@ -453,6 +578,66 @@ def _secret_has_line_breaks(box: MailboxSettings, source: str) -> bool:
     return value is not None and any(c in value for c in "\r\n\0")
 
 
+def _tls_options(cafile: Path | None, fingerprint: str | None, verify: bool) -> list[str]:
+    return [
+        name
+        for name, set_ in (("cafile", cafile), ("fingerprint_sha256", fingerprint))
+        if set_ is not None
+    ] + ([] if verify else ["verify_tls"])
+
+
+def _cafile_problems(field: str, path: Path | None) -> list[str]:
+    """A CA bundle that cannot be used stops the start, rather than every connection."""
+    if path is None:
+        return []
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:  # before OSError, its base
+        return [f"{field}: {path} holds no PEM certificate"]
+    except OSError as exc:
+        return [f"{field}: cannot read {path}: {exc.strerror or exc}"]
+    return []
+
+
+def _default_upstream_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    tls_set = _tls_options(
+        settings.default_upstream_cafile,
+        settings.default_upstream_fingerprint_sha256,
+        settings.default_upstream_verify_tls,
+    )
+    if settings.default_upstream_tls_server_name is not None:
+        tls_set.append("tls_server_name")
+    if not settings.default_upstream:
+        problems.extend(
+            f"default_upstream_{name}: set without default_upstream" for name in tls_set
+        )
+        return problems
+    url = UpstreamURL.parse(settings.default_upstream)
+    if url.tls == "plain":
+        if not settings.default_upstream_allow_plaintext and not is_loopback(url.host):
+            problems.append(
+                f"default_upstream: plaintext POP3 to {url.host} needs "
+                "default_upstream_allow_plaintext = true"
+            )
+        problems.extend(
+            f"default_upstream_{name}: {settings.default_upstream} is plaintext (pop3://); "
+            "use pop3s:// or pop3+starttls://"
+            for name in tls_set
+        )
+        return problems
+    if (
+        not settings.default_upstream_verify_tls
+        and not settings.default_upstream_fingerprint_sha256
+    ):
+        problems.append(
+            "default_upstream_verify_tls: false needs default_upstream_fingerprint_sha256 "
+            "(nothing would be checked)"
+        )
+    problems.extend(_cafile_problems("default_upstream_cafile", settings.default_upstream_cafile))
+    return problems
+
+
 def _cross_check(settings: Settings) -> None:
     problems: list[str] = []
     names = [u.name for u in settings.upstreams]
@@ -467,17 +652,10 @@ def _cross_check(settings: Settings) -> None:
             )
         if not up.verify_tls and not up.fingerprint_sha256:
             problems.append(f"upstreams.{i}.verify_tls: false needs fingerprint_sha256")
-    if settings.default_upstream:
-        url = UpstreamURL.parse(settings.default_upstream)
-        if (
-            url.tls == "plain"
-            and not settings.default_upstream_allow_plaintext
-            and not is_loopback(url.host)
-        ):
-            problems.append(
-                f"default_upstream: plaintext POP3 to {url.host} needs "
-                "default_upstream_allow_plaintext = true"
-            )
+        if url.tls == "plain" and _tls_options(up.cafile, up.fingerprint_sha256, up.verify_tls):
+            problems.append(f"upstreams.{i}: TLS settings for a plaintext pop3:// URL")
+        problems.extend(_cafile_problems(f"upstreams.{i}.cafile", up.cafile))
+    problems.extend(_default_upstream_problems(settings))
     ids = [m.id for m in settings.mailboxes]
     for dup in {n for n in ids if ids.count(n) > 1}:
         problems.append(f"mailboxes: id {dup!r} is used twice")
@@ -516,8 +694,9 @@ def _cross_check(settings: Settings) -> None:
             problems.append(f"mailboxes.{i}.token_env: {box.token_env} is not set")
         elif sources[0] in ("password_file", "token_file"):
             path = getattr(box, sources[0])
-            if not Path(path).is_file():
-                problems.append(f"mailboxes.{i}.{sources[0]}: {path} is not a readable file")
+            unreadable = _unreadable(Path(path))
+            if unreadable:
+                problems.append(f"mailboxes.{i}.{sources[0]}: {unreadable}")
         if len(sources) == 1 and _secret_has_line_breaks(box, sources[0]):
             # Never sent, but better refused here than answered to API callers as their
             # own invalid request. The message says where, never what.
@@ -532,8 +711,11 @@ def _cross_check(settings: Settings) -> None:
                 problems.append(f"api_keys.{i}.mailboxes: unknown mailbox {box_id!r}")
     if settings.redis_url is not None and settings.cache_secret is None:
         problems.append(
-            "cache_secret: required with redis_url, so that every replica derives the same "
-            "cache keys"
+            "cache_secret: required with POP3GW_REDIS_URL, so that every replica derives the "
+            "same cache keys; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+    if settings.stream.spool_dir is not None and not settings.stream.spool_dir.is_dir():
+        problems.append(f"stream.spool_dir: {settings.stream.spool_dir} is not a directory")
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(sorted(problems)))
+        raise _invalid(problems)

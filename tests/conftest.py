@@ -36,6 +36,15 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def lab_dovecot() -> Iterator[Dovecot]:
+    """A second Dovecot, with the self-signed certificate (for mail.lab.example) a lab
+    server often has."""
+    require_dovecot()
+    with Dovecot(certificate="self-signed") as server:
+        yield server
+
+
 @pytest.fixture
 def dovecot_user(dovecot: Dovecot) -> DovecotUser:
     """A fresh mailbox with a random password on the session's Dovecot."""

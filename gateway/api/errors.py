@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..pop3 import POP3Error, POP3TimeoutError
-from ..service import LoginRateLimitedError, LoginThrottledError, ServiceError, failure_reason
+from ..service import (
+    LoginRateLimitedError,
+    LoginThrottledError,
+    ServiceError,
+    connection_failure_words,
+    failure_reason,
+)
 
 log = logging.getLogger("gateway.api")
 
@@ -143,7 +149,13 @@ def _throttled(slug: str) -> Callable[[BaseException, bool], Problem]:
 
 def _timeout(exc: BaseException, _passthrough: bool) -> Problem:
     phase = exc.phase if isinstance(exc, POP3TimeoutError) else "network"
-    return Problem("upstream-timeout", f"the mail server did not answer in time ({phase})")
+    words = connection_failure_words(exc)
+    return Problem("upstream-timeout", words or f"the mail server did not answer in time ({phase})")
+
+
+def _connection(slug: str, fallback: str) -> Callable[[BaseException, bool], Problem]:
+    """The server's host:port and what precisely failed, when known."""
+    return lambda exc, _passthrough: Problem(slug, connection_failure_words(exc) or fallback)
 
 
 def _reply_too_large(exc: BaseException, _passthrough: bool) -> Problem:
@@ -189,8 +201,8 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
     "sys-temp": _fixed("upstream-unavailable", "the mail server reported a temporary failure"),
     "sys-perm": _fixed("upstream-error", "the mail server reported a permanent failure"),
     "timeout": _timeout,
-    "tls": _fixed("upstream-error", "TLS with the mail server failed"),
-    "unreachable": _fixed(
+    "tls": _connection("upstream-error", "TLS with the mail server failed"),
+    "unreachable": _connection(
         "upstream-error", "cannot reach the mail server, or the connection broke"
     ),
     "outcome-unknown": _fixed(

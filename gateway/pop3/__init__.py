@@ -39,6 +39,7 @@ from .errors import (
     POP3TLSError,
     POP3UpdateError,
     POP3UTF8Error,
+    server_address,
 )
 from .pool import (
     PoolClosedError,
@@ -91,4 +92,5 @@ __all__ = [
     "TLSMode",
     "Timeouts",
     "TruncatedBody",
+    "server_address",
 ]

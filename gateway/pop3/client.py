@@ -50,6 +50,7 @@ from .errors import (
     POP3StateError,
     POP3TLSError,
     response_error,
+    server_address,
 )
 from .protocol import CRLF, POP3Stream, StatusLine
 
@@ -610,13 +611,22 @@ class POP3Client:
             if isinstance(ssl_object, ssl.SSLObject)
             else None
         )
+        address = server_address(self.host, self.port)
         if not isinstance(der, bytes):
             self.abort()
-            raise POP3TLSError("the server presented no certificate to pin")
+            raise POP3TLSError(
+                "the server presented no certificate to pin",
+                address=address,
+                cause="no certificate to compare with the pinned fingerprint",
+            )
         actual = hashlib.sha256(der).hexdigest()
         if not hmac.compare_digest(actual, expected):
             self.abort()
-            raise POP3TLSError("the server certificate does not match the pinned fingerprint")
+            raise POP3TLSError(
+                "the server certificate does not match the pinned fingerprint",
+                address=address,
+                cause="the certificate does not match the pinned SHA-256 fingerprint",
+            )
 
     # -- AUTHORIZATION -------------------------------------------------------------------
     async def capa(self) -> Capabilities:
@@ -642,7 +652,11 @@ class POP3Client:
             await self._simple("STLS")
         except POP3ResponseError as exc:
             self.abort()
-            raise POP3TLSError(f"the server refused STLS: {exc.server_text}") from exc
+            raise POP3TLSError(
+                f"the server refused STLS: {exc.server_text}",
+                address=server_address(self.host, self.port),
+                cause="the server refused STLS",
+            ) from exc
         with self._session_guard():
             await self._stream.start_tls(
                 self._tls_config.context(),

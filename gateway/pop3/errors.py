@@ -50,10 +50,34 @@ class POP3CapabilityError(POP3Error):
     reason: ClassVar[str] = "capability"
 
 
+def server_address(host: str, port: int) -> str:
+    """``host:port`` as a person writes it (``[::1]:995`` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class POP3ConnectionError(POP3Error, ConnectionError):
-    """The connection could not be made, or it broke: the session is closed."""
+    """The connection could not be made, or it broke: the session is closed.
+
+    ``address`` is the server's ``host:port`` and ``cause`` says precisely what went wrong
+    in a few words of our own (``"connection refused"``, ``"the name did not resolve"``,
+    ``"self-signed certificate"``), when they are known: fit to show to whoever asked.
+    ``connecting`` is true when the server was never reached (nothing was sent).
+    """
 
     reason: ClassVar[str] = "unreachable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str | None = None,
+        cause: str | None = None,
+        connecting: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.address = address
+        self.cause = cause
+        self.connecting = connecting
 
 
 class POP3TLSError(POP3ConnectionError):
@@ -65,14 +89,16 @@ class POP3TLSError(POP3ConnectionError):
 class POP3TimeoutError(POP3Error, TimeoutError):
     """A network step took longer than its timeout: the session is closed.
 
-    ``phase`` names the step: ``connect``, ``tls``, ``greeting``, ``command`` or ``idle``.
+    ``phase`` names the step: ``connect``, ``tls``, ``greeting``, ``command`` or ``idle``;
+    ``address`` the server's ``host:port`` when known.
     """
 
     reason: ClassVar[str] = "timeout"
 
-    def __init__(self, message: str, *, phase: str) -> None:
+    def __init__(self, message: str, *, phase: str, address: str | None = None) -> None:
         super().__init__(message)
         self.phase = phase
+        self.address = address
 
 
 class POP3ProtocolError(POP3Error):

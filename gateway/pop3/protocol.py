@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import re
+import socket
 import ssl
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from .errors import (
     POP3ResponseTooLargeError,
     POP3TimeoutError,
     POP3TLSError,
+    server_address,
 )
 
 CRLF: Final = b"\r\n"
@@ -276,6 +281,8 @@ class POP3Stream:
         self._protocol = protocol
         self._max_line = max_line
         self.idle_timeout = idle_timeout
+        #: the server's host:port, named in errors
+        self.address: str | None = None
 
     @classmethod
     async def open(
@@ -293,20 +300,28 @@ class POP3Stream:
         """Connect (and, with ``ssl_context``, do the implicit TLS handshake)."""
         loop = asyncio.get_running_loop()
         protocol = _ReaderProtocol()
+        address = server_address(host, port)
         try:
             async with asyncio.timeout(connect_timeout):
                 transport, _ = await loop.create_connection(lambda: protocol, host, port)
         except TimeoutError:
             raise POP3TimeoutError(
-                f"connecting to {host}:{port} took longer than {connect_timeout:g}s",
+                f"connecting to {address} took longer than {connect_timeout:g}s",
                 phase="connect",
+                address=address,
             ) from None
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
+            # UnicodeError: a name that cannot be looked up at all (an empty or long label)
+            cause = _os_cause(exc) if isinstance(exc, OSError) else "not a valid host name"
             raise POP3ConnectionError(
-                f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+                f"cannot connect to {address}: {cause}",
+                address=address,
+                cause=cause,
+                connecting=True,
             ) from exc
         assert isinstance(transport, asyncio.Transport)
         stream = cls(transport, protocol, max_line=max_line, idle_timeout=idle_timeout)
+        stream.address = address
         if ssl_context is not None:
             await stream._handshake(ssl_context, server_hostname, tls_timeout, "TLS")
         return stream
@@ -348,7 +363,7 @@ class POP3Stream:
                 await self._protocol.wait_for_data()
         except TimeoutError:
             raise POP3TimeoutError(
-                f"no answer from the server within {timeout:g}s", phase=phase
+                f"no answer from the server within {timeout:g}s", phase=phase, address=self.address
             ) from None
         if self._drained_and_closed():
             raise self._eof_error(where)
@@ -360,10 +375,18 @@ class POP3Stream:
         suffix = f" {where}" if where else ""
         exc = self._protocol.exception
         if isinstance(exc, ssl.SSLError):
-            return POP3TLSError(f"TLS failed{suffix}: {_ssl_reason(exc)}")
+            cause = _ssl_cause(exc)
+            return POP3TLSError(f"TLS failed{suffix}: {cause}", address=self.address, cause=cause)
         if exc is not None:
-            return POP3ConnectionError(f"the connection broke{suffix}: {exc}")
-        return POP3ConnectionError(f"the server closed the connection{suffix}")
+            cause = _os_cause(exc) if isinstance(exc, OSError) else "the connection broke"
+            return POP3ConnectionError(
+                f"the connection broke{suffix}: {exc}", address=self.address, cause=cause
+            )
+        return POP3ConnectionError(
+            f"the server closed the connection{suffix}",
+            address=self.address,
+            cause="the server closed the connection",
+        )
 
     async def read_line(self, timeout: float, phase: str = "command") -> bytes:
         """One line without its ending (CRLF, or a bare LF from a broken server).
@@ -504,7 +527,9 @@ class POP3Stream:
                 await self._protocol.wait_writable()
         except TimeoutError:
             raise POP3TimeoutError(
-                f"the server did not read what was sent within {timeout:g}s", phase="command"
+                f"the server did not read what was sent within {timeout:g}s",
+                phase="command",
+                address=self.address,
             ) from None
         if self._protocol.closed:
             raise self._eof_error()
@@ -523,7 +548,9 @@ class POP3Stream:
             count = len(self._protocol.buffer)
             self.abort()
             raise POP3InjectionError(
-                f"{count} plaintext byte(s) arrived between STLS +OK and the TLS handshake"
+                f"{count} plaintext byte(s) arrived between STLS +OK and the TLS handshake",
+                address=self.address,
+                cause="plaintext arrived before the TLS handshake (response injection)",
             )
         await self._handshake(context, server_hostname, timeout, "STLS")
 
@@ -549,14 +576,28 @@ class POP3Stream:
         except TimeoutError:
             self.abort()
             raise POP3TimeoutError(
-                f"the {what} handshake took longer than {timeout:g}s", phase="tls"
+                f"the {what} handshake took longer than {timeout:g}s",
+                phase="tls",
+                address=self.address,
             ) from None
         except ssl.SSLError as exc:
             self.abort()
-            raise POP3TLSError(f"{what} handshake failed: {_ssl_reason(exc)}") from exc
+            cause = _ssl_cause(exc, server_hostname)
+            raise POP3TLSError(
+                f"{what} handshake failed: {_ssl_reason(exc, cause)}",
+                address=self.address,
+                cause=cause,
+            ) from exc
         except (OSError, RuntimeError) as exc:
             self.abort()
-            raise POP3TLSError(f"{what} handshake failed: {exc}") from exc
+            cause = (
+                _os_cause(exc)
+                if isinstance(exc, OSError)
+                else "the connection closed during the handshake"
+            )
+            raise POP3TLSError(
+                f"{what} handshake failed: {exc}", address=self.address, cause=cause
+            ) from exc
         if new_transport is None:  # pragma: no cover - only when the loop is closing
             self.abort()
             raise POP3TLSError(f"{what} handshake failed: the connection closed")
@@ -565,7 +606,78 @@ class POP3Stream:
         self._protocol.transport = new_transport
 
 
-def _ssl_reason(exc: ssl.SSLError) -> str:
+def _ssl_reason(exc: ssl.SSLError, cause: str) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed ({exc.verify_message})"
-    return exc.reason or str(exc)
+        return f"certificate verification failed ({cause})"
+    return cause
+
+
+#: OpenSSL's X509_V_ERR_* codes, in our words
+_VERIFY_CAUSES: Final = {
+    2: "certificate issued by an unknown authority",  # UNABLE_TO_GET_ISSUER_CERT
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: "self-signed certificate in the chain (a CA that is not trusted)",
+    20: "certificate issued by an unknown authority",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: "the chain cannot be verified (the server sends no intermediate certificate?)",
+    23: "certificate has been revoked",
+    62: "hostname mismatch",
+    64: "IP address mismatch",
+}
+#: OpenSSL's reasons for a handshake that failed before any certificate was looked at
+_HANDSHAKE_CAUSES: Final = {
+    "WRONG_VERSION_NUMBER": "the server did not answer with TLS (plaintext POP3 on this port?)",
+    "RECORD_LAYER_FAILURE": "the server did not answer with TLS (plaintext POP3 on this port?)",
+    "PACKET_LENGTH_TOO_LONG": "the server did not answer with TLS (plaintext POP3 on this port?)",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common (TLS 1.2 or newer is required)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (TLS 1.2 or newer is required)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake (no cipher in common?)",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the handshake",
+}
+
+
+def _ssl_cause(exc: ssl.SSLError, server_hostname: str | None = None) -> str:
+    """What went wrong with TLS, in a few words of our own (never the server's)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        cause = _VERIFY_CAUSES.get(exc.verify_code)
+        if cause is None:
+            return exc.verify_message or "certificate verification failed"
+        if exc.verify_code in (62, 64) and server_hostname:
+            cause += f" (the certificate is not valid for {server_hostname})"
+        return cause
+    reason = exc.reason or ""
+    return _HANDSHAKE_CAUSES.get(reason) or reason.lower().replace("_", " ") or str(exc)
+
+
+_ERRNO_CAUSES: Final = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "the connection broke",
+    errno.ETIMEDOUT: "timed out",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+_NAME_NOT_FOUND: Final = {
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+}
+
+
+def _os_cause(exc: OSError) -> str:
+    """What went wrong with a connection, in a few words of our own."""
+    if isinstance(exc, socket.gaierror):
+        if exc.errno in _NAME_NOT_FOUND:
+            return "the name did not resolve"
+        if exc.errno == socket.EAI_AGAIN:
+            return "the name did not resolve (temporary DNS failure)"
+        return f"the name did not resolve ({exc.strerror or exc})"
+    if exc.errno in _ERRNO_CAUSES:
+        return _ERRNO_CAUSES[exc.errno]
+    if exc.errno is None:
+        # asyncio, when every address of a name failed: "Multiple exceptions: [Errno 111] ..."
+        codes = sorted({int(n) for n in re.findall(r"\[Errno (\d+)\]", str(exc))})
+        if codes:
+            return ", ".join(dict.fromkeys(_ERRNO_CAUSES.get(c) or os.strerror(c) for c in codes))
+    return str(exc.strerror or exc)

@@ -45,6 +45,7 @@ from .errors import (
     ParseFailedError,
     ServiceError,
     UpstreamLoginRateError,
+    connection_failure_words,
     failure_reason,
 )
 from .ids import Order, decode_id, encode_id
@@ -106,6 +107,7 @@ __all__ = [
     "UpstreamLoginRateError",
     "check_attachment_id",
     "check_limit",
+    "connection_failure_words",
     "decode_id",
     "describe_failure",
     "encode_id",

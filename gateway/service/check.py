@@ -12,7 +12,7 @@ from typing import Any
 
 from ..accounts import Account
 from ..pop3 import POP3AuthError, POP3Client, POP3Error, POP3TimeoutError, TLSMode
-from .errors import failure_reason
+from .errors import connection_failure_words, failure_reason
 from .sessions import SessionObserver, SessionSource
 
 #: Our own words for each kind of failure (never the server's text, never a secret).
@@ -30,6 +30,9 @@ _DESCRIPTIONS: dict[str, str] = {
 
 def describe_failure(exc: BaseException) -> str:
     """Our own words for a failure (never the server's raw text, never a secret)."""
+    words = connection_failure_words(exc)
+    if words is not None:
+        return words
     reason = failure_reason(exc)
     if reason == "timeout":
         phase = exc.phase if isinstance(exc, POP3TimeoutError) else "network"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ..pop3 import POP3ConnectionError, POP3TimeoutError
+
 
 class ServiceError(Exception):
     """A request cannot be answered for a reason of the mailbox or the input."""
@@ -127,3 +129,20 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "unreachable"
     return "other"
+
+
+def connection_failure_words(exc: BaseException) -> str | None:
+    """Our own words for a failure to reach or keep the mail server: its ``host:port`` and
+    precisely what went wrong ("connection refused", "the name did not resolve",
+    "self-signed certificate"...), never a secret nor the server's text. None when the
+    failure is of another kind, or its server is not known."""
+    if isinstance(exc, POP3TimeoutError) and exc.address:
+        return f"the mail server {exc.address} timed out ({exc.phase})"
+    if not isinstance(exc, POP3ConnectionError) or not (exc.address and exc.cause):
+        return None
+    server = f"the mail server {exc.address}"
+    if failure_reason(exc) == "tls":
+        return f"TLS with {server} failed: {exc.cause}"
+    if exc.connecting:
+        return f"cannot reach {server}: {exc.cause}"
+    return f"the connection to {server} broke: {exc.cause}"

@@ -39,7 +39,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import datetime
 import grp
+import hashlib
 import os
 import pwd
 import re
@@ -57,7 +59,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import trustme
 
@@ -66,6 +68,7 @@ from tests.support.corpus import expected_list_size, expected_retr, expected_ret
 __all__ = [
     "DOVECOT_BINARY",
     "HOST",
+    "SELF_SIGNED_NAME",
     "Dovecot",
     "DovecotError",
     "DovecotUser",
@@ -233,6 +236,10 @@ class Dovecot:
       default is 2 s; failures are released every 0.5 s at best);
     - `process_limit`: Dovecot's ``default_process_limit`` (one process per connection);
     - `extra_config`: appended verbatim to the generated configuration;
+    - `certificate`: ``"ca"`` (default) serves a certificate for "localhost" and 127.0.0.1
+      issued by a test CA (`cafile`); ``"self-signed"`` serves what a lab server often has:
+      a self-signed certificate for another name (`SELF_SIGNED_NAME`), made on the spot,
+      that nothing trusts unless pinned (`certificate_sha256`);
     - `start_timeout`/`stop_timeout`: bounds in seconds.
     """
 
@@ -244,9 +251,11 @@ class Dovecot:
         auth_failure_delay: str = "0",
         process_limit: int = 500,
         extra_config: str = "",
+        certificate: Literal["ca", "self-signed"] = "ca",
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        self._certificate = certificate
         self._mail_max_userip_connections = mail_max_userip_connections
         self._pop3_lock_session = pop3_lock_session
         self._auth_failure_delay = auth_failure_delay
@@ -324,8 +333,20 @@ class Dovecot:
     def maildir(self, user: str) -> Path:
         return self.workdir / "home" / user / "Maildir"
 
+    @property
+    def certificate_sha256(self) -> str:
+        """Hex SHA-256 of the server certificate (DER), as a pin names it."""
+        pem = (self.workdir / "tls" / "cert.pem").read_text()
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
     def client_ssl_context(self) -> ssl.SSLContext:
-        """A client context that trusts only the test CA (hostname checking on)."""
+        """A client context that trusts only the test CA (hostname checking on); with a
+        self-signed certificate, one that checks nothing (to see the server greet)."""
+        if self._certificate == "self-signed":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
         return ssl.create_default_context(cafile=str(self.cafile))
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -559,6 +580,9 @@ class Dovecot:
 
     def _write_certificates(self) -> None:
         tls_dir = self.workdir / "tls"
+        if self._certificate == "self-signed":
+            _write_self_signed(tls_dir)
+            return
         ca = trustme.CA()
         cert = ca.issue_cert("localhost", HOST)
         ca.cert_pem.write_to_path(str(tls_dir / "ca.pem"))
@@ -799,6 +823,46 @@ def _two_free_ports() -> tuple[int, int]:
     while second == first:
         second = free_port()
     return first, second
+
+
+#: the name in the self-signed certificate of ``Dovecot(certificate="self-signed")``
+SELF_SIGNED_NAME = "mail.lab.example"
+
+
+def _write_self_signed(tls_dir: Path) -> None:
+    """A self-signed certificate as ``openssl req -x509 -subj /CN=mail.lab.example`` makes
+    one (its own issuer, CA:TRUE, valid for a year), and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SELF_SIGNED_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SELF_SIGNED_NAME)]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = tls_dir / "key.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    (tls_dir / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tls_dir / "cert.pem").chmod(0o644)
 
 
 def _greets(port: int, context: ssl.SSLContext | None) -> bool:
