@@ -140,6 +140,16 @@ class ParseWorkers:
         self._all.add(worker)
         return worker
 
+    def _idle_worker(self) -> _Worker | None:
+        """An idle worker that is still alive (one may have died meanwhile: the OOM
+        killer, an operator): the dead are retired, not handed a job."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.returncode is None:
+                return worker
+            self._retire(worker)
+        return None
+
     async def _spawn_or_busy(self) -> _Worker:
         try:
             return await self._spawn()
@@ -164,7 +174,7 @@ class ParseWorkers:
         worker: _Worker | None = None
         done = False
         try:
-            worker = self._idle.pop() if self._idle else await self._spawn_or_busy()
+            worker = self._idle_worker() or await self._spawn_or_busy()
             self.running += 1
             job = wire.job(op, message, attachment_id)
             self.jobs += 1
@@ -289,6 +299,7 @@ class ParsedCache:
 
 @dataclass(slots=True)
 class _Flight:
+    key: tuple[str, str]
     task: asyncio.Task[ParsedMessage]
     waiters: int = 0
 
@@ -323,7 +334,7 @@ class MessageParser:
         flight = self._flights.get(key)
         if flight is None:
             task = asyncio.ensure_future(self._parse(key, message))
-            flight = _Flight(task)
+            flight = _Flight(key, task)
             self._flights[key] = flight
             task.add_done_callback(lambda done: self._landed(key, flight, done))
         return await self._wait(flight)
@@ -335,7 +346,11 @@ class MessageParser:
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
-                flight.task.cancel()  # nobody waits any more: stop the work
+                # Nobody waits any more: stop the work, and let no one join it meanwhile
+                # (the task ends at the loop's next turn; a new request starts afresh).
+                if self._flights.get(flight.key) is flight:
+                    del self._flights[flight.key]
+                flight.task.cancel()
 
     def _landed(
         self, key: tuple[str, str], flight: _Flight, task: asyncio.Task[ParsedMessage]

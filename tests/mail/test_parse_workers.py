@@ -178,6 +178,36 @@ async def test_a_shared_parse_goes_on_while_one_waiter_is_left() -> None:
         await pool.close()
 
 
+async def test_an_idle_worker_that_died_is_replaced_before_a_job_reaches_it(
+    workers: ParseWorkers,
+) -> None:
+    await workers.start()
+    for pid in workers.pids:
+        os.kill(pid, 9)  # what the OOM killer or an operator may do
+    await wait_until(lambda: workers.pids == [])
+    assert await workers.run(wire.OP_PARSE, SMALL) == parse_message(SMALL)
+    assert workers.killed == 2
+
+
+async def test_a_parse_joined_as_it_is_being_cancelled_still_answers() -> None:
+    """The last waiter of a parse leaves and, in the same turn of the loop, another
+    request asks for the same message: it must get it, not the cancellation."""
+    pool = ParseWorkers(1, timeout=30, queue_timeout=5, command=command("delay:0.2"))
+    parser = MessageParser(pool, ParsedCache(1024 * 1024, 60))
+    key = ("ns", "uid-1")
+    try:
+        first = asyncio.ensure_future(parser.parse(key, SMALL))
+        await wait_until(lambda: pool.jobs == 1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not parser.in_flight(key)  # the doomed parse cannot be joined
+        assert await parser.join(key) is None
+        assert await parser.parse(key, SMALL) == parse_message(SMALL)
+    finally:
+        await pool.close()
+
+
 def test_the_parsed_cache_is_bounded_in_bytes_and_age() -> None:
     clock = FakeClock()
     cache = ParsedCache(1000, 60, clock=clock)
