@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
+import secrets
 import socket
 import sys
 import tempfile
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import redis
 
-from tests.bench.processes import Gateway, basic_auth, proc_status
+from tests.bench.processes import REDIS_URL, Gateway, basic_auth, proc_status
 from tests.support.dovecot import Dovecot
 from tests.support.fakepop3 import Endless, FakeMailbox, FakePOP3Server
 
@@ -223,10 +226,20 @@ async def abandoned_gets(dovecot: Dovecot) -> list[Figure]:
             stop = asyncio.Event()
             health = asyncio.create_task(watch_health(gateway.base, stop))
 
+            path = "/" + message.split("/", 3)[3]
+            head = (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: {auth['Authorization']}\r\n\r\n"
+            ).encode()
+
             async def leave_after(delay: float) -> None:
-                async with aiohttp.ClientSession() as own:  # its own connection, closed
-                    with contextlib.suppress(TimeoutError):
-                        await own.get(message, headers=auth, timeout=aiohttp.ClientTimeout(delay))
+                """Ask for the message on a connection of its own, hang up after ``delay``."""
+                _reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                writer.write(head)
+                await asyncio.sleep(delay)
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
 
             for i in range(8):
                 await asyncio.gather(*(leave_after(0.05 + 0.05 * i) for _ in range(4)))
@@ -405,6 +418,135 @@ async def spray(dovecot: Dovecot) -> list[Figure]:
     ]
 
 
+async def check_flood(dovecot: Dovecot) -> list[Figure]:
+    """30 parallel POST /check with wrong passwords for one user, three rounds: guessing
+    through /check meets the same pool and throttle as every route."""
+    user = dovecot.new_user("checked")
+    marker = "auth failed"
+    before = dovecot.log_text().lower().count(marker)
+    statuses: list[int] = []
+    owner = {"Authorization": basic_auth(user.name, user.password)}
+    with Gateway(dovecot.port) as gateway:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            # the owner uses the gateway (its password becomes known-good), then the flood
+            async with http.get(gateway.base + "/v1/mailboxes/me", headers=owner) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def guess(i: int) -> None:
+                auth = {"Authorization": basic_auth(user.name, f"guess-{i}")}
+                url = gateway.base + "/v1/mailboxes/me/check"
+                async with http.post(url, headers=auth) as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+
+            for start in range(0, 90, 30):
+                await asyncio.gather(*(guess(i) for i in range(start, start + 30)))
+            async with http.get(
+                gateway.base + "/v1/mailboxes/me?fresh=true", headers=owner
+            ) as resp:
+                owner_status = resp.status
+    await asyncio.sleep(0.5)  # Dovecot's log catches up
+    reached = dovecot.log_text().lower().count(marker) - before
+    return [
+        Figure("check_flood", "of 90 wrong /check logins, reaching the server", reached, 10, ""),
+        Figure("check_flood", "answered 429", statuses.count(429), 80, "", False),
+        Figure(
+            "check_flood", "the owner's next request answers 200", owner_status == 200, 1, "", False
+        ),
+    ]
+
+
+async def owner_after_restart(dovecot: Dovecot) -> list[Figure]:
+    """The owner logs in; the gateway restarts (Redis keeps its state); a stranger sends 20
+    wrong passwords for the owner's login; the owner must still get in."""
+    user = dovecot.new_user("owner")
+    user.deliver(b"Subject: mine\r\n\r\nx\r\n")
+    extra = {
+        "POP3GW_REDIS_URL": REDIS_URL,
+        "POP3GW_CACHE_SECRET": secrets.token_hex(16),  # the same across the restart
+    }
+    owner = {"Authorization": basic_auth(user.name, user.password)}
+    url_for = "/v1/mailboxes/me"
+    with Gateway(dovecot.port, extra=extra) as gateway:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.get(gateway.base + url_for, headers=owner) as resp,
+        ):
+            first = resp.status
+    statuses: list[int] = []
+    with Gateway(dovecot.port, extra=extra) as gateway:  # a new process: nothing in memory
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            for i in range(20):
+                stranger = {"Authorization": basic_auth(user.name, f"wrong-{i}")}
+                async with http.get(gateway.base + url_for, headers=stranger) as resp:
+                    statuses.append(resp.status)
+            async with http.get(gateway.base + url_for, headers=owner) as resp:
+                after = resp.status
+    return [
+        Figure("owner_restart", "owner before the restart answers 200", first == 200, 1, "", False),
+        Figure(
+            "owner_restart",
+            "stranger's 20 guesses refused (401/429)",
+            sum(s in (401, 429) for s in statuses),
+            20,
+            "",
+            False,
+        ),
+        Figure("owner_restart", "owner after them answers 200", after == 200, 1, "", False),
+    ]
+
+
+async def redis_tamper(dovecot: Dovecot) -> list[Figure]:
+    """Anyone who can write to Redis rewrites the cached header summaries of a mailbox:
+    forged values and values moved from another message's key. The listing must show the
+    real subjects, and count the forged values as invalid."""
+    user = dovecot.new_user("tamper")
+    user.deliver_many(b"Subject: real %d\r\n\r\nx\r\n" % i for i in range(5))
+    auth = {"Authorization": basic_auth(user.name, user.password)}
+    client = redis.Redis.from_url(REDIS_URL)
+    before = set(client.scan_iter("pop3gw:v2:hdr:*", count=1000))
+    listing = "/v1/mailboxes/me/messages?fresh=true"
+    with Gateway(dovecot.port, redis=True) as gateway:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.get(gateway.base + listing, headers=auth) as resp:
+                page = (await resp.json())["messages"]
+            real = sorted(m["subject"] for m in page)
+            ids = {m["id"].encode() for m in page}
+            # this mailbox's keys (the shared Redis may hold others' meanwhile): new ones
+            # ending in its message ids, in the one namespace that has all of them
+            new = set(client.scan_iter("pop3gw:v2:hdr:*", count=1000)) - before
+            spaces: dict[bytes, list[bytes]] = {}
+            for key in new:
+                space, _, uid = key.rpartition(b":")
+                if uid in ids:
+                    spaces.setdefault(space, []).append(key)
+            keys = sorted(next(k for k in spaces.values() if len(k) == len(ids)))
+            values = [client.get(k) for k in keys]
+            # half forged outright, half swapped: each a sealed value of another key
+            for i, key in enumerate(keys):
+                if i % 2:
+                    client.set(key, values[(i + 1) % len(keys)] or b"")
+                else:
+                    client.set(key, json.dumps({"v": 1, "s": "FORGED"}))
+            await asyncio.sleep(2.1)  # past the fresh ration: the listing reads Redis again
+            async with http.get(gateway.base + listing, headers=auth) as resp:
+                shown = sorted(m["subject"] for m in (await resp.json())["messages"])
+            invalid = await metric(
+                http, gateway.base, 'pop3gw_header_cache_events_total{kind="invalid"}'
+            )
+    client.close()
+    return [
+        Figure(
+            "redis_tamper",
+            f"tampered values shown (of {len(keys)} rewritten)",
+            sum(a != b for a, b in zip(shown, real, strict=True)),
+            0,
+            "",
+        ),
+        Figure("redis_tamper", "tampered values counted invalid", invalid, len(keys), "", False),
+    ]
+
+
 async def slowloris(dovecot: Dovecot) -> list[Figure]:
     """50 connections that send half a request head and then one byte a second."""
     extra = {"POP3GW_HTTP__HEADER_TIMEOUT": "2"}
@@ -556,6 +698,9 @@ SCENARIOS: dict[str, Scenario] = {
     "case_spellings": lambda _dovecot: case_spellings(),
     "fresh_loop": fresh_loop,
     "spray": spray,
+    "check_flood": check_flood,
+    "owner_restart": owner_after_restart,
+    "redis_tamper": redis_tamper,
     "slowloris": slowloris,
     "stalled_readers": stalled_readers,
     "endless_uidl": _endless,

@@ -35,6 +35,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import secrets
@@ -47,6 +48,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,7 @@ class Mailbox:
     available: dict[str, str] = field(default_factory=dict)  # fresh token -> file base name
     claimed: int = 0
     delivered: dict[str, str] = field(default_factory=dict)
+    delivered_at: dict[str, float] = field(default_factory=dict)  # token -> wall clock
     deleted: set[str] = field(default_factory=set)
     cursors: dict[str, str] = field(default_factory=dict)  # order -> a next_cursor seen
 
@@ -329,16 +332,25 @@ class Load:
         token, name = box.available.popitem()
         box.claimed += 1
         try:
-            _, page = await request(
-                session,
-                self.stats,
-                "list_fresh",
-                "GET",
-                self.url("/messages?limit=50&fresh=true"),
-                box.auth,
-                200,
-            )
-            found = [m["id"] for m in page["messages"] if m["subject"] == f"soak-fresh {token}"]
+            # ?fresh=true is rationed per mailbox (POP3GW_POOL__MIN_FRESH_INTERVAL): within
+            # the interval the newest snapshot is served, which may predate the delivery.
+            # A snapshot taken in a later second than the delivery must show the message.
+            must_show = math.ceil(box.delivered_at[token])
+            for _ in range(20):
+                _, page = await request(
+                    session,
+                    self.stats,
+                    "list_fresh",
+                    "GET",
+                    self.url("/messages?limit=50&fresh=true"),
+                    box.auth,
+                    200,
+                )
+                found = [m["id"] for m in page["messages"] if m["subject"] == f"soak-fresh {token}"]
+                taken = datetime.fromisoformat(page["snapshot_at"]).timestamp()
+                if found or taken >= must_show:
+                    break
+                await asyncio.sleep(0.5)
             if len(found) != 1:
                 raise Failure("200", "check", f"fresh message {token} listed {len(found)} times")
             await request(
@@ -364,6 +376,7 @@ class Load:
                     path = box.user.deliver(fresh_message(token))
                     box.available[token] = path.name
                     box.delivered[token] = path.name
+                    box.delivered_at[token] = time.time()
             await asyncio.sleep(0.1)
 
 
