@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..redis import RedisUnavailableError, SharedRedis
-from .errors import ClientLoginRateError, LoginThrottledError, UpstreamLoginRateError
+from .errors import (
+    ClientLoginRateError,
+    LoginRateLimitedError,
+    LoginThrottledError,
+    UpstreamLoginRateError,
+)
 
 
 class KnownGood:
@@ -170,6 +175,14 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    @property
+    def burst(self) -> float:
+        return self._burst
+
+    @property
+    def per_second(self) -> float:
+        return self._rate
+
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (self._burst, now))
         return min(self._burst, tokens + (now - at) * self._rate)
@@ -287,10 +300,64 @@ return 1
 """
 
 
+# Token buckets shared by replicas: KEYS are the buckets, ARGV[1] the time (ms), then a
+# burst and a refill rate (tokens per ms) per bucket. Take: a token from every bucket, or
+# from none and {index of the first empty bucket, ms until it has one}. A bucket is a hash
+# (t: tokens, at: when), gone once it would be full again.
+_TAKE = """
+local now = tonumber(ARGV[1])
+local levels = {}
+for i, key in ipairs(KEYS) do
+  local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local found = redis.call('HMGET', key, 't', 'at')
+  local t, at = tonumber(found[1]), tonumber(found[2])
+  if t == nil or at == nil then t, at = burst, now end
+  t = math.min(burst, t + math.max(0, now - at) * rate)
+  if t < 1 then return {i, math.ceil((1 - t) / rate)} end
+  levels[i] = t
+end
+for i, key in ipairs(KEYS) do
+  local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', key, 't', tostring(levels[i] - 1), 'at', ARGV[1])
+  redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+end
+return {0, 0}
+"""
+
+# Give back one token to every bucket (the attempt did not fail its login).
+_GIVE_BACK = """
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local found = redis.call('HMGET', key, 't', 'at')
+  local t, at = tonumber(found[1]), tonumber(found[2])
+  if t ~= nil and at ~= nil then
+    t = math.min(burst, t + math.max(0, now - at) * rate) + 1
+    if t >= burst then
+      redis.call('DEL', key)
+    else
+      redis.call('HSET', key, 't', tostring(t), 'at', ARGV[1])
+      redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+    end
+  end
+end
+return 1
+"""
+
+
 class Attempt:
     """One login attempt between :meth:`LoginRations.begin` and :meth:`LoginRations.end`."""
 
-    __slots__ = ("client", "counted", "credential", "key", "known_good", "member", "upstream")
+    __slots__ = (
+        "client",
+        "counted",
+        "credential",
+        "key",
+        "known_good",
+        "member",
+        "shared",
+        "upstream",
+    )
 
     def __init__(self, key: str, credential: str) -> None:
         self.key = key
@@ -300,6 +367,8 @@ class Attempt:
         self.member: str | None = None  #: counted by the shared throttle (its member)
         self.client: str | None = None  #: a token taken from this client's bucket
         self.upstream: str | None = None  #: a token taken from this upstream's bucket
+        #: the buckets' tokens were taken in Redis (else in process)
+        self.shared = False
 
 
 class LoginRations:
@@ -350,7 +419,7 @@ class LoginRations:
         if attempt.known_good:
             return attempt
         try:
-            self._take(attempt, client, upstream)
+            await self._take(attempt, client, upstream)
         except BaseException:
             await self.end(attempt, "other")
             raise
@@ -388,8 +457,57 @@ class LoginRations:
         attempt.known_good = throttle.known_good(attempt.key, attempt.credential)
         attempt.counted = throttle.begin(attempt.key, attempt.credential)
 
-    def _take(self, attempt: Attempt, client: str | None, upstream: str) -> None:
+    def _buckets(
+        self, client: str | None, upstream: str | None
+    ) -> list[tuple[str, TokenBuckets, type[LoginRateLimitedError]]]:
+        """The buckets an attempt takes from: (Redis key, local twin, the error it raises)."""
+        found: list[tuple[str, TokenBuckets, type[LoginRateLimitedError]]] = []
+        for kind, name, buckets, error in (
+            ("client", client, self._clients, ClientLoginRateError),
+            ("upstream", upstream, self._upstreams, UpstreamLoginRateError),
+        ):
+            if name is not None and buckets is not None:
+                digest = hmac.digest(self._key, f"{kind}\0{name}".encode(), "sha256")[:16].hex()
+                found.append((f"{REDIS_PREFIX}bucket:{kind}:{digest}", buckets, error))
+        return found
+
+    @staticmethod
+    def _bucket_args(now_ms: int, buckets: list[tuple[str, TokenBuckets, Any]]) -> list[Any]:
+        args: list[Any] = [now_ms]
+        for _key, local, _error in buckets:
+            args += [local.burst, local.per_second / 1000]
+        return args
+
+    async def _take(self, attempt: Attempt, client: str | None, upstream: str) -> None:
         who = client_key(client)
+        if self._redis is not None:
+            buckets = self._buckets(who, upstream)
+            if not buckets:
+                return
+            try:
+                found = await self._redis.call(
+                    "login rations",
+                    self._eval,
+                    _TAKE,
+                    [key for key, _, _ in buckets],
+                    self._bucket_args(int(self._wall() * 1000), buckets),
+                )
+                index, wait_ms = int(found[0]), int(found[1])
+                error = buckets[index - 1][2] if index else None
+            except RedisUnavailableError:
+                pass  # do without Redis: the buckets of this process below
+            except (TypeError, ValueError, IndexError):
+                pass  # a reply that makes no sense counts as no reply
+            else:
+                if error is not None:
+                    raise error(max(1.0, wait_ms / 1000))
+                attempt.shared = True
+                attempt.client = who if self._clients is not None else None
+                attempt.upstream = upstream if self._upstreams is not None else None
+                return
+        self._take_local(attempt, who, upstream)
+
+    def _take_local(self, attempt: Attempt, who: str | None, upstream: str) -> None:
         if self._clients is not None and who is not None:
             wait = self._clients.take(who)
             if wait:
@@ -403,7 +521,17 @@ class LoginRations:
 
     async def end(self, attempt: Attempt, outcome: str) -> None:
         """After a login: ``outcome`` is ``ok``, ``auth`` (credentials refused) or other."""
-        if outcome != "auth":
+        if outcome != "auth" and attempt.shared and self._redis is not None:
+            buckets = self._buckets(attempt.client, attempt.upstream)
+            with contextlib.suppress(RedisUnavailableError):
+                await self._redis.call(
+                    "login rations",
+                    self._eval,
+                    _GIVE_BACK,
+                    [key for key, _, _ in buckets],
+                    self._bucket_args(int(self._wall() * 1000), buckets),
+                )
+        elif outcome != "auth":
             if attempt.client is not None and self._clients is not None:
                 self._clients.give_back(attempt.client)
             if attempt.upstream is not None and self._upstreams is not None:

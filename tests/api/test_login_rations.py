@@ -311,6 +311,69 @@ async def test_concurrent_wrong_passwords_on_two_replicas_are_counted_in_flight(
     assert logins(fake_server) == 3
 
 
+@pytest.mark.redis
+async def test_replicas_share_the_client_and_upstream_budgets(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """Three replicas behind one address: a spray of user names spends one budget between
+    them, not one each (which would let three times as many failed logins reach the
+    provider)."""
+    settings = redis_settings(
+        fake_server.port,
+        uuid.uuid4().hex,
+        client_failed_login_burst=4,
+        client_failed_logins_per_minute=1,
+    )
+    replicas = [await aiohttp_client(create_app(settings)) for _ in range(3)]
+    statuses = []
+    for i in range(12):
+        api = replicas[i % 3]
+        resp = await api.get("/v1/mailboxes/me", headers=basic(f"sprayed{i}", "wrong"))
+        statuses.append(resp.status)
+        await resp.read()
+    assert statuses == [401] * 4 + [429] * 8
+    assert logins(fake_server) == 4
+
+
+@pytest.mark.redis
+async def test_shared_buckets_refill_and_give_back() -> None:
+    shared = SharedRedis.connect(REDIS_URL)
+    now = [1_000_000.0]
+    key = uuid.uuid4().bytes
+
+    def rations() -> LoginRations:
+        return LoginRations(
+            LoginThrottle(100, 60),
+            clients=TokenBuckets(1, 1 / 60),
+            upstreams=TokenBuckets(2, 1 / 60),
+            redis=shared,
+            key=key,
+            wall=lambda: now[0],
+        )
+
+    one, two = rations(), rations()  # two replicas
+    try:
+        first = await one.begin("p1", "c", client="192.0.2.1", upstream="u")
+        assert first.shared
+        with pytest.raises(ClientLoginRateError) as caught:
+            await two.begin("p2", "c", client="192.0.2.1", upstream="u")
+        assert 59 <= caught.value.retry_after <= 60
+        second = await two.begin("p3", "c", client="192.0.2.2", upstream="u")
+        with pytest.raises(UpstreamLoginRateError):
+            await one.begin("p4", "c", client="192.0.2.3", upstream="u")
+        await one.end(first, "ok")  # a login that did not fail gives its tokens back
+        third = await two.begin("p5", "c", client="192.0.2.1", upstream="u")
+        await two.end(third, "auth")  # a refused credential keeps them
+        await one.end(second, "auth")
+        with pytest.raises(UpstreamLoginRateError):
+            await two.begin("p6", "c", client="192.0.2.4", upstream="u")
+        now[0] += 61  # one token back per minute
+        refilled = await one.begin("p7", "c", client="192.0.2.4", upstream="u")
+        await one.end(refilled, "other")
+    finally:
+        await shared.close()
+
+
 async def test_redis_down_falls_back_to_the_process_throttle(
     aiohttp_client: ClientFactory, fake_server: FakePOP3Server
 ) -> None:
