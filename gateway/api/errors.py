@@ -31,6 +31,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Not allowed"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "cursor-expired": (410, "Cursor expired"),
     "request-too-large": (413, "Request body too large"),
     "message-too-large": (422, "Message too large to parse"),
     "message-too-complex": (422, "Message too complex to parse"),

@@ -35,7 +35,7 @@ from .model import (
     WatchState,
     event_id,
 )
-from .watcher import PollResult, Watcher, WatchLeases, WatchObserver, WatchSpec
+from .watcher import PollResult, Watcher, WatchLeases, WatchObserver, WatchSpec, iso
 
 __all__ = [
     "KINDS",
@@ -66,4 +66,5 @@ __all__ = [
     "WatchState",
     "Watcher",
     "event_id",
+    "iso",
 ]

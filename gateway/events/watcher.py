@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from ..accounts import Account
@@ -97,6 +98,13 @@ class WatchLeases(Protocol):
         ...
 
     async def release_all(self) -> None: ...
+
+
+def iso(moment: float | None) -> str | None:
+    """Unix seconds as RFC 3339 (UTC, milliseconds)."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
 
 
 def failure_words(exc: BaseException, reason: str) -> str:
@@ -183,7 +191,7 @@ class Watcher:
                 Draft(
                     event_id(mailbox, MAILBOX_RECOVERED, str(health.episode)),
                     MAILBOX_RECOVERED,
-                    {"failures": health.failures, "since": health.since},
+                    {"failures": health.failures, "since": iso(health.since)},
                 )
             )
         recovered = Health(episode=health.episode)
@@ -287,7 +295,7 @@ class Watcher:
                         "reason": reason,
                         "detail": failure_words(exc, reason),
                         "failures": health.failures,
-                        "since": health.since,
+                        "since": iso(health.since),
                     },
                 ),
             )
