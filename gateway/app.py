@@ -19,7 +19,15 @@ from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .edge import EdgeLimits, connection_cap, fd_reserve
-from .events import EventFeed, MemoryEventLog, Watcher, WatchSpec
+from .events import (
+    EventFeed,
+    EventLog,
+    MemoryEventLog,
+    RedisEventLog,
+    RedisWatchLeases,
+    Watcher,
+    WatchSpec,
+)
 from .keys import DIRECTORY, EVENTS, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, WATCHER, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
@@ -197,11 +205,13 @@ def _events(
     sessions: SessionSource,
     directory: Directory,
     metrics: Metrics,
+    redis: SharedRedis | None,
     *,
     clock: Callable[[], float],
     wall: Callable[[], float],
 ) -> Watcher | None:
-    """The event log, its feed and the watcher of the mailboxes configured with ``watch``."""
+    """The event log (in Redis when configured, else in process), its feed and the watcher
+    of the mailboxes configured with ``watch``."""
     events = settings.events
     specs = [
         WatchSpec(
@@ -212,9 +222,20 @@ def _events(
         for box in settings.mailboxes
         if box.watch
     ]
-    log_ = MemoryEventLog(
-        retention=events.retention_seconds, max_per_mailbox=events.max_per_mailbox, wall=wall
-    )
+    log_: EventLog
+    leases = None
+    if redis is not None:
+        log_ = RedisEventLog(
+            redis,
+            retention=events.retention_seconds,
+            max_per_mailbox=events.max_per_mailbox,
+            wall=wall,
+        )
+        leases = RedisWatchLeases(redis)
+    else:
+        log_ = MemoryEventLog(
+            retention=events.retention_seconds, max_per_mailbox=events.max_per_mailbox, wall=wall
+        )
     app[EVENTS] = EventFeed(
         log_,
         frozenset(spec.mailbox for spec in specs),
@@ -231,6 +252,7 @@ def _events(
         max_changes=events.max_changes_per_poll,
         error_after=events.error_after_failures,
         max_concurrent=events.max_concurrent_polls,
+        leases=leases,
         observer=metrics,
         clock=clock,
         wall=wall,
@@ -368,7 +390,7 @@ def create_app(
         parser=MessageParser(workers, parsed_cache),
     )
     parser = app[SERVICE].parser
-    watcher = _events(app, settings, sessions, directory, metrics, clock=clock, wall=wall)
+    watcher = _events(app, settings, sessions, directory, metrics, redis, clock=clock, wall=wall)
     metrics.watch_parsers(
         lambda: (
             len(parser.workers.pids) if parser.workers else 0,
@@ -431,6 +453,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if watcher is not None:
+            await watcher.close()
 
     app.cleanup_ctx.append(redis_client)  # first in, last out
     app.cleanup_ctx.append(housekeeping)

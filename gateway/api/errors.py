@@ -50,6 +50,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "upstream-unavailable": (503, "Mail server temporarily unavailable"),
     "pool-exhausted": (503, "Too many sessions in use"),
     "parser-busy": (503, "Message parsers busy"),
+    "events-unavailable": (503, "Event log unavailable"),
     "upstream-timeout": (504, "Mail server timed out"),
 }
 
@@ -60,6 +61,7 @@ RETRY_AFTER = {
     "upstream-unavailable": 30,
     "pool-exhausted": 2,
     "parser-busy": 2,
+    "events-unavailable": 5,
 }
 
 

@@ -6,7 +6,14 @@ import math
 
 from aiohttp import web
 
-from ..events import MAX_LIMIT, Cursor, CursorExpiredError, EventFeed, InvalidCursorError
+from ..events import (
+    MAX_LIMIT,
+    Cursor,
+    CursorExpiredError,
+    EventFeed,
+    EventLogUnavailableError,
+    InvalidCursorError,
+)
 from ..keys import EVENTS
 from . import serializers
 from .common import account_of, json_response, query
@@ -68,6 +75,10 @@ def expired() -> Problem:
     )
 
 
+def unavailable() -> Problem:
+    return Problem("events-unavailable", "the event log (Redis) cannot be read now; retry")
+
+
 async def list_events(request: web.Request) -> web.StreamResponse:
     mailbox, feed = watched_mailbox(request)
     after = parse_cursor(query(request, "after"), "after")
@@ -77,4 +88,6 @@ async def list_events(request: web.Request) -> web.StreamResponse:
         found = await feed.read(mailbox, after, limit, wait)
     except CursorExpiredError:
         raise expired() from None
+    except EventLogUnavailableError:
+        raise unavailable() from None
     return json_response(serializers.event_page(mailbox, found, feed.durable))

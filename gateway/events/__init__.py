@@ -35,6 +35,7 @@ from .model import (
     WatchState,
     event_id,
 )
+from .redis_log import RedisEventLog, RedisWatchLeases
 from .watcher import PollResult, Watcher, WatchLeases, WatchObserver, WatchSpec, iso
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "InvalidCursorError",
     "MemoryEventLog",
     "PollResult",
+    "RedisEventLog",
+    "RedisWatchLeases",
     "Slice",
     "WatchLeases",
     "WatchObserver",

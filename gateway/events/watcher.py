@@ -97,6 +97,10 @@ class WatchLeases(Protocol):
         """A token when this process holds (or now took) the mailbox's lease, else None."""
         ...
 
+    async def renew(self) -> None:
+        """Renew the leases held (called a few times per lease TTL)."""
+        ...
+
     async def release_all(self) -> None: ...
 
 
@@ -158,7 +162,10 @@ class Watcher:
     async def _poll(self, spec: WatchSpec) -> PollResult:
         fence = None
         if self._leases is not None:
-            fence = await self._leases.hold(spec.mailbox, spec.interval)
+            try:
+                fence = await self._leases.hold(spec.mailbox, spec.interval)
+            except EventLogUnavailableError:
+                return PollResult("unavailable")
             if fence is None:
                 return PollResult("elsewhere")
         try:
@@ -321,6 +328,10 @@ class Watcher:
         running: dict[str, asyncio.Task[None]] = {}
         gate = asyncio.Semaphore(self._max_concurrent)
         wake = asyncio.Event()
+        leases = self._leases
+        # leases live half an interval: renewed six times per shortest one
+        renew_every = max(0.2, min((s.interval for s in specs), default=60.0) / 6)
+        renewed = self._clock()
 
         async def one(spec: WatchSpec) -> None:
             delay = spec.interval
@@ -341,6 +352,12 @@ class Watcher:
         try:
             while True:
                 now = self._clock()
+                if leases is not None and now - renewed >= renew_every:
+                    renewed = now
+                    try:
+                        await leases.renew()
+                    except Exception:  # supervised: the leases then lapse, others take over
+                        log.exception("renewing the watch leases failed")
                 for spec in specs:
                     name = spec.mailbox
                     if name not in running and due[name] <= now:
@@ -348,6 +365,8 @@ class Watcher:
                             one(spec), name=f"pop3gw-watch-{name}"
                         )
                 waiting = [due[s.mailbox] for s in specs if s.mailbox not in running]
+                if leases is not None:
+                    waiting.append(renewed + renew_every)
                 pause = min(waiting, default=now + 1.0) - now
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -360,6 +379,11 @@ class Watcher:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if self._leases is not None:
-                with contextlib.suppress(Exception):
-                    await self._leases.release_all()
+
+    async def close(self) -> None:
+        """Give back the leases held (shutdown): another replica takes over at once."""
+        if self._leases is not None:
+            try:
+                await self._leases.release_all()
+            except Exception:  # they lapse by themselves within half an interval
+                log.warning("watch leases not released; they lapse by themselves")

@@ -55,6 +55,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "upstream-unavailable": (503, True),
     "pool-exhausted": (503, True),
     "parser-busy": (503, True),
+    "events-unavailable": (503, True),
     "upstream-timeout": (504, False),
 }
 
