@@ -241,6 +241,8 @@ def _events(
         frozenset(spec.mailbox for spec in specs),
         max_wait=events.max_wait,
         max_waiters=events.max_waiters,
+        heartbeat=events.stream_heartbeat,
+        stream_max_seconds=events.stream_max_seconds,
         clock=clock,
     )
     if not specs:

@@ -361,6 +361,10 @@ class EventSettings(BaseModel):
     max_wait: float = Field(60.0, ge=0, le=600)
     #: clients waiting on the pull feed or reading a stream at once (per process)
     max_waiters: int = Field(1000, ge=1, le=100_000)
+    #: seconds between two heartbeats (comment lines) of an event stream without events
+    stream_heartbeat: float = Field(15.0, ge=0.1, le=300)
+    #: an event stream ends after this long (the client reconnects with Last-Event-ID)
+    stream_max_seconds: float = Field(3600.0, ge=1, le=86400)
 
 
 class LogSettings(BaseModel):

@@ -70,7 +70,8 @@ class Metrics:
             "parse-crash: a parse stopped at its time or memory limit, its worker killed; "
             "parse-busy: no parser free in time; client-gone: a read whose client "
             "disconnected, stopped; header-truncated: a header section past the TOP cap, "
-            "summarized from its first MiB).",
+            "summarized from its first MiB; stream-slow-reader: an event stream whose client "
+            "accepted nothing for the send timeout, dropped).",
             ["reason"],
             registry=self.registry,
         )

@@ -51,6 +51,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "pool-exhausted": (503, "Too many sessions in use"),
     "parser-busy": (503, "Message parsers busy"),
     "events-unavailable": (503, "Event log unavailable"),
+    "event-readers-busy": (503, "Too many event readers"),
     "upstream-timeout": (504, "Mail server timed out"),
 }
 
@@ -62,6 +63,7 @@ RETRY_AFTER = {
     "pool-exhausted": 2,
     "parser-busy": 2,
     "events-unavailable": 5,
+    "event-readers-busy": 5,
 }
 
 

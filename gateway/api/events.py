@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 
 from aiohttp import web
@@ -14,10 +16,11 @@ from ..events import (
     EventLogUnavailableError,
     InvalidCursorError,
 )
-from ..keys import EVENTS
+from ..keys import EVENTS, METRICS, SEND_TIMEOUT
 from . import serializers
 from .common import account_of, json_response, query
 from .errors import Problem
+from .middlewares import request_id_of
 
 #: the feed's page size when none is asked
 DEFAULT_LIMIT = 100
@@ -91,3 +94,72 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     except EventLogUnavailableError:
         raise unavailable() from None
     return json_response(serializers.event_page(mailbox, found, feed.durable))
+
+
+def _resume_from(request: web.Request) -> Cursor | None:
+    """Where a stream resumes: ``Last-Event-ID`` (a reconnecting EventSource sends it),
+    else ``?after=``; None: from now on."""
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if header:
+        return parse_cursor(header, "Last-Event-ID")
+    return parse_cursor(query(request, "after"), "after")
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: each event as ``id: <cursor>``, ``event: <type>``, ``data:
+    <json>``; a comment line as heartbeat. A client that accepts nothing for the send
+    timeout is dropped: what one slow reader holds stays bounded."""
+    mailbox, feed = watched_mailbox(request)
+    after = _resume_from(request)
+    if not feed.claim_waiter():
+        raise Problem(
+            "event-readers-busy", "too many clients are reading events at once; retry shortly"
+        )
+    try:
+        try:
+            start = after if after is not None else await feed.end(mailbox)
+            # a cursor past retention is refused before the stream starts
+            await feed.log.read(mailbox, start, 1)
+        except CursorExpiredError:
+            raise expired() from None
+        except EventLogUnavailableError:
+            raise unavailable() from None
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies pass events on at once
+                "X-Request-ID": request_id_of(request),  # streamed: set before it starts
+            }
+        )
+        await response.prepare(request)
+        send_timeout = request.app[SEND_TIMEOUT]
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(send_timeout):
+                await response.write(data)
+
+        try:
+            await send(b"retry: 2000\n\n")
+            async for event in feed.stream(mailbox, start):
+                if event is None:
+                    await send(b": heartbeat\n\n")
+                    continue
+                body = serializers.dumps(serializers.event(event))
+                await send(
+                    b"id: %s\nevent: %s\ndata: %s\n\n"
+                    % (str(event.cursor).encode(), event.kind.encode(), body)
+                )
+        except (CursorExpiredError, EventLogUnavailableError):
+            # the client reconnects with Last-Event-ID and gets a problem answer then
+            pass
+        except (TimeoutError, ConnectionResetError):
+            request.app[METRICS].limited("stream-slow-reader")
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+    finally:
+        feed.release_waiter()

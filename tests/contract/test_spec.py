@@ -56,6 +56,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "pool-exhausted": (503, True),
     "parser-busy": (503, True),
     "events-unavailable": (503, True),
+    "event-readers-busy": (503, True),
     "upstream-timeout": (504, False),
 }
 
@@ -69,6 +70,7 @@ EXPECTED_OPERATIONS = {
     ("post", "/v1/mailboxes/{mailbox}/messages/delete"),
     ("post", "/v1/mailboxes/{mailbox}/check"),
     ("get", "/v1/mailboxes/{mailbox}/events"),
+    ("get", "/v1/mailboxes/{mailbox}/events/stream"),
     ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
