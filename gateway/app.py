@@ -19,7 +19,16 @@ from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
 from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
 from .edge import EdgeLimits, connection_cap, fd_reserve
-from .keys import DIRECTORY, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, Lifecycle
+from .events import (
+    EventFeed,
+    EventLog,
+    MemoryEventLog,
+    RedisEventLog,
+    RedisWatchLeases,
+    Watcher,
+    WatchSpec,
+)
+from .keys import DIRECTORY, EVENTS, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, WATCHER, Lifecycle
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
@@ -190,15 +199,82 @@ def login_rations(settings: Settings, cache_key: bytes, redis: SharedRedis | Non
     )
 
 
+def _events(
+    app: web.Application,
+    settings: Settings,
+    sessions: SessionSource,
+    directory: Directory,
+    metrics: Metrics,
+    redis: SharedRedis | None,
+    *,
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+) -> Watcher | None:
+    """The event log (in Redis when configured, else in process), its feed and the watcher
+    of the mailboxes configured with ``watch``."""
+    events = settings.events
+    specs = [
+        WatchSpec(
+            directory.mailboxes[box.id],
+            interval=box.watch_interval,
+            report_existing=box.watch_report_existing,
+        )
+        for box in settings.mailboxes
+        if box.watch
+    ]
+    log_: EventLog
+    leases = None
+    if redis is not None:
+        log_ = RedisEventLog(
+            redis,
+            retention=events.retention_seconds,
+            max_per_mailbox=events.max_per_mailbox,
+            wall=wall,
+        )
+        leases = RedisWatchLeases(redis)
+    else:
+        log_ = MemoryEventLog(
+            retention=events.retention_seconds, max_per_mailbox=events.max_per_mailbox, wall=wall
+        )
+    app[EVENTS] = EventFeed(
+        log_,
+        frozenset(spec.mailbox for spec in specs),
+        max_wait=events.max_wait,
+        max_waiters=events.max_waiters,
+        heartbeat=events.stream_heartbeat,
+        stream_max_seconds=events.stream_max_seconds,
+        clock=clock,
+    )
+    if not specs:
+        return None
+    watcher = app[WATCHER] = Watcher(
+        sessions,
+        log_,
+        specs,
+        max_changes=events.max_changes_per_poll,
+        error_after=events.error_after_failures,
+        max_concurrent=events.max_concurrent_polls,
+        leases=leases,
+        observer=metrics,
+        clock=clock,
+        wall=wall,
+    )
+    return watcher
+
+
 def create_app(
     settings: Settings,
     *,
     sessions: SessionSource | None = None,
     cache: HeaderCache | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    watch: bool = True,
 ) -> web.Application:
     """Build the application. ``sessions`` and ``cache`` replace the defaults (tests);
-    ``clock`` (monotonic seconds) is what session and snapshot ages are measured with."""
+    ``clock`` (monotonic seconds) is what session and snapshot ages are measured with;
+    ``wall`` (Unix seconds) is what events are stamped and retained with. ``watch=False``
+    leaves watched mailboxes to polls the caller makes (``app[WATCHER].poll``: tests)."""
     app = web.Application(
         middlewares=[gateway_middleware],
         # a larger body is answered 413 request-too-large by the middleware
@@ -246,7 +322,7 @@ def create_app(
     app[LIFECYCLE] = Lifecycle(
         metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None
     )
-    app[DIRECTORY] = build_directory(settings)
+    directory = app[DIRECTORY] = build_directory(settings)
     pool: SessionPool | None = None
     gate: RedisSessionGate | None = None
     if sessions is None:
@@ -316,6 +392,7 @@ def create_app(
         parser=MessageParser(workers, parsed_cache),
     )
     parser = app[SERVICE].parser
+    watcher = _events(app, settings, sessions, directory, metrics, redis, clock=clock, wall=wall)
     metrics.watch_parsers(
         lambda: (
             len(parser.workers.pids) if parser.workers else 0,
@@ -369,10 +446,23 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def watching(_app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if watcher is not None and watch:
+            task = asyncio.get_running_loop().create_task(watcher.run(), name="pop3gw-watcher")
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if watcher is not None:
+            await watcher.close()
+
     app.cleanup_ctx.append(redis_client)  # first in, last out
     app.cleanup_ctx.append(housekeeping)
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     app.cleanup_ctx.append(close_parsers)
+    app.cleanup_ctx.append(watching)  # stops before the pool closes
     setup_routes(app)
     return app

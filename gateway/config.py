@@ -172,6 +172,13 @@ class MailboxSettings(BaseModel):
     password_file: Path | None = None
     token_env: str | None = None
     token_file: Path | None = None
+    #: poll the mailbox for new mail and record events (its change feed, stream, webhooks)
+    watch: bool = False
+    #: seconds between two polls of a watched mailbox
+    watch_interval: float = Field(60.0, ge=1, le=86400)
+    #: the first poll reports the messages already there as ``message.new`` (otherwise it
+    #: only records them: a baseline)
+    watch_report_existing: bool = False
 
     _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
 
@@ -333,6 +340,33 @@ class ParseSettings(BaseModel):
     cache_ttl_seconds: float = Field(300.0, ge=0, le=7 * 24 * 3600)
 
 
+class EventSettings(BaseModel):
+    """New-mail events of watched mailboxes: how long they are kept, how much one poll or
+    one client may take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: events older than this are dropped from a mailbox's log (7 days)
+    retention_seconds: float = Field(7 * 24 * 3600.0, ge=60, le=365 * 24 * 3600)
+    #: and at most this many are kept per mailbox, the oldest out first
+    max_per_mailbox: int = Field(100_000, ge=100, le=10_000_000)
+    #: new or removed messages one poll reports at most (the rest: the next poll, soon after)
+    max_changes_per_poll: int = Field(500, ge=1, le=100_000)
+    #: consecutive failed polls (server unreachable, timing out...) before mailbox.error; a
+    #: rejected login reports at once
+    error_after_failures: int = Field(3, ge=1, le=1000)
+    #: mailboxes polled at once by one process
+    max_concurrent_polls: int = Field(8, ge=1, le=1000)
+    #: longest ``wait`` of the pull feed (seconds)
+    max_wait: float = Field(60.0, ge=0, le=600)
+    #: clients waiting on the pull feed or reading a stream at once (per process)
+    max_waiters: int = Field(1000, ge=1, le=100_000)
+    #: seconds between two heartbeats (comment lines) of an event stream without events
+    stream_heartbeat: float = Field(15.0, ge=0.1, le=300)
+    #: an event stream ends after this long (the client reconnects with Last-Event-ID)
+    stream_max_seconds: float = Field(3600.0, ge=1, le=86400)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -389,6 +423,7 @@ class Settings(BaseSettings):
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     parse: ParseSettings = Field(default_factory=ParseSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
     #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .accounts import Directory
+from .events import EventFeed, Watcher
 from .metrics import Metrics
 from .service import MailboxService
 
@@ -26,3 +27,7 @@ DIRECTORY: web.AppKey[Directory] = web.AppKey("directory", Directory)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 #: seconds a client may accept no bytes of a streamed body before it is aborted
 SEND_TIMEOUT: web.AppKey[float] = web.AppKey("send_timeout", float)
+#: the event feeds of watched mailboxes (an empty one when none is watched)
+EVENTS: web.AppKey[EventFeed] = web.AppKey("events", EventFeed)
+#: the watcher of watched mailboxes, when any is
+WATCHER: web.AppKey[Watcher] = web.AppKey("watcher", Watcher)

@@ -70,7 +70,8 @@ class Metrics:
             "parse-crash: a parse stopped at its time or memory limit, its worker killed; "
             "parse-busy: no parser free in time; client-gone: a read whose client "
             "disconnected, stopped; header-truncated: a header section past the TOP cap, "
-            "summarized from its first MiB).",
+            "summarized from its first MiB; stream-slow-reader: an event stream whose client "
+            "accepted nothing for the send timeout, dropped).",
             ["reason"],
             registry=self.registry,
         )
@@ -136,6 +137,27 @@ class Metrics:
             "Idle keep-alive connections closed early to make room under the connection cap.",
             "reason",
         )
+        self.events = Counter(
+            "pop3gw_events",
+            "Events recorded for watched mailboxes, by kind (message.new, message.removed, "
+            "mailbox.reset, mailbox.error, mailbox.recovered).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.watch_polls = Counter(
+            "pop3gw_watch_polls",
+            "Polls of watched mailboxes, by outcome (ok; failed: the mailbox could not be "
+            "read; conflict: another replica changed its state meanwhile; unavailable: the "
+            "event log could not be used; elsewhere: another replica holds its lease).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.watch_poll_duration = Histogram(
+            "pop3gw_watch_poll_duration_seconds",
+            "Time of one poll of a watched mailbox (session, UIDL, LIST, TOP, commit).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         for counter in (
             self._http_timeouts,
             self._accept_pauses,
@@ -183,6 +205,13 @@ class Metrics:
         """Report ``read()`` = (parse workers alive, jobs running, parsed-cache bytes) at
         scrape time."""
         self.registry.register(_ParseCollector(read))
+
+    def event_recorded(self, kind: str) -> None:
+        self.events.labels(kind).inc()
+
+    def polled(self, outcome: str, seconds: float) -> None:
+        self.watch_polls.labels(outcome).inc()
+        self.watch_poll_duration.observe(seconds)
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()

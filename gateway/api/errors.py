@@ -31,6 +31,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Not allowed"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "cursor-expired": (410, "Cursor expired"),
     "request-too-large": (413, "Request body too large"),
     "message-too-large": (422, "Message too large to parse"),
     "message-too-complex": (422, "Message too complex to parse"),
@@ -49,6 +50,8 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "upstream-unavailable": (503, "Mail server temporarily unavailable"),
     "pool-exhausted": (503, "Too many sessions in use"),
     "parser-busy": (503, "Message parsers busy"),
+    "events-unavailable": (503, "Event log unavailable"),
+    "event-readers-busy": (503, "Too many event readers"),
     "upstream-timeout": (504, "Mail server timed out"),
 }
 
@@ -59,6 +62,8 @@ RETRY_AFTER = {
     "upstream-unavailable": 30,
     "pool-exhausted": 2,
     "parser-busy": 2,
+    "events-unavailable": 5,
+    "event-readers-busy": 5,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .common import RENDERINGS
+from .events import list_events, stream_events
 from .mailboxes import check_mailbox, mailbox_stats
 from .messages import (
     delete_message,
@@ -30,6 +31,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_get(MAILBOX + "/messages", list_messages)
     router.add_post(MAILBOX + "/messages/delete", delete_messages)
     router.add_post(MAILBOX + "/check", check_mailbox)
+    router.add_get(MAILBOX + "/events", list_events)
+    router.add_get(MAILBOX + "/events/stream", stream_events)
     router.add_get(MESSAGE, get_message)
     router.add_delete(MESSAGE, delete_message)
     router.add_get(MESSAGE + "/raw", get_raw)

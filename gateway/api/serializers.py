@@ -15,6 +15,8 @@ from typing import Any
 
 import pydantic_core
 
+from ..events import Event, Slice
+from ..events import iso as unix_iso
 from ..mail import Address, AttachmentInfo, HeaderSummary, ParsedMessage
 from ..service import CheckResult, DeleteResult, Page, Stats, Summary, encode_id
 
@@ -59,6 +61,28 @@ def summary(item: Summary) -> dict[str, Any]:
     data: dict[str, Any] = {"id": encode_id(item.uid), "uid": item.uid, "size": item.size}
     data.update(_NO_HEADERS if item.headers is None else header_fields(item.headers))
     return data
+
+
+def event(value: Event) -> dict[str, Any]:
+    """An event as the feed, the stream and webhooks send it."""
+    return {
+        "id": value.id,
+        "type": value.kind,
+        "mailbox": value.mailbox,
+        "cursor": str(value.cursor),
+        "timestamp": unix_iso(value.at),
+        "data": value.data,
+    }
+
+
+def event_page(mailbox: str, value: Slice, durable: bool) -> dict[str, Any]:
+    return {
+        "mailbox": mailbox,
+        "events": [event(e) for e in value.events],
+        "next_cursor": str(value.last),
+        "has_more": value.more,
+        "durable": durable,
+    }
 
 
 def attachment_info(info: AttachmentInfo) -> dict[str, Any]:

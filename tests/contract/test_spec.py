@@ -36,6 +36,7 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "forbidden": (403, False),
     "not-found": (404, False),
     "method-not-allowed": (405, False),
+    "cursor-expired": (410, False),
     "request-too-large": (413, False),
     "message-too-large": (422, False),
     "message-too-complex": (422, False),
@@ -54,6 +55,8 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "upstream-unavailable": (503, True),
     "pool-exhausted": (503, True),
     "parser-busy": (503, True),
+    "events-unavailable": (503, True),
+    "event-readers-busy": (503, True),
     "upstream-timeout": (504, False),
 }
 
@@ -66,6 +69,8 @@ EXPECTED_OPERATIONS = {
     ("get", "/v1/mailboxes/{mailbox}/messages/{id}/attachments/{attachment}"),
     ("post", "/v1/mailboxes/{mailbox}/messages/delete"),
     ("post", "/v1/mailboxes/{mailbox}/check"),
+    ("get", "/v1/mailboxes/{mailbox}/events"),
+    ("get", "/v1/mailboxes/{mailbox}/events/stream"),
     ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -216,11 +221,15 @@ def test_operation_ids_are_unique(spec: dict[str, Any]) -> None:
     assert len(ids) == len(set(ids)) == len(EXPECTED_OPERATIONS)
 
 
-def test_every_v1_operation_lists_both_security_schemes(spec: dict[str, Any]) -> None:
+def test_every_v1_operation_lists_its_security_schemes(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["basicAuth"] == {**schemes["basicAuth"], "type": "http", "scheme": "basic"}
     assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
     for method, template, op in v1_operations(spec):
+        if "/events" in template:
+            # events exist only for configured (watched) mailboxes: API keys only
+            assert op["security"] == [{"bearerAuth": []}], (method, template)
+            continue
         assert op["security"] == [{"basicAuth": []}, {"bearerAuth": []}], (method, template)
 
 
