@@ -26,7 +26,6 @@ Rules the client keeps:
 from __future__ import annotations
 
 import base64
-import binascii
 import builtins
 import contextlib
 import enum
@@ -799,7 +798,7 @@ class POP3Client:
                     elif respond is not None:
                         try:
                             challenge = base64.b64decode(status.text, validate=True)
-                        except binascii.Error:
+                        except ValueError:  # binascii.Error, or non-ASCII text
                             raise POP3ProtocolError("SASL challenge is not base64") from None
                         answer = respond(challenge)
                     else:

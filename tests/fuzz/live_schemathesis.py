@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"gateway: {len(errors)} error log line(s); messages lost: {lost or 'none'}")
     for line in errors[:20]:
-        print("  " + line[:400])
+        # the start says where, the end says what (a traceback's last line)
+        print("  " + (line if len(line) <= 900 else line[:400] + " ... " + line[-500:]))
     failed = result.returncode != 0 or cases < args.min_cases or bool(lost)
     if cases < args.min_cases:
         print(f"FAIL: fewer than {args.min_cases:,} test cases: raise --examples")

@@ -51,6 +51,21 @@ async def test_non_ascii_digits_in_a_status_line(
         client.abort()
 
 
+@pytest.mark.parametrize("challenge", ["\u00ff\u00ff 5", "not base64!"])
+async def test_a_sasl_challenge_that_is_not_base64(server: FakePOP3Server, challenge: str) -> None:
+    """Found by the long fuzz run: a continuation line with non-ASCII text escaped as a bare
+    ValueError instead of the protocol error every other malformed reply is."""
+    server.script("AUTH", Reply(b"+ " + challenge.encode() + b"\r\n"))
+    client = await POP3Client.connect(
+        "127.0.0.1", server.port, tls=TLSMode.PLAIN, timeouts=Timeouts(2, 2, 2, 2)
+    )
+    try:
+        with pytest.raises(POP3ProtocolError, match="not base64"):
+            await client.auth_login("alice", "pw")
+    finally:
+        client.abort()
+
+
 def test_non_ascii_digits_in_login_delay() -> None:
     caps = Capabilities.parse(["LOGIN-DELAY ²"])
     assert caps.login_delay is None
