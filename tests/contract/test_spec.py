@@ -54,6 +54,8 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "upstream-unavailable": (503, True),
     "pool-exhausted": (503, True),
     "parser-busy": (503, True),
+    "token-unavailable": (503, True),
+    "mailbox-needs-reauth": (503, True),
     "upstream-timeout": (504, False),
 }
 
