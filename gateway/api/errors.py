@@ -66,6 +66,8 @@ RETRY_AFTER = {
     "parser-busy": 2,
     # the operator's new refresh token is read without a restart: worth asking again
     "mailbox-needs-reauth": 300,
+    # a default: the problem says when the token endpoint is asked again
+    "token-unavailable": 30,
 }
 
 
