@@ -40,6 +40,7 @@ from .edge import EdgeLimits, connection_cap, fd_reserve
 from .keys import DIRECTORY, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, Lifecycle
 from .metrics import Metrics
 from .oauth.http import TokenEndpointClient
+from .oauth.shared import RedisTokens
 from .oauth.tokens import Grant, RefreshTokenFile, Secret, SharedTokens, TokenSource
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
@@ -340,8 +341,14 @@ def create_app(
     def endpoint_client(timeout: float) -> TokenEndpointClient:
         return endpoint_clients.setdefault(timeout, TokenEndpointClient(timeout=timeout))
 
+    # With Redis, replicas share tokens (sealed with a key from the cache secret) and
+    # refresh one at a time (gateway/oauth/shared.py says why)
     oauth_sources = token_sources(
-        settings, endpoints=endpoint_client, clock=clock, shared=None, observer=metrics
+        settings,
+        endpoints=endpoint_client,
+        clock=clock,
+        shared=RedisTokens(redis, key=cache_key) if redis is not None else None,
+        observer=metrics,
     )
     metrics.watch_oauth(lambda: sum(s.needs_reauth for s in oauth_sources.values()))
     app[DIRECTORY] = build_directory(settings, oauth_sources)

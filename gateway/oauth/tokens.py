@@ -322,8 +322,8 @@ class TokenSource:
         self._delay = backoff_initial
         self._last_failure: str | None = None
         self._inflight: asyncio.Task[AccessToken] | None = None
-        #: the Redis name of this mailbox's record (a digest of the id, never the id)
-        self.shared_name = hashlib.sha256(f"pop3gw oauth\0{mailbox_id}".encode()).hexdigest()[:32]
+        #: the name of this mailbox's shared record (SharedTokens keys it by an HMAC)
+        self.shared_name = mailbox_id
 
     def __repr__(self) -> str:
         return f"<TokenSource {self.mailbox_id} {self.grant.provider} {self.grant.flow}>"
