@@ -389,7 +389,11 @@ class Directory:
                     return preset
         return self._default
 
-    def passthrough_account(self, user: str, password: str) -> Account | None:
+    def passthrough_account(
+        self, user: str, password: str, *, method: AuthMethod = "pass"
+    ) -> Account | None:
+        """The caller's own mailbox: ``password`` is a password (USER/PASS), or with
+        ``method="xoauth2"`` the caller's own OAuth access token."""
         upstream = self.upstream_for_user(user)
         if upstream is None:
             return None
@@ -397,6 +401,6 @@ class Directory:
             mailbox_id="me",
             upstream=upstream,
             user=user,
-            credential=Credential("pass", value=password),
+            credential=Credential(method, value=password),
             passthrough=True,
         )

@@ -164,7 +164,7 @@ class AuthServer:
             if user is None:
                 return 400, {"error": "invalid_grant", "error_description": "revoked or unknown"}
             body: dict[str, Any] = {
-                "access_token": self._issue(user),
+                "access_token": self.issue(user),
                 "token_type": "Bearer",
                 "expires_in": self.lifetime,
             }
@@ -174,13 +174,14 @@ class AuthServer:
             return 200, body
         if grant_type == "client_credentials" and self.app_user is not None:
             return 200, {
-                "access_token": self._issue(self.app_user),
+                "access_token": self.issue(self.app_user),
                 "token_type": "Bearer",
                 "expires_in": self.lifetime,
             }
         return 400, {"error": "unsupported_grant_type"}
 
-    def _issue(self, user: str) -> str:
+    def issue(self, user: str) -> str:
+        """An access token for ``user`` (as a caller that obtained its own has one)."""
         token = self.next_tokens.pop(0) if self.next_tokens else "at-" + secrets.token_urlsafe(32)
         self.access_tokens[token] = Issued(user)
         return token
