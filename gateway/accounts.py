@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .pop3 import POP3Client, Timeouts, TLSConfig, TLSMode
+from .oauth.tokens import AccessToken, TokenSource
+from .pop3 import POP3AuthError, POP3Client, Timeouts, TLSConfig, TLSMode
 
 AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop"]
+OAuthMechanism = Literal["auto", "xoauth2", "oauthbearer"]
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -66,6 +68,9 @@ class Upstream:
     #: end sessions without QUIT after reading (Gmail: RETR + QUIT marks mail downloaded)
     read_only_sessions: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: AUTH XOAUTH2 in two steps, the token only after the server's empty challenge
+    #: (Microsoft 365 wants it so); else with the command when it fits in 255 octets
+    xoauth2_two_step: bool = False
 
     async def connect(
         self,
@@ -86,6 +91,9 @@ class Upstream:
 
 
 #: Built-in presets by e-mail domain, as a mail client's account wizard has them.
+#: Hosts that want AUTH XOAUTH2 in two steps (Microsoft 365 / Outlook).
+TWO_STEP_XOAUTH2_HOSTS = frozenset({"outlook.office365.com"})
+
 PRESETS: dict[str, tuple[str, int, bool]] = {
     # domain: (host, port, read-only sessions)
     "126.com": ("pop.126.com", 995, False),
@@ -114,6 +122,7 @@ def preset_upstream(domain: str, timeouts: Timeouts) -> Upstream | None:
         tls=TLSMode.IMPLICIT,
         read_only_sessions=read_only,
         timeouts=timeouts,
+        xoauth2_two_step=host in TWO_STEP_XOAUTH2_HOSTS,
     )
 
 
@@ -157,6 +166,29 @@ class Credential:
             return text
 
 
+class OAuthCredential:
+    """Access tokens the gateway obtains itself (a :class:`TokenSource`), sent with
+    OAUTHBEARER or XOAUTH2. ``repr`` names the mailbox, never a token."""
+
+    method: Literal["oauth2"] = "oauth2"
+
+    def __init__(self, source: TokenSource, mechanism: OAuthMechanism = "auto") -> None:
+        self.source = source
+        self.mechanism = mechanism
+
+    def __repr__(self) -> str:
+        return f"<OAuthCredential {self.source.mailbox_id} {self.mechanism}>"
+
+    def secret(self) -> str:
+        """Not a token: what the session pool keys sessions by (the grant's origin, so that
+        a changed configuration never reuses a session of the old one). A session's token
+        is bounded by :attr:`AccessToken.refresh_at` instead."""
+        return "oauth2:" + self.source.grant.origin()
+
+
+AnyCredential = Credential | OAuthCredential
+
+
 @dataclass(frozen=True)
 class Account:
     """One mailbox to log in to: where, as whom, with what."""
@@ -164,7 +196,7 @@ class Account:
     mailbox_id: str  #: "me" for passthrough, else the configured id
     upstream: Upstream
     user: str
-    credential: Credential = field(repr=False)
+    credential: AnyCredential = field(repr=False)
     passthrough: bool
     #: the address the request came from (the peer, or X-Forwarded-For from a trusted
     #: proxy), set per request by the API layer: the failed-login rate per client
@@ -194,9 +226,20 @@ class Account:
         material = "\0".join((self.upstream.host, str(self.upstream.port), self.user))
         return hmac_sha256(key, material.encode())[:16].hex()
 
+    async def prepare(self) -> None:
+        """What a login needs before connecting: an OAuth access token (obtained now if none
+        is fresh), so that the token endpoint is never waited for with a POP3 connection
+        open. Raises the token's errors (gateway.oauth.errors)."""
+        if isinstance(self.credential, OAuthCredential):
+            await self.credential.source.token()
+
     async def login(self, client: POP3Client) -> None:
-        secret = self.credential.secret()
-        method = self.credential.method
+        credential = self.credential
+        if isinstance(credential, OAuthCredential):
+            await self._oauth_login(client, credential)
+            return
+        secret = credential.secret()
+        method = credential.method
         if method == "pass":
             await client.login(self.user, secret)
         elif method == "plain":
@@ -204,11 +247,32 @@ class Account:
         elif method == "login":
             await client.auth_login(self.user, secret)
         elif method == "xoauth2":
-            await client.auth_xoauth2(self.user, secret)
+            await client.auth_xoauth2(self.user, secret, two_step=self.upstream.xoauth2_two_step)
         elif method == "oauthbearer":
             await client.auth_oauthbearer(self.user, secret)
         else:
             await client.apop(self.user, secret)
+
+    async def _oauth_login(self, client: POP3Client, credential: OAuthCredential) -> None:
+        """OAUTHBEARER where the server offers it (or where configured), else XOAUTH2; the
+        session ends before the token is due for refresh (``client.valid_for``)."""
+        source = credential.source
+        token: AccessToken = await source.token()
+        mechanism = credential.mechanism
+        if mechanism == "auto":
+            capabilities = await client.capa()
+            mechanism = "oauthbearer" if "OAUTHBEARER" in capabilities.sasl else "xoauth2"
+        try:
+            if mechanism == "oauthbearer":
+                await client.auth_oauthbearer(self.user, token.value)
+            else:
+                await client.auth_xoauth2(
+                    self.user, token.value, two_step=self.upstream.xoauth2_two_step
+                )
+        except POP3AuthError:
+            source.rejected(token)  # the next login asks for a new token
+            raise
+        client.valid_for = max(0.0, token.refresh_at - source.clock())
 
 
 @dataclass(frozen=True)
@@ -325,7 +389,11 @@ class Directory:
                     return preset
         return self._default
 
-    def passthrough_account(self, user: str, password: str) -> Account | None:
+    def passthrough_account(
+        self, user: str, password: str, *, method: AuthMethod = "pass"
+    ) -> Account | None:
+        """The caller's own mailbox: ``password`` is a password (USER/PASS), or with
+        ``method="xoauth2"`` the caller's own OAuth access token."""
         upstream = self.upstream_for_user(user)
         if upstream is None:
             return None
@@ -333,6 +401,6 @@ class Directory:
             mailbox_id="me",
             upstream=upstream,
             user=user,
-            credential=Credential("pass", value=password),
+            credential=Credential(method, value=password),
             passthrough=True,
         )

@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from .accounts import Account, ApiKey, ApiKeys, Credential, Directory, Upstream
+from .accounts import (
+    Account,
+    AnyCredential,
+    ApiKey,
+    ApiKeys,
+    Credential,
+    Directory,
+    OAuthCredential,
+    Upstream,
+)
 from .api.middlewares import gateway_middleware
 from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
-from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
+from .config import (
+    MailboxSettings,
+    OAuthSettings,
+    Settings,
+    TimeoutSettings,
+    UpstreamSettings,
+    UpstreamURL,
+)
 from .edge import EdgeLimits, connection_cap, fd_reserve
 from .events import (
     EventFeed,
@@ -30,6 +48,9 @@ from .events import (
 )
 from .keys import DIRECTORY, EVENTS, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, WATCHER, Lifecycle
 from .metrics import Metrics
+from .oauth.http import TokenEndpointClient
+from .oauth.shared import RedisTokens
+from .oauth.tokens import Grant, RefreshTokenFile, Secret, SharedTokens, TokenSource
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
 from .replicas import RedisSessionGate
@@ -94,19 +115,85 @@ def _url_upstream(
     )
 
 
-def _credential(box: MailboxSettings) -> Credential:
+def _credential(box: MailboxSettings, sources: dict[str, TokenSource]) -> AnyCredential:
+    if box.auth == "oauth2":
+        assert box.oauth is not None  # load_settings() checked it
+        return OAuthCredential(sources[box.id], box.oauth.mechanism)
+    method = box.auth
     if box.password is not None:
-        return Credential(box.auth, value=box.password.get_secret_value())
+        return Credential(method, value=box.password.get_secret_value())
     if box.password_env is not None:
-        return Credential(box.auth, env=box.password_env)
+        return Credential(method, env=box.password_env)
     if box.token_env is not None:
-        return Credential(box.auth, env=box.token_env)
+        return Credential(method, env=box.token_env)
     path = box.password_file or box.token_file
     assert path is not None  # load_settings() checked that exactly one source is set
-    return Credential(box.auth, path=path)
+    return Credential(method, path=path)
 
 
-def build_directory(settings: Settings) -> Directory:
+def _secret(env: str | None, path: Path | None) -> Secret | None:
+    if env is not None:
+        return Secret(env=env)
+    if path is not None:
+        return Secret(path=path)
+    return None
+
+
+def oauth_grant(oauth: OAuthSettings) -> Grant:
+    return Grant(
+        provider=oauth.provider,
+        token_url=oauth.resolved_token_url(),
+        client_id=oauth.client_id,
+        client_secret=_secret(oauth.client_secret_env, oauth.client_secret_file),
+        refresh_token=None
+        if oauth.client_credentials
+        else _secret(oauth.refresh_token_env, oauth.refresh_token_file),
+        scope=oauth.resolved_scope(),
+        cafile=str(oauth.cafile) if oauth.cafile else None,
+    )
+
+
+def token_sources(
+    settings: Settings,
+    *,
+    endpoints: Callable[[float], TokenEndpointClient],
+    clock: Callable[[], float] = time.monotonic,
+    shared: SharedTokens | None = None,
+    observer: Metrics | None = None,
+    on_state: Callable[[], None] | None = None,
+) -> dict[str, TokenSource]:
+    """A token source per OAuth2 mailbox; ``endpoints(timeout)``: the HTTP client."""
+    sources = {}
+    for box in settings.mailboxes:
+        if box.auth != "oauth2" or box.oauth is None:
+            continue
+        oauth = box.oauth
+        sources[box.id] = TokenSource(
+            box.id,
+            oauth_grant(oauth),
+            endpoints(oauth.timeout),
+            refresh_margin=oauth.refresh_margin,
+            clock=clock,
+            shared=shared,
+            store=RefreshTokenFile(oauth.refresh_token_store)
+            if oauth.refresh_token_store
+            else None,
+            observer=observer,
+            request_timeout=oauth.timeout,
+            on_state=on_state,
+        )
+    return sources
+
+
+def build_directory(
+    settings: Settings, oauth_sources: dict[str, TokenSource] | None = None
+) -> Directory:
+    """Who logs in where. ``oauth_sources``: the token sources of OAuth2 mailboxes (made
+    by :func:`token_sources`; without them, made here with their own HTTP client)."""
+    if oauth_sources is None:
+        oauth_sources = token_sources(
+            settings, endpoints=lambda timeout: TokenEndpointClient(timeout=timeout)
+        )
     timeouts = _timeouts(settings.timeouts)
     upstreams = {spec.name: _upstream(spec) for spec in settings.upstreams}
     domains = {d: upstreams[spec.name] for spec in settings.upstreams for d in spec.domains}
@@ -115,11 +202,13 @@ def build_directory(settings: Settings) -> Directory:
         upstream = upstreams.get(box.upstream) or _url_upstream(
             f"mailbox-{box.id}", UpstreamURL.parse(box.upstream), timeouts
         )
+        if box.oauth is not None and box.oauth.provider == "microsoft":
+            upstream = dataclasses.replace(upstream, xoauth2_two_step=True)
         mailboxes[box.id] = Account(
             mailbox_id=box.id,
             upstream=upstream,
             user=box.user,
-            credential=_credential(box),
+            credential=_credential(box, oauth_sources),
             passthrough=False,
         )
     keys = ApiKeys(
@@ -322,7 +411,23 @@ def create_app(
     app[LIFECYCLE] = Lifecycle(
         metrics_token=settings.metrics_token.get_secret_value() if settings.metrics_token else None
     )
-    directory = app[DIRECTORY] = build_directory(settings)
+    # OAuth2 mailboxes: one HTTP client per request timeout, closed with the app
+    endpoint_clients: dict[float, TokenEndpointClient] = {}
+
+    def endpoint_client(timeout: float) -> TokenEndpointClient:
+        return endpoint_clients.setdefault(timeout, TokenEndpointClient(timeout=timeout))
+
+    # With Redis, replicas share tokens (sealed with a key from the cache secret) and
+    # refresh one at a time (gateway/oauth/shared.py says why)
+    oauth_sources = token_sources(
+        settings,
+        endpoints=endpoint_client,
+        clock=clock,
+        shared=RedisTokens(redis, key=cache_key) if redis is not None else None,
+        observer=metrics,
+    )
+    metrics.watch_oauth(lambda: sum(s.needs_reauth for s in oauth_sources.values()))
+    directory = app[DIRECTORY] = build_directory(settings, oauth_sources)
     pool: SessionPool | None = None
     gate: RedisSessionGate | None = None
     if sessions is None:
@@ -408,6 +513,11 @@ def create_app(
         if redis is not None:
             await redis.close()  # after the pool below released its replica locks
 
+    async def close_token_clients(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        for client in endpoint_clients.values():
+            await client.close()
+
     async def close_cache(_app: web.Application) -> AsyncIterator[None]:
         yield
         await header_cache.close()
@@ -460,6 +570,7 @@ def create_app(
 
     app.cleanup_ctx.append(redis_client)  # first in, last out
     app.cleanup_ctx.append(housekeeping)
+    app.cleanup_ctx.append(close_token_clients)
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     app.cleanup_ctx.append(close_parsers)

@@ -37,7 +37,25 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SCHEMES = {"pop3": "plain", "pop3s": "tls", "pop3+starttls": "starttls"}
 _DEFAULT_PORTS = {"plain": 110, "tls": 995, "starttls": 110}
 
-AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop"]
+AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop", "oauth2"]
+OAuthProvider = Literal["google", "microsoft", "generic"]
+OAuthMechanism = Literal["auto", "xoauth2", "oauthbearer"]
+
+#: token endpoints of the built-in providers (``{tenant}``: the Microsoft Entra tenant)
+OAUTH_TOKEN_URLS = {
+    "google": "https://oauth2.googleapis.com/token",
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+}
+#: scopes asked for by default: (refresh-token flow, client-credentials flow)
+OAUTH_SCOPES: dict[str, tuple[str | None, str | None]] = {
+    # Google: the scope was granted with the refresh token; a refresh need not repeat it
+    "google": (None, None),
+    "microsoft": (
+        "https://outlook.office.com/POP.AccessAsUser.All offline_access",
+        "https://outlook.office365.com/.default",
+    ),
+    "generic": (None, None),
+}
 Scope = Literal["read", "delete"]
 
 
@@ -157,6 +175,65 @@ class UpstreamSettings(BaseModel):
         return UpstreamURL.parse(self.url)
 
 
+class OAuthSettings(BaseModel):
+    """OAuth2 for a configured mailbox (``auth = "oauth2"``): the gateway obtains and
+    refreshes access tokens itself. Secrets come from environment variables or files only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: OAuthProvider
+    #: the token endpoint: required for generic; for google and microsoft it replaces the
+    #: provider's own (a national cloud, a proxy). https://, or http:// to a loopback host
+    token_url: str | None = None
+    #: microsoft: the Entra tenant (id or domain); "common" for the refresh-token flow
+    tenant: str | None = None
+    client_id: str = Field(min_length=1, max_length=512)
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+    #: app-only access without a refresh token (microsoft, generic): the client
+    #: credentials flow, with the client secret
+    client_credentials: bool = False
+    #: the scope asked for (default: the provider's, see the README)
+    scope: str | None = None
+    #: a writable file where a rotated refresh token is kept across restarts (with Redis it
+    #: is also kept there, sealed)
+    refresh_token_store: Path | None = None
+    #: SASL mechanism: auto = OAUTHBEARER where the server offers it, else XOAUTH2
+    mechanism: OAuthMechanism = "auto"
+    #: a PEM bundle of the CAs to trust for the token endpoint (a private one)
+    cafile: Path | None = None
+    #: a token is refreshed, and sessions logged in with it end, this many seconds before
+    #: it expires (at the latest half-way through its lifetime)
+    refresh_margin: float = Field(300.0, ge=0, le=3600)
+    #: seconds one request to the token endpoint may take
+    timeout: float = Field(10.0, gt=0, le=120)
+
+    _provider = field_validator("provider", "mechanism", mode="before")(
+        lambda v: _cased(v, str.lower)
+    )
+
+    @field_validator("client_id", "tenant", "scope")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and (not value.isprintable() or not value.strip()):
+            raise ValueError("must be printable text")
+        return value
+
+    def resolved_token_url(self) -> str:
+        if self.token_url:
+            return self.token_url
+        template = OAUTH_TOKEN_URLS[self.provider]
+        return template.format(tenant=self.tenant or "common")
+
+    def resolved_scope(self) -> str | None:
+        if self.scope is not None:
+            return self.scope
+        refresh, app_only = OAUTH_SCOPES[self.provider]
+        return app_only if self.client_credentials else refresh
+
+
 class MailboxSettings(BaseModel):
     """A mailbox the operator configures for services (reached with an API key)."""
 
@@ -179,6 +256,8 @@ class MailboxSettings(BaseModel):
     #: the first poll reports the messages already there as ``message.new`` (otherwise it
     #: only records them: a baseline)
     watch_report_existing: bool = False
+    #: with auth = "oauth2": the OAuth client and grant
+    oauth: OAuthSettings | None = None
 
     _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
 
@@ -673,6 +752,119 @@ def _default_upstream_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _http_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("https", "http") or not host:
+        return "must be an https:// URL"
+    if parts.username or parts.password:
+        return "credentials do not belong in the URL (use client_secret_env or _file)"
+    if parts.scheme == "http" and not is_loopback(host):
+        return "must be https:// (plain http:// only to a loopback host)"
+    return None
+
+
+def _secret_source_problems(where: str, env: str | None, path: Path | None) -> list[str]:
+    problems = []
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            problems.append(f"{where}_env: {env} is not set")
+        elif not value.strip() or any(c in value.strip() for c in "\r\n\0"):
+            problems.append(f"{where}_env: {env} is empty or contains CR, LF or NUL")
+    if path is not None:
+        unreadable = _unreadable(path)
+        if unreadable:
+            problems.append(f"{where}_file: {unreadable}")
+    return problems
+
+
+def _store_problem(path: Path) -> str | None:
+    """A refresh token store must be writable (its directory too: it is replaced whole)."""
+    directory = path.parent
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"the directory {directory} is not writable (rotated tokens are written there)"
+    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
+        return f"{path} is not a readable and writable file"
+    return None
+
+
+def _oauth_problems(i: int, box: MailboxSettings, sources: list[str]) -> list[str]:
+    """What stops an OAuth2 mailbox from getting tokens, each naming its setting."""
+    where = f"mailboxes.{i}"
+    if box.auth != "oauth2":
+        return [f"{where}.oauth: set only with auth = 'oauth2'"]
+    oauth = box.oauth
+    if oauth is None:
+        return [f"{where}.oauth: required with auth = 'oauth2' (provider, client_id, ...)"]
+    problems = []
+    if sources:
+        problems.append(
+            f"{where}: auth 'oauth2' takes its secrets from oauth (not {', '.join(sources)})"
+        )
+    at = f"{where}.oauth"
+    if oauth.provider == "generic" and not oauth.token_url:
+        problems.append(f"{at}.token_url: required with provider 'generic'")
+    if oauth.token_url:
+        problem = _http_url_problem(oauth.token_url)
+        if problem:
+            problems.append(f"{at}.token_url: {problem}")
+    secrets = [n for n in ("client_secret_env", "client_secret_file") if getattr(oauth, n)]
+    refresh = [n for n in ("refresh_token_env", "refresh_token_file") if getattr(oauth, n)]
+    if len(secrets) > 1:
+        problems.append(f"{at}: at most one of client_secret_env, client_secret_file")
+    if oauth.client_credentials:
+        if oauth.provider == "google":
+            problems.append(
+                f"{at}.client_credentials: Google has no app-only access to Gmail over POP3; "
+                "use a refresh token"
+            )
+        if refresh:
+            problems.append(f"{at}: client_credentials takes no refresh token")
+        if not secrets:
+            problems.append(f"{at}: client_credentials needs client_secret_env or _file")
+        if oauth.provider == "microsoft" and oauth.tenant in (None, "common", "organizations"):
+            problems.append(
+                f"{at}.tenant: client_credentials needs your tenant's id or domain (not 'common')"
+            )
+        if oauth.refresh_token_store is not None:
+            problems.append(f"{at}.refresh_token_store: no refresh token with client_credentials")
+    elif len(refresh) != 1:
+        problems.append(
+            f"{at}: needs exactly one of refresh_token_env, refresh_token_file "
+            "(or client_credentials = true)"
+        )
+    if oauth.tenant is not None and oauth.provider != "microsoft":
+        problems.append(f"{at}.tenant: only for provider 'microsoft'")
+    problems.extend(
+        _secret_source_problems(
+            f"{at}.client_secret", oauth.client_secret_env, oauth.client_secret_file
+        )
+    )
+    problems.extend(
+        _secret_source_problems(
+            f"{at}.refresh_token", oauth.refresh_token_env, oauth.refresh_token_file
+        )
+    )
+    if oauth.refresh_token_store is not None:
+        if oauth.refresh_token_store == oauth.refresh_token_file:
+            problems.append(
+                f"{at}.refresh_token_store: name another file than refresh_token_file "
+                "(the store holds the gateway's own record)"
+            )
+        else:
+            problem = _store_problem(oauth.refresh_token_store)
+            if problem:
+                problems.append(f"{at}.refresh_token_store: {problem}")
+    problems.extend(_cafile_problems(f"{at}.cafile", oauth.cafile))
+    return problems
+
+
 def _cross_check(settings: Settings) -> None:
     problems: list[str] = []
     names = [u.name for u in settings.upstreams]
@@ -709,6 +901,9 @@ def _cross_check(settings: Settings) -> None:
                         "upstreams with allow_plaintext = true"
                     )
         sources = box.secret_sources()
+        if box.auth == "oauth2" or box.oauth is not None:
+            problems.extend(_oauth_problems(i, box, sources))
+            continue
         token_auth = box.auth in ("xoauth2", "oauthbearer")
         wanted = (
             ("token_env", "token_file")

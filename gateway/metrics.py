@@ -107,6 +107,24 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.oauth_requests = Counter(
+            "pop3gw_oauth_token_requests",
+            "Requests to OAuth token endpoints, by provider and outcome (ok, invalid-grant, "
+            "refused, timeout, error).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.oauth_rotations = Counter(
+            "pop3gw_oauth_refresh_tokens_rotated",
+            "Refresh tokens replaced by the token endpoint (rotation), by provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.oauth_shared = Counter(
+            "pop3gw_oauth_tokens_shared",
+            "Access tokens another replica obtained (from Redis), used without a refresh.",
+            registry=self.registry,
+        )
         self._cache_events = _PlainCounter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, invalid: a stored "
@@ -240,6 +258,22 @@ class Metrics:
     def cache_event(self, kind: str) -> None:
         """One header cache event (one call per looked-up entry on a listing page)."""
         self._cache_events.inc(kind)
+
+    def token_request(self, provider: str, outcome: str) -> None:
+        """One request to an OAuth token endpoint: ``ok``, ``invalid-grant``, ``refused``
+        (another permanent error), ``timeout`` or ``error``."""
+        self.oauth_requests.labels(provider, outcome).inc()
+
+    def refresh_token_rotated(self, provider: str) -> None:
+        self.oauth_rotations.labels(provider).inc()
+
+    def token_shared(self) -> None:
+        """A token another replica obtained, used instead of a refresh of our own."""
+        self.oauth_shared.inc()
+
+    def watch_oauth(self, read: Callable[[], int]) -> None:
+        """Report ``read()`` = configured mailboxes in needs-reauth at scrape time."""
+        self.registry.register(_NeedsReauthCollector(read))
 
     def observe_pop3(self, command: str, outcome: str, seconds: float) -> None:
         """Count and time one POP3 command (every command of a pipelined burst)."""
@@ -408,3 +442,16 @@ class _SpoolCollector(Collector):
             value=reserved,
         )
         yield GaugeMetricFamily("pop3gw_spool_files", "Spool files open now.", value=files)
+
+
+class _NeedsReauthCollector(Collector):
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "pop3gw_oauth_needs_reauth_mailboxes",
+            "Configured mailboxes whose OAuth grant was refused (invalid_grant): they need to "
+            "be authorized again; the log names them.",
+            value=self._read(),
+        )

@@ -39,8 +39,10 @@ from gateway.service import (
     LoginThrottledError,
     MessageNotFoundError,
     MessageTooLargeError,
+    NeedsReauthError,
     ParseBusyError,
     ParseFailedError,
+    TokenUnavailableError,
     UpstreamLoginRateError,
     describe_failure,
     failure_reason,
@@ -212,6 +214,8 @@ def test_configured_credentials_are_the_operators_problem() -> None:
         (UpstreamLoginRateError(0.2), "upstream-login-rate"),
         (DeleteOutcomeUnknownError("lost"), "delete-outcome-unknown"),
         (DeleteFailedError("refused"), "delete-failed"),
+        (NeedsReauthError("refused grant"), "mailbox-needs-reauth"),
+        (TokenUnavailableError("endpoint down", retry_after=7.2), "token-unavailable"),
     ],
 )
 def test_service_failures(exc: BaseException, slug: str) -> None:
@@ -222,6 +226,8 @@ def test_service_failures(exc: BaseException, slug: str) -> None:
         assert dict(problem.headers)["Retry-After"] == "12"
     if slug.endswith("-login-rate"):  # at least a second, never "0"
         assert dict(problem.headers)["Retry-After"] in ("3", "1")
+    if slug == "token-unavailable":  # when the token endpoint is asked again, rounded up
+        assert dict(problem.headers)["Retry-After"] == "8"
 
 
 def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
@@ -237,6 +243,8 @@ def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
         "delete-failed",
         ParseFailedError.reason,
         ParseBusyError.reason,
+        NeedsReauthError.reason,
+        TokenUnavailableError.reason,
     }
     assert set(PROBLEMS) <= named
 

@@ -88,6 +88,12 @@ def _resolve(request: web.Request, directory: Directory, scope: str) -> Account:
 def _passthrough(request: web.Request, directory: Directory) -> Account:
     if not directory.passthrough:
         raise Problem("forbidden", "passthrough logins are disabled on this gateway")
+    token = _credentials(request, "XOAUTH2")
+    if token is not None:
+        # The caller's own OAuth access token: used for this request's login and never
+        # kept (not even among recent accounts); another scheme than API keys' Bearer, so
+        # an API key sent to `me` is never passed on to a mail server.
+        return _token_passthrough(token, directory)
     presented = request.headers.get("Authorization")
     if presented is not None and len(presented) <= MAX_AUTH_HEADER:
         # The same header as a recent request that passed every check below.
@@ -125,6 +131,37 @@ def _checked_passthrough(request: web.Request, directory: Directory) -> Account:
     if account is None:
         # Not a credential problem (another password would not help): no challenge, so a
         # browser does not ask for one again.
+        raise Problem(
+            "no-mail-server",
+            "no mail server is configured for this user's domain (no upstream for it, "
+            "no preset, no default upstream)",
+        )
+    return account
+
+
+def _token_passthrough(value: str, directory: Directory) -> Account:
+    """``Authorization: XOAUTH2 <base64 of user=U^Aauth=Bearer T^A^A>``: the SASL XOAUTH2
+    string that OAuth helper tools print, for the mailbox of U with U's own token."""
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            "invalid-request", "the XOAUTH2 credentials are not valid base64 ASCII"
+        ) from None
+    fields = dict(part.partition("=")[::2] for part in decoded.split("\x01") if part)
+    user = fields.get("user", "")
+    scheme, _, token = fields.get("auth", "").partition(" ")
+    if not user or scheme.lower() != "bearer" or not token:
+        raise Problem(
+            "invalid-request",
+            "the XOAUTH2 credentials must be base64 of user=<user>^Aauth=Bearer <token>^A^A",
+        )
+    if _FORBIDDEN_CHARS.intersection(user + token) or not token.isprintable() or " " in token:
+        raise Problem("invalid-request", "the XOAUTH2 credentials contain forbidden characters")
+    if len(user) > 200 or len(token) > 4096:
+        raise Problem("invalid-request", "the user name or token is too long")
+    account = directory.passthrough_account(user, token, method="xoauth2")
+    if account is None:
         raise Problem(
             "no-mail-server",
             "no mail server is configured for this user's domain (no upstream for it, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,9 @@ from ..pop3 import POP3Error, POP3TimeoutError
 from ..service import (
     LoginRateLimitedError,
     LoginThrottledError,
+    OAuthError,
     ServiceError,
+    TokenUnavailableError,
     connection_failure_words,
     failure_reason,
 )
@@ -48,6 +51,8 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "delete-failed": (502, "Delete failed"),
     "internal": (500, "Internal error"),
     "upstream-unavailable": (503, "Mail server temporarily unavailable"),
+    "mailbox-needs-reauth": (503, "Mailbox needs to be authorized again"),
+    "token-unavailable": (503, "OAuth token endpoint unavailable"),
     "pool-exhausted": (503, "Too many sessions in use"),
     "parser-busy": (503, "Message parsers busy"),
     "events-unavailable": (503, "Event log unavailable"),
@@ -64,6 +69,10 @@ RETRY_AFTER = {
     "parser-busy": 2,
     "events-unavailable": 5,
     "event-readers-busy": 5,
+    # the operator's new refresh token is read without a restart: worth asking again
+    "mailbox-needs-reauth": 300,
+    # a default: the problem says when the token endpoint is asked again
+    "token-unavailable": 30,
 }
 
 
@@ -152,6 +161,13 @@ def _throttled(slug: str) -> Callable[[BaseException, bool], Problem]:
     return build
 
 
+def _token_unavailable(exc: BaseException, _passthrough: bool) -> Problem:
+    wait = exc.retry_after if isinstance(exc, TokenUnavailableError) else 30.0
+    return Problem(
+        "token-unavailable", str(exc), headers=(("Retry-After", str(max(1, math.ceil(wait)))),)
+    )
+
+
 def _timeout(exc: BaseException, _passthrough: bool) -> Problem:
     phase = exc.phase if isinstance(exc, POP3TimeoutError) else "network"
     words = connection_failure_words(exc)
@@ -191,6 +207,10 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
     "upstream-login-rate": _throttled("upstream-login-rate"),
     "delete-outcome-unknown": _as_is("delete-outcome-unknown"),
     "delete-failed": _as_is("delete-failed"),
+    # OAuth tokens (configured mailboxes): a refused grant until the operator acts; a
+    # failing token endpoint is asked again after its backoff
+    "needs-reauth": _as_is("mailbox-needs-reauth"),
+    "token-unavailable": _token_unavailable,
     # the pool's
     "pool-timeout": _fixed(
         "pool-exhausted", "every session for this mailbox is busy; retry shortly"
@@ -225,7 +245,7 @@ def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
     """The problem for a failure, or None for an unexpected one (a 500)."""
     if isinstance(exc, Problem):
         return exc
-    if not isinstance(exc, POP3Error | ServiceError):
+    if not isinstance(exc, POP3Error | ServiceError | OAuthError):
         return None
     build = PROBLEMS.get(failure_reason(exc))
     if build is None:

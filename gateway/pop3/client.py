@@ -347,6 +347,10 @@ class POP3Client:
         self.greeting = ""
         self.apop_timestamp: str | None = None
         self.capabilities: Capabilities | None = None
+        #: seconds after its login for which this session may be used: set by whoever
+        #: logged in with a credential that expires (an OAuth token); a pool ends the
+        #: session by then. None: no such bound
+        self.valid_for: float | None = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -732,8 +736,10 @@ class POP3Client:
         answers = [_check_arg(user, "user name"), _check_arg(password, "password")]
         await self.auth("LOGIN", None, lambda _challenge: answers.pop(0) if answers else b"")
 
-    async def auth_xoauth2(self, user: str, token: str) -> None:
-        """AUTH XOAUTH2 (Google, Microsoft): ``user=U^Aauth=Bearer T^A^A``."""
+    async def auth_xoauth2(self, user: str, token: str, *, two_step: bool = False) -> None:
+        """AUTH XOAUTH2 (Google, Microsoft): ``user=U^Aauth=Bearer T^A^A``. ``two_step``
+        sends it only after the server's empty challenge (Microsoft 365 wants it so);
+        otherwise it goes with the command when the line fits in 255 octets."""
         payload = (
             b"user="
             + _check_arg(user, "user name")
@@ -742,7 +748,7 @@ class POP3Client:
             + b"\x01\x01"
         )
         # On failure the server sends a JSON error as a challenge; the client answers empty.
-        await self.auth("XOAUTH2", payload, lambda _challenge: b"")
+        await self.auth("XOAUTH2", payload, lambda _challenge: b"", initial=not two_step)
 
     async def auth_oauthbearer(
         self, user: str, token: str, *, host: str | None = None, port: int | None = None
@@ -762,12 +768,15 @@ class POP3Client:
         mechanism: str,
         initial_response: bytes | None,
         respond: Callable[[bytes], bytes] | None = None,
+        *,
+        initial: bool = True,
     ) -> None:
         """A SASL exchange (RFC 5034).
 
-        ``initial_response`` is sent with the command when the line fits in 255 octets, else
-        after the server's first (empty) challenge. ``respond(challenge)`` answers further
-        challenges (decoded bytes); without it, a further challenge is cancelled with ``*``.
+        ``initial_response`` is sent with the command when the line fits in 255 octets (and
+        ``initial`` is true), else after the server's first (empty) challenge.
+        ``respond(challenge)`` answers further challenges (decoded bytes); without it, a
+        further challenge is cancelled with ``*``.
         """
         mech = _check_arg(mechanism, "SASL mechanism").upper()
         if not mech or not mech.replace(b"-", b"").replace(b"_", b"").isalnum():
@@ -775,7 +784,7 @@ class POP3Client:
         self._require("AUTH")
         pending = initial_response
         line = b"AUTH " + mech
-        if pending is not None:
+        if pending is not None and initial:
             candidate = line + b" " + _b64(pending)
             if len(candidate) + 2 <= MAX_COMMAND_LINE:
                 line, pending = candidate, None

@@ -31,7 +31,8 @@ How it works:
   others of its server waiting. Waiting is bounded by ``acquire_timeout``; a timer, not a
   cancellation, ends the wait, so a slot handed over at the last moment is never lost.
 - Freshness: POP3 shows the maildrop as of login, so an idle session is reused only while it
-  is younger than ``snapshot_max_age`` (and ``max_session_age``). ``fresh=True`` always opens
+  is younger than ``snapshot_max_age`` (and ``max_session_age``), and never once the
+  credential it logged in with has expired (``POP3Client.valid_for``). ``fresh=True`` always opens
   a new session; an idle one for the key is QUIT first (one session per maildrop). A reused
   session idle for more than ``noop_after`` seconds is checked with NOOP first; if NOOP fails,
   a new session is opened in its place, and the caller never sees it.
@@ -186,6 +187,7 @@ class PooledSession:
         "_discarded",
         "_ended",
         "client",
+        "expires_at",
         "gate_token",
         "identity",
         "key",
@@ -218,6 +220,9 @@ class PooledSession:
         self.opened_at = opened_at
         self.opened_at_wall = opened_at_wall
         self.last_used = opened_at
+        #: when the credential it logged in with stops being good (``client.valid_for``
+        #: after the login began): never reused from then on
+        self.expires_at = opened_at + client.valid_for if client.valid_for is not None else None
         self.quit_on_close = quit_on_close
         self.serial = next(_SERIALS)
         #: who logged in (set by the pool from the lease that opened it)
@@ -406,7 +411,7 @@ class SessionPool:
         self._leased.discard(session)
         if ok and self._clean(session):
             now = self._clock()
-            if not self._closed and now - session.opened_at <= self._max_age:
+            if not self._closed and self._young(session, now):
                 session.last_used = now
                 self._idle.setdefault(session.key, []).append(session)
                 self._dispatch()
@@ -447,8 +452,15 @@ class SessionPool:
             and client.deleted_marks == 0
         )
 
+    def _young(self, session: PooledSession, now: float) -> bool:
+        """Young enough to be reused: within the snapshot age, and before the credential it
+        logged in with expires (an OAuth token: Gmail ends the session when it does)."""
+        return now - session.opened_at <= self._max_age and (
+            session.expires_at is None or now < session.expires_at
+        )
+
     def _reusable(self, session: PooledSession, now: float) -> bool:
-        return self._clean(session) and now - session.opened_at <= self._max_age
+        return self._clean(session) and self._young(session, now)
 
     async def _open(
         self,
@@ -803,7 +815,7 @@ class SessionPool:
     def _expired(self, session: PooledSession, now: float) -> bool:
         return (
             now - session.last_used > self.limits.idle_timeout
-            or now - session.opened_at > self._max_age
+            or not self._young(session, now)
             or session.client.state is not State.TRANSACTION
         )
 

@@ -1,4 +1,5 @@
-"""The account wizard's "test settings": connect, TLS, authenticate, CAPA and STAT, each
+"""The account wizard's "test settings": the OAuth token (for an OAuth2 mailbox), connect,
+TLS, authenticate, CAPA and STAT, each
 timed, stopping at the first failure, described in our own words. Every failure of a step
 (rejected credentials included, whoever's they are) is reported as that step, in one
 :class:`CheckResult`."""
@@ -10,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..accounts import Account
+from ..accounts import Account, OAuthCredential
+from ..oauth.errors import OAuthError
 from ..pop3 import POP3AuthError, POP3Client, POP3Error, POP3TimeoutError, TLSMode
 from .errors import connection_failure_words, failure_reason
 from .sessions import SessionObserver, SessionSource
@@ -117,6 +119,11 @@ class Checker:
                 raise
             return client
 
+        token_step: list[CheckStep] = []
+        if isinstance(account.credential, OAuthCredential):
+            token_step.append(await _token_step(account.credential))
+            if not token_step[0].ok:
+                return CheckResult(False, token_step, [], None, None)
         try:
             async with self._sessions.lease(account, fresh=True, how=connect_and_login) as session:
                 capabilities = await step("capa", session.client.capa)
@@ -127,9 +134,31 @@ class Checker:
         except (POP3Error, OSError):
             if not steps:
                 raise  # refused before any step (pool, gate): a problem, as on every route
+        steps[:0] = token_step
         ok = all(s.ok for s in steps if s.name != "tls" or upstream.tls is not TLSMode.PLAIN)
         ok = ok and any(s.name == "stat" for s in steps)
         return CheckResult(ok, steps, caps, messages, octets, credentials_rejected=rejected)
+
+
+_TOKEN_SOURCES = {
+    "endpoint": "obtained from the token endpoint",
+    "cache": "cached",
+    "replica": "obtained by another replica (shared through Redis)",
+}
+
+
+async def _token_step(credential: OAuthCredential) -> CheckStep:
+    """The OAuth token: where it came from and how long it lasts, never the token."""
+    source = credential.source
+    started = time.perf_counter()
+    try:
+        token = await source.token()
+    except OAuthError as exc:
+        return CheckStep("token", False, _ms(started), str(exc))
+    left = token.expires_at - source.clock()
+    return CheckStep(
+        "token", True, _ms(started), f"{_TOKEN_SOURCES[token.source]}, expires in {left:.0f} s"
+    )
 
 
 async def _noop() -> None:

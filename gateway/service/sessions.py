@@ -118,6 +118,9 @@ class SessionOpener:
         ``how``; either way through the login limits and counted."""
         rations = self._rations
         observer = self._observer
+        # An OAuth token first: a failing token endpoint is no failed login, and holds no
+        # POP3 connection open while it is waited for.
+        await account.prepare()
         attempt = None
         if rations is not None:
             # Per person (spellings count once); configured mailboxes apart from passthrough

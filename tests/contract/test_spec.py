@@ -57,6 +57,8 @@ PROBLEMS: dict[str, tuple[int, bool]] = {
     "parser-busy": (503, True),
     "events-unavailable": (503, True),
     "event-readers-busy": (503, True),
+    "token-unavailable": (503, True),
+    "mailbox-needs-reauth": (503, True),
     "upstream-timeout": (504, False),
 }
 
@@ -221,16 +223,24 @@ def test_operation_ids_are_unique(spec: dict[str, Any]) -> None:
     assert len(ids) == len(set(ids)) == len(EXPECTED_OPERATIONS)
 
 
-def test_every_v1_operation_lists_its_security_schemes(spec: dict[str, Any]) -> None:
+def test_every_v1_operation_lists_every_security_scheme(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["basicAuth"] == {**schemes["basicAuth"], "type": "http", "scheme": "basic"}
+    assert schemes["xoauth2Auth"] == {
+        **schemes["xoauth2Auth"],
+        "type": "http",
+        "scheme": "XOAUTH2",
+    }
     assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
     for method, template, op in v1_operations(spec):
         if "/events" in template:
             # events exist only for configured (watched) mailboxes: API keys only
             assert op["security"] == [{"bearerAuth": []}], (method, template)
             continue
-        assert op["security"] == [{"basicAuth": []}, {"bearerAuth": []}], (method, template)
+        assert op["security"] == [{"basicAuth": []}, {"xoauth2Auth": []}, {"bearerAuth": []}], (
+            method,
+            template,
+        )
 
 
 def test_the_intro_names_only_real_scopes(spec: dict[str, Any]) -> None:

@@ -1015,3 +1015,48 @@ async def test_close_while_a_session_is_opening(make_pool: MakePool, events: Eve
         await closing
         assert opened[0].state is State.CLOSED
         assert events.counts["open"] == events.counts["close"] == 1
+
+
+async def test_a_session_is_not_reused_once_its_credential_expires(
+    make_pool: MakePool, clock: FakeClock
+) -> None:
+    """An OAuth login sets ``valid_for`` (its token's time left): the session ends then,
+    however young its snapshot (Gmail ends the session when the token expires)."""
+    async with fake() as server:
+        inner = fake_factory(server)
+
+        async def expiring() -> POP3Client:
+            client = await inner()
+            client.valid_for = 10.0
+            return client
+
+        pool = make_pool(snapshot_max_age=1000.0, max_session_age=1000.0, noop_after=1000.0)
+        async with pool.lease("k", "fake", expiring) as first:
+            assert first.expires_at == clock.now + 10.0
+        clock.advance(9.5)
+        async with pool.lease("k", "fake", expiring) as again:
+            assert again is first
+        clock.advance(0.5)
+        async with pool.lease("k", "fake", expiring) as second:
+            assert second is not first
+        assert first.client.state is State.CLOSED
+        assert inner.calls == 2
+
+
+async def test_the_reaper_ends_an_idle_session_whose_credential_expired(
+    make_pool: MakePool, clock: FakeClock
+) -> None:
+    async with fake() as server:
+        inner = fake_factory(server)
+
+        async def expiring() -> POP3Client:
+            client = await inner()
+            client.valid_for = 10.0
+            return client
+
+        pool = make_pool(snapshot_max_age=1000.0, max_session_age=1000.0, reap_interval=0.01)
+        async with pool.lease("k", "fake", expiring) as first:
+            pass
+        clock.advance(10.0)
+        await wait_until(lambda: pool.stats().open == 0)
+        assert first.client.state is State.CLOSED

@@ -236,6 +236,10 @@ class Dovecot:
       default is 2 s; failures are released every 0.5 s at best);
     - `process_limit`: Dovecot's ``default_process_limit`` (one process per connection);
     - `extra_config`: appended verbatim to the generated configuration;
+    - `oauth2_introspection_url`: when set, XOAUTH2 and OAUTHBEARER logins are checked by
+      Dovecot's ``oauth2`` passdb, which POSTs ``token=...`` to this URL (RFC 7662
+      introspection) and wants ``{"active": true, "username": <user>}`` back; users still
+      need `add_user` (their Maildir and userdb entry);
     - `certificate`: ``"ca"`` (default) serves a certificate for "localhost" and 127.0.0.1
       issued by a test CA (`cafile`); ``"self-signed"`` serves what a lab server often has:
       a self-signed certificate for another name (`SELF_SIGNED_NAME`), made on the spot,
@@ -251,6 +255,7 @@ class Dovecot:
         auth_failure_delay: str = "0",
         process_limit: int = 500,
         extra_config: str = "",
+        oauth2_introspection_url: str | None = None,
         certificate: Literal["ca", "self-signed"] = "ca",
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
@@ -261,6 +266,7 @@ class Dovecot:
         self._auth_failure_delay = auth_failure_delay
         self._process_limit = process_limit
         self._extra_config = extra_config
+        self._oauth2_url = oauth2_introspection_url
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
 
@@ -623,6 +629,27 @@ class Dovecot:
         login_chroot = "" if acc.as_root else "  chroot =\n"
         # Without root, sockets cannot be given to the "dovecot" group either.
         internal_group = "" if acc.as_root else f"default_internal_group = {acc.mail_group}"
+        mechanisms = "plain login"
+        oauth2_passdb = ""
+        if self._oauth2_url:
+            # Tokens are checked by asking the test's introspection endpoint at every
+            # login (auth_cache_size = 0), before the passwd-file passdb sees the login.
+            conf = work / "oauth2.conf.ext"
+            conf.write_text(
+                f"introspection_mode = post\n"
+                f"introspection_url = {self._oauth2_url}\n"
+                "force_introspection = yes\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+                "timeout_msecs = 10000\n"
+            )
+            conf.chmod(0o644)
+            mechanisms = "plain login xoauth2 oauthbearer"
+            oauth2_passdb = (
+                "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {conf}\n}}\n"
+            )
         config = f"""\
 # A self-contained POP3-only Dovecot for tests (tests/support/dovecot.py).
 base_dir = {work / "base"}
@@ -657,12 +684,12 @@ ssl_min_protocol = TLSv1.2
 {ssl_dh}
 
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = {self._auth_failure_delay}
 auth_cache_size = 0
 auth_verbose = yes
 
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {self.passwd_dir}/%u
 }}
