@@ -53,6 +53,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import RawRequestMessage
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from .config import ConfigError
@@ -217,6 +218,7 @@ class ConnectionGate:
         self._reclaiming = 0
         self.accept_log = RateLimitedLog(log, limits.accept_log_interval)
         self._cap_log = RateLimitedLog(log, limits.accept_log_interval)
+        self.malformed_log = RateLimitedLog(log, limits.accept_log_interval)
 
     def stats(self) -> tuple[int, int]:
         return self.open, self.limits.max_connections
@@ -335,6 +337,19 @@ class EdgeRequestHandler(web.RequestHandler):
             self._edge_slot.release()
         finally:
             super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """aiohttp logs every request its parser refuses (a NUL in a header, a line too
+        long...) as an error with a traceback: anyone could fill the logs with them. Those
+        are counted instead, and logged at most once per interval, without their content
+        (which may hold a credential); any other exception is logged as before."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            kind = type(exc).__name__
+            self._edge_gate.metrics.http_malformed(kind)
+            self._edge_gate.malformed_log.warning("refused a malformed HTTP request (%s)", kind)
+            return
+        super().log_exception(*args, **kwargs)
 
     # -- the edge's own ---------------------------------------------------------------------
 

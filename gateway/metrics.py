@@ -155,6 +155,12 @@ class Metrics:
             "Idle keep-alive connections closed early to make room under the connection cap.",
             "reason",
         )
+        self._http_malformed = _PlainCounter(
+            "pop3gw_http_malformed_requests",
+            "Requests refused with 400 before any handler ran (a head that is not HTTP, a bad "
+            "header character, a line too long...), by kind (the parser's error class).",
+            "kind",
+        )
         self.events = Counter(
             "pop3gw_events",
             "Events recorded for watched mailboxes, by kind (message.new, message.removed, "
@@ -181,6 +187,7 @@ class Metrics:
             self._accept_pauses,
             self._accept_errors,
             self._http_reclaimed,
+            self._http_malformed,
         ):
             self.registry.register(counter)
 
@@ -198,6 +205,10 @@ class Metrics:
     def http_timeout(self, phase: str) -> None:
         """An HTTP connection closed by a timeout: ``header``, ``body`` or ``keepalive``."""
         self._http_timeouts.inc(phase)
+
+    def http_malformed(self, kind: str) -> None:
+        """A request refused by the HTTP parser (``kind``: its error class's name)."""
+        self._http_malformed.inc(kind)
 
     def accept_paused(self, reason: str) -> None:
         """The listener stopped accepting: ``max_connections``, ``fd_exhausted``,

@@ -95,6 +95,34 @@ def metric(app: web.Application, name: str, **labels: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+async def test_malformed_requests_are_counted_not_logged_one_by_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp logs each request its parser refuses as an error with a traceback: anyone
+    could fill the logs. 40 of them give one line, no traceback, no request content."""
+    secret = "c2VjcmV0OnBhc3N3b3Jk"
+    bad = f"GET /healthz HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {secret}\x00\r\n\r\n"
+    caplog.set_level(logging.DEBUG)
+    async with edge() as (site, app):
+        for _ in range(40):
+            reader, writer = await connect(site)
+            writer.write(bad.encode())
+            status, _ = await response(reader)
+            assert status == 400
+            await close(writer)
+        reader, writer = await connect(site)
+        writer.write(HEALTHZ)
+        assert (await response(reader))[0] == 200
+        await close(writer)
+        text = app[METRICS].exposition()[0].decode()
+    assert 'pop3gw_http_malformed_requests_total{kind="BadHttpMessage"} 40.0' in text
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(noisy) == 1, [r.getMessage() for r in noisy]
+    assert noisy[0].exc_info is None
+    assert "BadHttpMessage" in noisy[0].getMessage()
+    assert secret not in caplog.text
+
+
 async def test_half_sent_head_is_closed_while_others_are_answered() -> None:
     async with edge(header_timeout=0.5, keepalive_timeout=30) as (site, app):
         slow_reader, slow = await connect(site)

@@ -477,15 +477,31 @@ class POP3Stream:
         return b"".join(out) if kept is None else TruncatedBody(kept)
 
     async def iter_body(self) -> AsyncGenerator[bytes, None]:
-        """The multi-line body as a flow of chunks of at most about :data:`CHUNK_SIZE`."""
+        """The multi-line body as a flow of chunks of at most :data:`CHUNK_SIZE` bytes.
+
+        One parsed piece can be as large as the read buffer (it fills to its high-water
+        mark and beyond while the consumer is slow): such a piece is cut, so that what the
+        consumer holds at a time stays bounded however the bytes arrived."""
         out: list[bytes | bytearray] = []
         pending = 0
         async for piece in self._body_chunks(out):
             pending += len(piece)
-            if pending >= CHUNK_SIZE:
-                yield b"".join(out)
-                out.clear()
+            if pending < CHUNK_SIZE:
+                continue
+            data = b"".join(out)
+            out.clear()
+            whole = len(data) - len(data) % CHUNK_SIZE
+            if whole == len(data):
+                # the common case: a chunk of exactly CHUNK_SIZE, no copy
+                for start in range(0, whole, CHUNK_SIZE):
+                    yield data if whole == CHUNK_SIZE else data[start : start + CHUNK_SIZE]
                 pending = 0
+                continue
+            for start in range(0, whole, CHUNK_SIZE):
+                yield data[start : start + CHUNK_SIZE]
+            rest = data[whole:]
+            out.append(rest)
+            pending = len(rest)
         if out:
             yield b"".join(out)
 

@@ -21,7 +21,7 @@ from gateway.pop3 import (
     Timeouts,
     TLSMode,
 )
-from gateway.pop3.protocol import READ_HIGH_WATER, _ReaderProtocol
+from gateway.pop3.protocol import CHUNK_SIZE, READ_HIGH_WATER, _ReaderProtocol
 from tests.support.fakepop3 import Drop, FakeMailbox, FakePOP3Server, Reply
 
 FAST = Timeouts(connect=2, tls=2, command=0.5, idle=0.5)
@@ -186,8 +186,10 @@ async def test_reading_pauses_when_the_consumer_is_slow(server: FakePOP3Server) 
         await asyncio.sleep(0.3)  # the server keeps sending; we do not read
         protocol = client._stream._protocol  # flow control is internal
         assert len(protocol.buffer) <= READ_HIGH_WATER + 512 * 1024
-        data = b"".join([c async for c in chunks])
-    assert data == BIG
+        got = [c async for c in chunks]
+    assert b"".join(got) == BIG
+    # a full read buffer is handed over in CHUNK_SIZE pieces, not as one large piece
+    assert max(len(c) for c in got) <= CHUNK_SIZE
     await client.quit()
 
 
