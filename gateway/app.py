@@ -340,8 +340,9 @@ def create_app(
         if workers is not None:
             await workers.close()
 
-    async def close_pool(_app: web.Application) -> AsyncIterator[None]:
+    async def close_pool(app: web.Application) -> AsyncIterator[None]:
         yield
+        await app[SERVICE].close()  # read-aheads hold sessions: stop them first
         if pool is not None:
             await pool.close()  # idle sessions QUIT: they hold no DELE marks
         if gate is not None:

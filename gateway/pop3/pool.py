@@ -325,6 +325,23 @@ class SessionPool:
         """Whether :meth:`close` was called (no new leases)."""
         return self._closed
 
+    def wanted(self, key: str, upstream: str) -> bool:
+        """Whether a lease waits that a session of ``key`` on ``upstream`` could serve (one
+        for the same key) or make room for (one held back by the upstream's or the global
+        cap): optional work with that session had better not keep it now."""
+        limits = self.limits
+        for waiter in self._queue:
+            if waiter.key == key:
+                return True
+            if self._total >= limits.max_total:
+                return True
+            if (
+                waiter.upstream == upstream
+                and self._per_upstream.get(upstream, 0) >= limits.max_per_upstream
+            ):
+                return True
+        return False
+
     def stats(self) -> PoolStats:
         return PoolStats(
             open=self._total,

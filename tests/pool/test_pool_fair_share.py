@@ -83,3 +83,30 @@ async def test_with_room_for_everyone_a_key_keeps_its_idle_session(make_pool: Ma
         )
         assert sorted(served) == ["a", "b"]
         assert len(server.connections) == 2  # a's session was reused
+
+
+async def test_the_pool_says_when_a_session_is_wanted_elsewhere(make_pool: MakePool) -> None:
+    # Optional work with a session (a listing's read-ahead) asks first: a lease waiting for
+    # the same key, or for room on the same upstream at its cap, wants the session.
+    async with fake(users=USERS) as server:
+        pool = make_pool(max_per_upstream=2)
+        holder_a = Holder(pool, "a", "fake", fake_factory(server, "a", "pw"))
+        await holder_a.entered.wait()
+        assert not pool.wanted("a", "fake")
+        holder_b = Holder(pool, "b", "fake", fake_factory(server, "b", "pw"))
+        await holder_b.entered.wait()
+        assert not pool.wanted("a", "fake")  # at its cap, but nobody waits
+        served: list[str] = []
+        job = asyncio.create_task(_lease(pool, server, "c", served))
+        await _queue(pool, 1)
+        assert pool.wanted("a", "fake")  # "c" waits for room on the upstream
+        assert not pool.wanted("a", "other")
+        await holder_b.finish()
+        await job
+        assert served == ["c"]
+        assert not pool.wanted("a", "fake")
+        again = asyncio.create_task(_lease(pool, server, "a", served))
+        await _queue(pool, 1)
+        assert pool.wanted("a", "fake")  # a second lease of the key itself
+        await holder_a.finish()
+        await again
