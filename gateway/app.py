@@ -266,6 +266,7 @@ def create_app(
                 snapshot_max_age=limits.snapshot_max_age,
                 idle_timeout=limits.idle_timeout,
                 retry_budget=limits.retry_budget,
+                reuse_grace=limits.reuse_grace,
             ),
             on_event=metrics.pool_event,
             gate=gate,

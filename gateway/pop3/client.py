@@ -30,6 +30,7 @@ Rules the client keeps:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import builtins
@@ -76,6 +77,9 @@ DEFAULT_MAX_LINE: Final = 8192
 #: replies are read while commands are written: no deadlock. It is refilled once half of it
 #: has been answered.
 PIPELINE_MAX_BYTES: Final = 32 * 1024
+#: A pipelined batch lets other tasks run after this many replies read without waiting
+#: (a burst the server answered faster than we read is not one long stretch of the loop).
+PIPELINE_YIELD_EVERY: Final = 32
 #: Message numbers above this are not sent (no real maildrop comes close).
 MAX_MESSAGE_NUMBER: Final = 2**31 - 1
 
@@ -1081,6 +1085,7 @@ class POP3Client:
         total = len(commands)
         sent = 0
         in_flight = 0  # bytes of commands sent and not answered yet
+        unyielded = 0  # replies read from the buffer since the loop last ran others
         debug = wire_log.isEnabledFor(logging.DEBUG)
         try:
             with self._session_guard():
@@ -1124,6 +1129,7 @@ class POP3Client:
                             )
                     else:
                         status, body = self._status_of(taken[0], cmd.verb), taken[1]
+                        unyielded += 1
                     in_flight -= len(cmd.line)
                     if status.ok:
                         replies.append(Reply(True, status.text, body))
@@ -1134,6 +1140,9 @@ class POP3Client:
                         self._observe(cmd.verb, "err", sent_at[len(replies) - 1])
                     if on_reply is not None:
                         on_reply(len(replies) - 1, replies[-1])
+                    if unyielded >= PIPELINE_YIELD_EVERY:
+                        unyielded = 0
+                        await asyncio.sleep(0)
         except BaseException:
             if lead is not None and sent_at:
                 self._observe("CAPA", "failed", sent_at[0])

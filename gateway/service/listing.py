@@ -422,10 +422,11 @@ class Listing:
                 answer(page)
         except BaseException as exc:
             if not ready.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    ready.cancel()
-                else:
+                # The caller's own failure: it raises there (this task ends quietly).
+                if isinstance(exc, Exception):
                     ready.set_exception(exc)
+                    return
+                ready.cancel()
                 raise
             if not isinstance(exc, Exception):
                 raise
