@@ -87,6 +87,9 @@ class Upstream:
             timeouts=self.timeouts,
             pipelining=self.pipelining,
             on_command=on_command,
+            # CAPA as soon as the greeting is read: a password login is then one AUTH PLAIN
+            # where offered, and the first batch after login carries the next CAPA along.
+            capa=True,
         )
 
 

@@ -447,6 +447,7 @@ def create_app(
                 snapshot_max_age=limits.snapshot_max_age,
                 idle_timeout=limits.idle_timeout,
                 retry_budget=limits.retry_budget,
+                reuse_grace=limits.reuse_grace,
             ),
             on_event=metrics.pool_event,
             gate=gate,
@@ -527,8 +528,9 @@ def create_app(
         if workers is not None:
             await workers.close()
 
-    async def close_pool(_app: web.Application) -> AsyncIterator[None]:
+    async def close_pool(app: web.Application) -> AsyncIterator[None]:
         yield
+        await app[SERVICE].close()  # read-aheads hold sessions: stop them first
         if pool is not None:
             await pool.close()  # idle sessions QUIT: they hold no DELE marks
         if gate is not None:

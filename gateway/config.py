@@ -317,6 +317,9 @@ class PoolSettings(BaseModel):
     snapshot_max_age: float = Field(5.0, ge=0, le=600)
     #: idle sessions are QUIT after this long (well before the 10-minute autologout)
     idle_timeout: float = Field(120.0, gt=0, le=540)
+    #: a session given back stays its mailbox's this long, even while other mailboxes wait
+    #: at the caps: a client that lists and then reads a message logs in once, not twice
+    reuse_grace: float = Field(0.25, ge=0, le=5)
     #: seconds spent retrying [IN-USE] / [LOGIN-DELAY] logins before answering 423/429
     retry_budget: float = Field(8.0, ge=0, le=120)
     #: after this many failed logins to one mailbox within failed_login_window seconds, the

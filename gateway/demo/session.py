@@ -108,6 +108,9 @@ class ConnectionRecord:
     updated: bool = False
     """QUIT from TRANSACTION was processed and the deletions applied."""
     closed: bool = False
+    turns: int = 0
+    """Times the session waited for input with every command answered and nothing left
+    to read: after the greeting, each is a round trip the client paid."""
 
 
 @dataclass(frozen=True)
@@ -312,8 +315,14 @@ class Session(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def pending_lines(self) -> int:
+        """Complete input lines received and not read yet: pipelined commands waiting for
+        their turn."""
+        return self._buf.count(b"\n") + sum(chunk.count(b"\n") for chunk in self._chunks)
+
     async def _next_chunk(self) -> bytes | None:
         """The next piece of input; None at EOF. TimeoutError after `idle_timeout`."""
+        waited = not self._chunks and not self._buf
         while not self._chunks:
             if self._eof or self.lost.is_set():
                 return None
@@ -321,6 +330,8 @@ class Session(asyncio.Protocol):
             async with asyncio.timeout(self.server.idle_timeout):
                 await self._data.wait()
         chunk = self._chunks.popleft()
+        if waited:
+            self.record.turns += 1
         self._queued -= len(chunk)
         self._resume_reading()
         return chunk

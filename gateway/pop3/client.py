@@ -17,14 +17,20 @@ Rules the client keeps:
   line) and raises :class:`POP3ArgumentError` otherwise.
 - A timeout, EOF, protocol error or cancellation in the middle of a command closes the
   session (state ``CLOSED``); a ``-ERR`` leaves it usable.
-- Pipelining is used only in the TRANSACTION state, only when the server's TRANSACTION-state
-  CAPA lists PIPELINING and the caller allows it, with a bounded window of commands in flight
-  and replies read while commands are written.
+- Pipelining is used only in the TRANSACTION state, only when the server's CAPA lists
+  PIPELINING and the caller allows it, with a window bounded by the bytes of commands in
+  flight and replies read while commands are written. Nothing is ever pipelined across
+  authentication (Courier loses what follows PASS).
+- Round trips are few: with ``capa=True`` CAPA goes out as soon as the greeting is read;
+  a password login is one ``AUTH PLAIN`` with its initial response when that CAPA lists
+  SASL PLAIN (RFC 4616, 5034); the TRANSACTION-state CAPA goes in the same write as the
+  first pipelined commands when the AUTHORIZATION-state CAPA listed PIPELINING.
 - Passwords, tokens and SASL payloads are never logged, kept in errors, or shown in ``repr``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import contextlib
@@ -63,8 +69,16 @@ MAX_SASL_LINE: Final = 64 * 1024
 #: Default cap on a status or listing line. RFC 2449 allows 512 octets; real servers echo
 #: long input back, so some slack is kept.
 DEFAULT_MAX_LINE: Final = 8192
-#: At most this many bytes of pipelined commands are written ahead of the replies.
-PIPELINE_MAX_BYTES: Final = 8 * 1024
+#: At most this many bytes of pipelined commands are unanswered at any time (about 2,500
+#: ``TOP n 0``): the window is sized by bytes in flight, not by a count of commands. It is
+#: half of asyncio's default write high-water mark (64 KiB), so a write never waits for the
+#: server (a server that stops reading while its output is queued cannot stall us), and
+#: replies are read while commands are written: no deadlock. It is refilled once half of it
+#: has been answered.
+PIPELINE_MAX_BYTES: Final = 32 * 1024
+#: A pipelined batch lets other tasks run after this many replies read without waiting
+#: (a burst the server answered faster than we read is not one long stretch of the loop).
+PIPELINE_YIELD_EVERY: Final = 32
 #: Message numbers above this are not sent (no real maildrop comes close).
 MAX_MESSAGE_NUMBER: Final = 2**31 - 1
 
@@ -323,7 +337,7 @@ class POP3Client:
         timeouts: Timeouts,
         tls_config: TLSConfig,
         pipelining: bool,
-        pipeline_window: int,
+        pipeline_window: int | None,
         allow_apop: bool,
         on_command: Callable[[str, str, float], None] | None,
         reply_limits: ReplyLimits | None = None,
@@ -344,6 +358,8 @@ class POP3Client:
         self._utf8 = False
         self._marked = 0
         self._busy = False
+        #: the AUTHORIZATION-state CAPA listed PIPELINING (kept across the login)
+        self._advertised_pipelining = False
         self.greeting = ""
         self.apop_timestamp: str | None = None
         self.capabilities: Capabilities | None = None
@@ -363,23 +379,30 @@ class POP3Client:
         tls_config: TLSConfig | None = None,
         timeouts: Timeouts | None = None,
         pipelining: bool = True,
-        pipeline_window: int = 256,
+        pipeline_window: int | None = None,
         max_line: int = DEFAULT_MAX_LINE,
         allow_apop: bool = False,
         on_command: Callable[[str, str, float], None] | None = None,
         reply_limits: ReplyLimits | None = None,
+        capa: bool = False,
     ) -> POP3Client:
         """Open a session and read the greeting (and, with ``STARTTLS``, upgrade with STLS).
 
+        ``capa=True`` sends CAPA as soon as the greeting is read (after STLS, with
+        ``STARTTLS``): :meth:`login` then needs one round trip where the server offers SASL
+        PLAIN, and the first pipelined batch after login carries the TRANSACTION-state
+        CAPA with it where the server advertised PIPELINING.
         ``pipelining=False`` forces lockstep (for servers that advertise PIPELINING and then
-        lose commands). ``on_command(verb, outcome, seconds)`` observes every command, with
-        outcome ``ok``, ``err`` (``-ERR``) or ``failed`` (timeout, drop, protocol error).
+        lose commands). ``pipeline_window`` caps the count of pipelined commands in flight
+        (None: only their bytes, :data:`PIPELINE_MAX_BYTES`).
+        ``on_command(verb, outcome, seconds)`` observes every command, with outcome ``ok``,
+        ``err`` (``-ERR``) or ``failed`` (timeout, drop, protocol error).
         ``reply_limits`` caps the multi-line replies read into memory (:class:`ReplyLimits`;
         the defaults fit mailboxes of 100,000 messages).
         """
         timeouts = timeouts or Timeouts()
         tls_config = tls_config or TLSConfig()
-        if not 1 <= pipeline_window <= 1024:
+        if pipeline_window is not None and not 1 <= pipeline_window <= 1024:
             raise ValueError("pipeline_window must be between 1 and 1024")
         if max_line < 512:
             raise ValueError("max_line must be at least 512 (RFC 2449)")
@@ -413,6 +436,8 @@ class POP3Client:
             await client._read_greeting()
             if tls is TLSMode.STARTTLS:
                 await client.stls()
+            if capa:
+                await client.capa()
         except BaseException:
             client.abort()
             raise
@@ -678,6 +703,9 @@ class POP3Client:
     def _logged_in(self) -> None:
         self._state = State.TRANSACTION
         self._user_sent = False
+        self._advertised_pipelining = self.capabilities is not None and (
+            self.capabilities.pipelining
+        )
         self.capabilities = None  # ask again: the TRANSACTION-state list differs
 
     async def user(self, name: str) -> None:
@@ -701,8 +729,20 @@ class POP3Client:
         self._logged_in()
 
     async def login(self, user: str, password: str) -> None:
-        """USER then PASS, step by step (never pipelined: Courier loses what follows PASS)."""
-        _check_arg(password, "password")  # refuse before sending USER
+        """Log in with a password in the fewest round trips the server allows.
+
+        When the CAPA read in this state lists SASL PLAIN, one ``AUTH PLAIN`` with the
+        initial response (RFC 4616, RFC 5034; two steps if the line would pass 255
+        octets); otherwise USER then PASS, step by step (never pipelined: Courier loses what
+        follows PASS).
+        """
+        _check_arg(password, "password")  # refuse before sending anything
+        if not _check_arg(user, "user name"):
+            raise POP3ArgumentError("user name is empty")
+        capabilities = self.capabilities
+        if capabilities is not None and "PLAIN" in capabilities.sasl:
+            await self.auth_plain(user, password)
+            return
         await self.user(user)
         await self.pass_(password)
 
@@ -1026,14 +1066,15 @@ class POP3Client:
         commands: Sequence[_Command],
         on_reply: Callable[[int, Reply], None] | None = None,
     ) -> builtins.list[Reply]:
-        """Run TRANSACTION-state commands, pipelined in a bounded window when the server's
-        TRANSACTION CAPA lists PIPELINING (and the caller allows it), else in lockstep.
+        """Run TRANSACTION-state commands, pipelined when the server's CAPA lists
+        PIPELINING (and the caller allows it), else in lockstep.
 
-        Commands are refilled once half of the window has been answered. What is in flight is
-        bounded in count (``pipeline_window``) and in bytes (:data:`PIPELINE_MAX_BYTES`), far
-        below the transport's buffers, so writes never wait on the server and replies are
-        read while commands are written: a server that stops reading while its output is
-        queued (Dovecot does) cannot deadlock us.
+        The window is the bytes of commands in flight (:data:`PIPELINE_MAX_BYTES`, and
+        ``pipeline_window`` commands when set), refilled once half of it was answered;
+        writes never wait on the server and replies are read while commands are written,
+        so a server that stops reading while its output is queued (Dovecot does) cannot
+        deadlock us. The TRANSACTION-state CAPA, when not known yet, goes in the first write
+        if the AUTHORIZATION-state CAPA listed PIPELINING (else it is asked first, alone).
         """
         for cmd in commands:
             if cmd.verb not in PIPELINABLE:
@@ -1041,28 +1082,45 @@ class POP3Client:
             self._require(cmd.verb)
         if not commands:
             return []
+        lead: _Command | None = None
         if self._allow_pipelining and self.capabilities is None:
-            await self.capa()
-        window = self._window if self.pipelining_active else 1
-        refill_at = max(1, window // 2)
+            if self._advertised_pipelining:
+                lead = self._multi_command("CAPA")
+            else:
+                await self.capa()
         replies: builtins.list[Reply] = []
         sent_at: builtins.list[float] = []
         total = len(commands)
         sent = 0
+        in_flight = 0  # bytes of commands sent and not answered yet
+        unyielded = 0  # replies read from the buffer since the loop last ran others
         debug = wire_log.isEnabledFor(logging.DEBUG)
         try:
             with self._session_guard():
                 while len(replies) < total:
-                    if sent < total and sent - len(replies) < refill_at:
-                        upto = _window_end(commands, len(replies), sent, window)
+                    pipelined = lead is not None or self.pipelining_active
+                    if sent < total and (
+                        in_flight == 0
+                        or (pipelined and self._may_refill(in_flight, sent - len(replies)))
+                    ):
+                        upto = self._window_end(commands, sent, in_flight, len(replies), pipelined)
                         batch = commands[sent:upto]
+                        data = b"".join(c.line for c in batch)
+                        if lead is not None:
+                            batch = [lead, *batch]
+                            data = lead.line + data
                         if debug:
                             for cmd in batch:
                                 self._log_sent(cmd)
-                        self._stream.write(b"".join(c.line for c in batch))
-                        sent_at.extend([time.perf_counter()] * len(batch))
+                        self._stream.write(data)
+                        sent_at.extend([time.perf_counter()] * (upto - sent))
+                        in_flight += len(data) - (0 if lead is None else len(lead.line))
                         sent = upto
                         await self._stream.drain(self.timeouts.command)
+                    if lead is not None:
+                        await self._read_capa_reply(lead, sent_at[0])
+                        lead = None
+                        continue
                     cmd = commands[len(replies)]
                     taken = self._stream.take_reply(
                         cmd.multiline,
@@ -1079,6 +1137,8 @@ class POP3Client:
                             )
                     else:
                         status, body = self._status_of(taken[0], cmd.verb), taken[1]
+                        unyielded += 1
+                    in_flight -= len(cmd.line)
                     if status.ok:
                         replies.append(Reply(True, status.text, body))
                         self._observe(cmd.verb, "ok", sent_at[len(replies) - 1])
@@ -1088,8 +1148,13 @@ class POP3Client:
                         self._observe(cmd.verb, "err", sent_at[len(replies) - 1])
                     if on_reply is not None:
                         on_reply(len(replies) - 1, replies[-1])
+                    if unyielded >= PIPELINE_YIELD_EVERY:
+                        unyielded = 0
+                        await asyncio.sleep(0)
         except BaseException:
-            if len(replies) < sent:
+            if lead is not None and sent_at:
+                self._observe("CAPA", "failed", sent_at[0])
+            elif len(replies) < sent:
                 self._observe(commands[len(replies)].verb, "failed", sent_at[len(replies)])
             if len(replies) < total:
                 # Whatever failed (a reply handler too), replies are still due: the session
@@ -1098,26 +1163,54 @@ class POP3Client:
             raise
         return replies
 
+    def _may_refill(self, in_flight: int, count: int) -> bool:
+        """Whether half of the window has been answered (bytes, and count when capped)."""
+        if in_flight > PIPELINE_MAX_BYTES // 2:
+            return False
+        return self._window is None or count < max(1, self._window // 2)
+
+    def _window_end(
+        self,
+        commands: Sequence[_Command],
+        sent: int,
+        in_flight: int,
+        answered: int,
+        pipelined: bool,
+    ) -> int:
+        """Index after the last command that may be sent now: at most
+        :data:`PIPELINE_MAX_BYTES` bytes (and ``pipeline_window`` commands) unanswered, or
+        one command in lockstep; always at least one when nothing is in flight."""
+        if not pipelined:
+            return sent + 1
+        limit = len(commands)
+        if self._window is not None:
+            limit = min(limit, answered + self._window)
+        end = sent
+        while end < limit:
+            in_flight += len(commands[end].line)
+            if in_flight > PIPELINE_MAX_BYTES and end > answered:
+                break
+            end += 1
+        return end
+
+    async def _read_capa_reply(self, cmd: _Command, started: float) -> None:
+        """The reply to a CAPA sent ahead of a pipelined batch: it sets ``capabilities``
+        (a server without CAPA answers ``-ERR``: ``supported=False``)."""
+        status = await self._read_status("CAPA")
+        if status.ok:
+            body = await self._stream.read_body(max_bytes=cmd.max_bytes, command="CAPA")
+            lines = body.decode("utf-8", "replace").splitlines()
+            self.capabilities = Capabilities.parse(lines)
+        else:
+            self.capabilities = Capabilities({}, supported=False)
+        self._observe("CAPA", "ok" if status.ok else "err", started)
+
     # -- probing -------------------------------------------------------------------------
     async def ensure_transaction_capabilities(self) -> Capabilities:
         """The TRANSACTION-state CAPA, asked once per session."""
         if self.capabilities is None:
             return await self.capa()
         return self.capabilities
-
-
-def _window_end(commands: Sequence[_Command], answered: int, sent: int, window: int) -> int:
-    """Index after the last command that may be sent now: at most ``window`` commands and
-    :data:`PIPELINE_MAX_BYTES` bytes unanswered (always at least one command)."""
-    in_flight = sum(len(c.line) for c in commands[answered:sent])
-    end = sent
-    limit = min(len(commands), answered + window)
-    while end < limit:
-        in_flight += len(commands[end].line)
-        if in_flight > PIPELINE_MAX_BYTES and end > answered:
-            break
-        end += 1
-    return end
 
 
 def _error_of(reply: Reply) -> POP3ResponseError:

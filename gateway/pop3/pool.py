@@ -30,6 +30,9 @@ How it works:
   session included), whatever the order of arrival; so one busy mailbox cannot keep the
   others of its server waiting. Waiting is bounded by ``acquire_timeout``; a timer, not a
   cancellation, ends the wait, so a slot handed over at the last moment is never lost.
+- Reuse grace: a session given back stays its key's for ``reuse_grace`` seconds (it is not
+  closed for another key, and its key's next lease gets it even while another key waits
+  with none): a client that lists and then reads a message logs in once, not twice.
 - Freshness: POP3 shows the maildrop as of login, so an idle session is reused only while it
   is younger than ``snapshot_max_age`` (and ``max_session_age``), and never once the
   credential it logged in with has expired (``POP3Client.valid_for``). ``fresh=True`` always opens
@@ -140,6 +143,9 @@ class PoolLimits:
     quit_timeout: float = 5.0  #: bound on a QUIT sent by the pool
     reap_interval: float = 1.0  #: how often the reaper looks at idle sessions
     reap_batch: int = 8  #: at most this many sessions closed per reaper tick
+    #: a session just given back is kept this long for its key's next lease (a client that
+    #: lists, then reads a message) rather than closed to make room for another key
+    reuse_grace: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_per_key", "max_per_upstream", "max_total", "reap_batch"):
@@ -155,7 +161,7 @@ class PoolLimits:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("snapshot_max_age", "noop_after", "retry_budget"):
+        for name in ("snapshot_max_age", "noop_after", "retry_budget", "reuse_grace"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative")
         if not self.backoff_max >= self.backoff_initial:
@@ -287,6 +293,8 @@ class SessionPool:
         self._reaper: asyncio.Task[None] | None = None
         self._drained: asyncio.Event | None = None
         self._closed = False
+        #: a dispatch due when the earliest reuse grace that holds a waiter back ends
+        self._grace_timer: asyncio.TimerHandle | None = None
 
     # -- public ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -330,6 +338,23 @@ class SessionPool:
         """Whether :meth:`close` was called (no new leases)."""
         return self._closed
 
+    def wanted(self, key: str, upstream: str) -> bool:
+        """Whether a lease waits that a session of ``key`` on ``upstream`` could serve (one
+        for the same key) or make room for (one held back by the upstream's or the global
+        cap): optional work with that session had better not keep it now."""
+        limits = self.limits
+        for waiter in self._queue:
+            if waiter.key == key:
+                return True
+            if self._total >= limits.max_total:
+                return True
+            if (
+                waiter.upstream == upstream
+                and self._per_upstream.get(upstream, 0) >= limits.max_per_upstream
+            ):
+                return True
+        return False
+
     def stats(self) -> PoolStats:
         return PoolStats(
             open=self._total,
@@ -346,6 +371,9 @@ class SessionPool:
         if self._closed:
             return
         self._closed = True
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
         for waiter in list(self._queue):
             del self._queue[waiter]
             if not waiter.future.done():
@@ -595,11 +623,13 @@ class SessionPool:
             if waiter.future.done():  # cancelled, not yet abandoned
                 del self._queue[waiter]
         starved = self._starved()
+        now = self._clock()
         # 1. An idle session goes to the earliest waiter for its key (unless its upstream is
-        #    starved: then it is closed below for the key that holds none).
+        #    starved and its reuse grace is over: then it is closed below for the key that
+        #    holds none).
         for waiter in list(self._queue):
             idle = self._idle.get(waiter.key)
-            if idle and waiter.upstream not in starved:
+            if idle and (waiter.upstream not in starved or self._in_grace(idle[-1], now)):
                 session = idle.pop()
                 if not idle:
                     del self._idle[waiter.key]
@@ -627,7 +657,7 @@ class SessionPool:
                     continue
                 blocked[key] = blocked.get(key, 0) + 1
                 if not waiter.evicting:
-                    victim = self._victim(upstream if upstream_full else None)
+                    victim = self._victim(upstream if upstream_full else None, now)
                     if victim is not None:
                         waiter.evicting = True
                         self._take_idle(victim)
@@ -647,15 +677,35 @@ class SessionPool:
         del self._queue[waiter]
         waiter.future.set_result(granted)
 
-    def _victim(self, upstream: str | None) -> PooledSession | None:
-        """The least recently used idle session (of ``upstream`` when given)."""
+    def _victim(self, upstream: str | None, now: float) -> PooledSession | None:
+        """The least recently used idle session (of ``upstream`` when given) past its reuse
+        grace; when only sessions in their grace are left, a dispatch is due as the first
+        grace ends."""
         candidates = [
             session
             for sessions in self._idle.values()
             for session in sessions
             if upstream is None or session.upstream == upstream
         ]
-        return min(candidates, key=lambda s: s.last_used, default=None)
+        victim = min(candidates, key=lambda s: s.last_used, default=None)
+        if victim is None or not self._in_grace(victim, now):
+            return victim
+        self._dispatch_after(self.limits.reuse_grace - (now - victim.last_used))
+        return None
+
+    def _in_grace(self, session: PooledSession, now: float) -> bool:
+        return now - session.last_used < self.limits.reuse_grace
+
+    def _dispatch_after(self, delay: float) -> None:
+        if self._grace_timer is not None:
+            return  # one is due already, no later than this one
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._grace_timer = None
+            self._dispatch()
+
+        self._grace_timer = loop.call_later(max(delay, 0.001), due)
 
     # -- slots ---------------------------------------------------------------------------------
     def _reserve(self, key: str, upstream: str) -> None:

@@ -191,6 +191,11 @@ class MailboxService:
         """Whole-message parsing: its workers and its cache."""
         return self._messages.parser
 
+    async def close(self) -> None:
+        """Stop background work that holds sessions (listing read-ahead): before the pool
+        closes."""
+        await self._listing.close()
+
     def housekeeping(self) -> None:
         """Drop what has expired (snapshots older than snapshot_max_age): called on a timer
         by the app, so memory comes back without waiting for a request."""

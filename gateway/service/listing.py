@@ -3,12 +3,19 @@ of header summaries from the header cache and pipelined ``TOP n 0``.
 
 Invariant 3 (README, Invariants) is kept here: cached headers are looked up only for the
 unique-ids of the caller's own session listing.
+
+Read-ahead: a page read with a session asks, in the same pipelined burst, for the headers
+of the next page too (at most one page, only those not cached, and only when no other
+lease is waiting for the session or for room on its server). The page is answered as soon
+as its own replies are in; the rest is read into the header cache by a task that holds the
+session until then, so a client paging through finds its next page cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,6 +41,8 @@ MAX_PAGES_PER_VIEW = 64
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 #: Largest page of a listing.
 MAX_LIMIT = 500
+
+log = logging.getLogger("gateway.service.listing")
 
 
 def check_limit(limit: int) -> int:
@@ -289,6 +298,17 @@ class Listing:
         self._cursors = Cursors(cache_key)
         self._fresh_logins = fresh_logins
         self._observer = observer
+        #: tasks holding a session to read the next page's headers ahead
+        self._reading_ahead: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop every read-ahead (its session is dropped; nothing is lost but the cache
+        entries it would have written)."""
+        tasks = list(self._reading_ahead)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     def _cursor_scope(self, account: Account) -> bytes:
         """What a cursor is bound to: the mailbox as named in the path, and the maildrop
@@ -347,17 +367,71 @@ class Listing:
                 return page
         try:
             with snapshots.renewal(view_key):
-                async with self._sessions.lease(account, fresh=fresh) as session:
-                    snap = await snapshots.snapshot(session)
-                    page = await self._page(account, snap, order, after, limit, session)
-                    assert page is not None  # with a session every header can be fetched
-                    view = snapshots.view_of(session)
+                page, view = await self._leased_page(account, fresh, order, after, limit)
                 if view is not None:
                     snapshots.remember(view, page_key, page)
                 return page
         except BaseException:
             self.give_back_fresh(claim)
             raise
+
+    async def _leased_page(
+        self,
+        account: Account,
+        fresh: bool,
+        order: Order,
+        after: tuple[str | None, int] | None,
+        limit: int,
+    ) -> tuple[Page, _View | None]:
+        """A page read with a session, in a task that may keep the session a little longer
+        to read the next page's headers ahead; answered as soon as the page is ready. A
+        caller gone before that stops the task (and drops its session)."""
+        ready: asyncio.Future[tuple[Page, _View | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        task = asyncio.create_task(self._read(account, fresh, order, after, limit, ready))
+        self._reading_ahead.add(task)
+        task.add_done_callback(self._reading_ahead.discard)
+        try:
+            return await asyncio.shield(ready)
+        except asyncio.CancelledError:
+            if not ready.done():
+                task.cancel()
+            raise
+
+    async def _read(
+        self,
+        account: Account,
+        fresh: bool,
+        order: Order,
+        after: tuple[str | None, int] | None,
+        limit: int,
+        ready: asyncio.Future[tuple[Page, _View | None]],
+    ) -> None:
+        try:
+            async with self._sessions.lease(account, fresh=fresh) as session:
+                snap = await self._snapshots.snapshot(session)
+                view = self._snapshots.view_of(session)
+
+                def answer(page: Page) -> None:
+                    if not ready.done():
+                        ready.set_result((page, view))
+
+                page = await self._page(account, snap, order, after, limit, session, answer)
+                assert page is not None  # with a session every header can be fetched
+                answer(page)
+        except BaseException as exc:
+            if not ready.done():
+                # The caller's own failure: it raises there (this task ends quietly).
+                if isinstance(exc, Exception):
+                    ready.set_exception(exc)
+                    return
+                ready.cancel()
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            # The page was answered; only the read-ahead failed (its session is dropped).
+            log.info("reading the next page's headers ahead failed: %s", exc)
 
     async def _page(
         self,
@@ -367,20 +441,33 @@ class Listing:
         after: tuple[str | None, int] | None,
         limit: int,
         session: Session | None,
+        answer: Callable[[Page], None] | None = None,
     ) -> Page | None:
-        """A page of ``snap``; without a session, None unless every header is cached."""
+        """A page of ``snap``; without a session, None unless every header is cached.
+
+        With ``answer``, the next page's headers are read ahead in the same burst (see the
+        module's docstring) and ``answer(page)`` is called as soon as the page is ready,
+        before the read-ahead ends."""
         ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
         start = _resume_index(ordered, snap, after, order) if after is not None else 0
         page_numbers = ordered[start : start + limit]
-        items = await self._summaries(account, snap, page_numbers, session)
-        if items is None:
-            return None
         next_cursor = None
         if start + limit < len(ordered) and page_numbers:
             last = page_numbers[-1]
             next_cursor = self._cursors.encode(
                 self._cursor_scope(account), order, snap.uids[last], last
             )
+        ahead: list[int] = []
+        if answer is not None and session is not None and not self._sessions.wanted(account):
+            ahead = ordered[start + limit : start + 2 * limit]
+
+        def ready(items: list[Summary]) -> None:
+            if answer is not None:
+                answer(Page(items, len(ordered), next_cursor, snap.at))
+
+        items = await self._summaries(account, snap, page_numbers, session, ahead, ready)
+        if items is None:
+            return None
         return Page(items, len(ordered), next_cursor, snap.at)
 
     async def _summaries(
@@ -389,38 +476,76 @@ class Listing:
         snap: Snapshot,
         numbers: Sequence[int],
         session: Session | None,
+        ahead: Sequence[int] = (),
+        ready: Callable[[list[Summary]], None] | None = None,
     ) -> list[Summary] | None:
         """Header summaries for ``numbers``: from the cache, the rest with one pipelined
-        burst of ``TOP n 0`` written back in one go. Without a session, None on any miss."""
+        burst of ``TOP n 0`` written back in one go. Without a session, None on any miss.
+
+        ``ahead`` (with a session): more numbers whose headers not cached are read in the
+        same burst, into the cache only; ``ready(items)`` is called as soon as ``numbers``
+        are all summarized, before the burst ends."""
         namespace = account.namespace(self._cache_key)
-        uids = [snap.uids[n] for n in numbers]
-        cached = await self._cache.get_many(namespace, set(uids))
+        uids = {snap.uids[n] for n in numbers}
+        uids.update(snap.uids[n] for n in ahead)
+        cached = await self._cache.get_many(namespace, uids)
         found: dict[str, HeaderSummary] = {}
         for uid, entry in cached.items():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 found[uid] = HeaderSummary.from_json(entry)
+
+        def items() -> list[Summary]:
+            return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
+
         missing = [n for n in numbers if snap.uids[n] not in found]
-        if missing:
-            if session is None:
-                return None
-            fresh: dict[str, dict[str, Any]] = {}
+        if missing and session is None:
+            return None
+        wanted = len(missing)
+        if wanted == 0 and ready is not None:
+            ready(items())
+        if session is None:
+            return items()
+        burst = missing + [n for n in ahead if snap.uids[n] not in found]
+        if not burst:
+            return items()
+        fresh: dict[str, dict[str, Any]] = {}  # the page's, then the read-ahead's
+        page_read = asyncio.Event()
 
-            def read(index: int, reply: bytes | POP3ResponseError) -> None:
-                # Each header section is read as it arrives, while the server answers the
-                # next commands of the pipeline.
-                if isinstance(reply, bytes):
-                    number = missing[index]
-                    if isinstance(reply, TruncatedBody) and self._observer is not None:
-                        # a header section past the TOP cap: summarized from its start
-                        self._observer.limited("header-truncated")
-                    summary = summarize_headers(reply, size=snap.sizes[number])
-                    found[snap.uids[number]] = summary
-                    fresh[snap.uids[number]] = summary.to_json()
+        def read(index: int, reply: bytes | POP3ResponseError) -> None:
+            # Each header section is read as it arrives, while the server answers the next
+            # commands of the pipeline.
+            if isinstance(reply, bytes):
+                number = burst[index]
+                if isinstance(reply, TruncatedBody) and self._observer is not None:
+                    # a header section past the TOP cap: summarized from its start
+                    self._observer.limited("header-truncated")
+                summary = summarize_headers(reply, size=snap.sizes[number])
+                found[snap.uids[number]] = summary
+                fresh[snap.uids[number]] = summary.to_json()
+            if index == wanted - 1:
+                page_read.set()
 
-            await session.client.top_each(missing, read)
-            if fresh:
-                await self._cache.set_many(namespace, fresh)
-        return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
+        async def answer() -> None:
+            # The page's headers go to the cache, then the page is answered, while the
+            # read-ahead goes on.
+            await page_read.wait()
+            page = dict(fresh)
+            fresh.clear()
+            await self._cache.set_many(namespace, page)
+            assert ready is not None
+            ready(items())
+
+        answering = asyncio.create_task(answer()) if wanted and ready is not None else None
+        try:
+            await session.client.top_each(burst, read)
+            if answering is not None:
+                await answering
+        finally:
+            if answering is not None and not answering.done():
+                answering.cancel()
+        if fresh:
+            await self._cache.set_many(namespace, fresh)
+        return items()
 
 
 def _resume_index(

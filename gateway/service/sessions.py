@@ -71,6 +71,11 @@ class SessionSource(Protocol):
         is not reused."""
         ...
 
+    def wanted(self, account: Account) -> bool:
+        """Whether a lease is waiting that ``account``'s session could serve or make room
+        for (optional work with it, such as a read-ahead, is then left out)."""
+        ...
+
 
 class SessionObserver(Protocol):
     """What sessions report (implemented by the metrics)."""
@@ -184,6 +189,10 @@ class PooledSessions:
         self._opener = opener
         self._key = key
         self._observer = observer
+
+    def wanted(self, account: Account) -> bool:
+        upstream = account.upstream
+        return self.pool.wanted(account.person(self._key), f"{upstream.host}:{upstream.port}")
 
     @contextlib.asynccontextmanager
     async def lease(

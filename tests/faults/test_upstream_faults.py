@@ -39,8 +39,9 @@ async def test_problem_carries_the_request_id(fake_api: Client) -> None:
 @pytest.mark.parametrize(
     ("verb", "action", "status", "slug", "retry"),
     [
-        ("PASS", Err("IN-USE", "locked"), 423, "mailbox-locked", True),
-        ("PASS", Err("LOGIN-DELAY", "wait"), 429, "login-delay", True),
+        # the login: one AUTH PLAIN, the fake server offering SASL PLAIN
+        ("AUTH", Err("IN-USE", "locked"), 423, "mailbox-locked", True),
+        ("AUTH", Err("LOGIN-DELAY", "wait"), 429, "login-delay", True),
         ("UIDL", Err("SYS/TEMP", "later"), 503, "upstream-unavailable", True),
         ("STAT", Err("SYS/PERM", "broken"), 502, "upstream-error", False),
         ("STAT", Stall(), 504, "upstream-timeout", False),
@@ -73,7 +74,7 @@ async def test_a_passing_lock_is_retried(
     aiohttp_client: ClientFactory, fake_server: FakePOP3Server, code: str
 ) -> None:
     api = await aiohttp_client(create_app(settings_for(fake_server.port, pool={"retry_budget": 5})))
-    fake_server.script("PASS", Err(code, "busy"), times=2)
+    fake_server.script("AUTH", Err(code, "busy"), times=2)
     body = await checked(await api.get("/v1/mailboxes/me", headers=ALICE), 200)
     assert body["messages"] == 2
     scrape = await (await api.get("/metrics")).text()

@@ -8,6 +8,7 @@ import asyncio
 from gateway.pop3 import SessionPool
 from tests.pool.helpers import MakePool, fake_factory
 from tests.pool.test_pool_fake import Holder, fake
+from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakePOP3Server
 from tests.support.wait import wait_until
 
@@ -83,3 +84,70 @@ async def test_with_room_for_everyone_a_key_keeps_its_idle_session(make_pool: Ma
         )
         assert sorted(served) == ["a", "b"]
         assert len(server.connections) == 2  # a's session was reused
+
+
+async def test_the_pool_says_when_a_session_is_wanted_elsewhere(make_pool: MakePool) -> None:
+    # Optional work with a session (a listing's read-ahead) asks first: a lease waiting for
+    # the same key, or for room on the same upstream at its cap, wants the session.
+    async with fake(users=USERS) as server:
+        pool = make_pool(max_per_upstream=2)
+        holder_a = Holder(pool, "a", "fake", fake_factory(server, "a", "pw"))
+        await holder_a.entered.wait()
+        assert not pool.wanted("a", "fake")
+        holder_b = Holder(pool, "b", "fake", fake_factory(server, "b", "pw"))
+        await holder_b.entered.wait()
+        assert not pool.wanted("a", "fake")  # at its cap, but nobody waits
+        served: list[str] = []
+        job = asyncio.create_task(_lease(pool, server, "c", served))
+        await _queue(pool, 1)
+        assert pool.wanted("a", "fake")  # "c" waits for room on the upstream
+        assert not pool.wanted("a", "other")
+        await holder_b.finish()
+        await job
+        assert served == ["c"]
+        assert not pool.wanted("a", "fake")
+        again = asyncio.create_task(_lease(pool, server, "a", served))
+        await _queue(pool, 1)
+        assert pool.wanted("a", "fake")  # a second lease of the key itself
+        await holder_a.finish()
+        await again
+
+
+async def test_a_key_keeps_its_session_for_its_next_lease_within_the_grace(
+    make_pool: MakePool, clock: FakeClock
+) -> None:
+    # A client lists, then reads a message: its second lease comes a moment after the
+    # first. Within reuse_grace the session waits for it, even while another key waits
+    # with none, so the mailbox logs in once; then the other key is served.
+    async with fake(users=USERS) as server:
+        pool = make_pool(max_per_upstream=1, reuse_grace=0.05)
+        factory_a = fake_factory(server, "a", "pw")
+        async with pool.lease("a", "fake", factory_a):
+            pass
+        served: list[str] = []
+        job = asyncio.create_task(_lease(pool, server, "b", served))
+        await _queue(pool, 1)
+        await asyncio.sleep(0.1)  # past the grace in real time: the pool's clock decides
+        assert served == []
+        async with pool.lease("a", "fake", factory_a):
+            served.append("a")
+        assert factory_a.calls == 1  # one login for both of a's leases
+        clock.advance(1.0)  # the grace ends: a's idle session is closed for b
+        await asyncio.wait_for(job, 5)
+        assert served == ["a", "b"]
+
+
+async def test_without_grace_a_waiting_key_gets_the_session_first(
+    make_pool: MakePool,
+) -> None:
+    async with fake(users=USERS) as server:
+        pool = make_pool(max_per_upstream=1)
+        factory_a = fake_factory(server, "a", "pw")
+        async with pool.lease("a", "fake", factory_a):
+            pass
+        served: list[str] = []
+        job = asyncio.create_task(_lease(pool, server, "b", served))
+        await asyncio.wait_for(job, 5)
+        async with pool.lease("a", "fake", factory_a):
+            pass
+        assert factory_a.calls == 2

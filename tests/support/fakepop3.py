@@ -292,6 +292,8 @@ class FakePOP3Server(POP3Server):
         self.inject_after_stls = inject_after_stls
         self.rules: list[Rule] = list(rules)
         self.connections: list[ConnectionRecord] = []
+        #: per connection (id of its record): the most commands held at once
+        self.max_pipelined: dict[int, int] = {}
         self.errors: list[BaseException] = []
         """Unexpected exceptions in connection handlers; stop() raises the first."""
 
@@ -332,6 +334,19 @@ class FakePOP3Server(POP3Server):
 
     def line_received(self, session: Session, line: bytes) -> None:
         session.record.received.append(line)
+        pending = session.pending_lines()
+        if pending >= self.max_pipelined.get(id(session.record), 0):
+            self.max_pipelined[id(session.record)] = pending + 1
+
+    def turns(self, connection: int = 0) -> int:
+        """Round trips the client paid on a connection (in connection order) after the
+        greeting: how often the server waited for input with everything answered."""
+        return self.connections[connection].turns
+
+    def most_pipelined(self, connection: int = 0) -> int:
+        """The most commands the server held at once on a connection: the one it read and
+        those received behind it (1 in lockstep)."""
+        return self.max_pipelined.get(id(self.connections[connection]), 0)
 
     def session_failed(self, session: Session, error: Exception) -> None:
         self.errors.append(error)

@@ -1,0 +1,67 @@
+"""Read-ahead: a page read with a session asks for the next page's headers in the same
+pipelined burst, so a client paging through finds its next page cached: no round trip to
+the mail server for it. Counted on the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from gateway.app import create_app
+from tests.support.api import ClientFactory, checked, settings_for
+from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
+from tests.support.wait import wait_until
+
+ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+COUNT = 30
+
+
+def box() -> FakeMailbox:
+    return FakeMailbox([(f"uid-{i}", b"Subject: s%d\r\n\r\nbody\r\n" % i) for i in range(COUNT)])
+
+
+def tops(server: FakePOP3Server) -> list[int]:
+    """The message numbers of every TOP the server received, in order."""
+    return [int(line.split()[1]) for c in server.received for line in c if line.startswith(b"TOP")]
+
+
+async def test_the_next_page_is_read_in_the_same_burst(aiohttp_client: ClientFactory) -> None:
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        assert [m["subject"] for m in first["messages"]] == [f"s{i}" for i in range(10)]
+        # the read-ahead ends on its own, in the background
+        await wait_until(lambda: len(tops(server)) == 20)
+        turns = server.turns()
+        assert tops(server) == list(range(1, 21))
+        assert server.most_pipelined() == 20  # one burst: page 1 and page 2
+        second = await checked(
+            await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200
+        )
+        assert [m["subject"] for m in second["messages"]] == [f"s{i}" for i in range(10, 20)]
+        # Page 2 came from the cache: nothing more was asked of the server.
+        assert len(tops(server)) == 20
+        assert server.turns() == turns
+        assert len(server.connections) == 1
+
+
+async def test_the_last_page_reads_nothing_ahead(aiohttp_client: ClientFactory) -> None:
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        await checked(await api.get("/v1/mailboxes/me/messages?limit=30", headers=ALICE), 200)
+        await asyncio.sleep(0.05)
+        assert sorted(tops(server)) == list(range(1, 31))
+
+
+async def test_a_stalled_read_ahead_does_not_hold_the_page(
+    aiohttp_client: ClientFactory,
+) -> None:
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        # The server never answers the read-ahead (TOP 11 is the first of page 2).
+        server.script("TOP", Stall(), arg="11 0")
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        assert len(first["messages"]) == 10
+        assert all(m["subject"] is not None for m in first["messages"])
