@@ -17,18 +17,45 @@ from .accounts import Account, ApiKey, ApiKeys, Credential, Directory, Upstream
 from .api.middlewares import gateway_middleware
 from .api.routes import setup_routes
 from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
-from .config import MailboxSettings, Settings, TimeoutSettings, UpstreamSettings, UpstreamURL
+from .config import (
+    MailboxSettings,
+    Settings,
+    TimeoutSettings,
+    UpstreamSettings,
+    UpstreamURL,
+    webhook_secrets,
+)
 from .edge import EdgeLimits, connection_cap, fd_reserve
 from .events import (
+    AddressPolicy,
+    Deliverer,
+    DeliveryStore,
+    Endpoint,
     EventFeed,
     EventLog,
+    EventLogUnavailableError,
+    MemoryDeliveryStore,
     MemoryEventLog,
+    RedisDeliveryStore,
     RedisEventLog,
     RedisWatchLeases,
+    RetryPolicy,
+    Sender,
     Watcher,
     WatchSpec,
+    decode_secret,
 )
-from .keys import DIRECTORY, EVENTS, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, WATCHER, Lifecycle
+from .keys import (
+    DELIVERER,
+    DIRECTORY,
+    EVENTS,
+    LIFECYCLE,
+    METRICS,
+    SEND_TIMEOUT,
+    SERVICE,
+    WATCHER,
+    Lifecycle,
+)
 from .metrics import Metrics
 from .pop3 import PoolLimits, SessionPool, Timeouts, TLSConfig, TLSMode
 from .redis import SharedRedis
@@ -245,6 +272,9 @@ def _events(
         stream_max_seconds=events.stream_max_seconds,
         clock=clock,
     )
+    deliverer = _deliverer(settings, log_, redis, [s.mailbox for s in specs], metrics, wall)
+    if deliverer is not None:
+        app[DELIVERER] = deliverer
     if not specs:
         return None
     watcher = app[WATCHER] = Watcher(
@@ -259,7 +289,63 @@ def _events(
         clock=clock,
         wall=wall,
     )
+    if deliverer is not None:
+        watcher.listeners.append(deliverer.notify)
     return watcher
+
+
+def _deliverer(
+    settings: Settings,
+    log_: EventLog,
+    redis: SharedRedis | None,
+    watched: list[str],
+    metrics: Metrics,
+    wall: Callable[[], float],
+) -> Deliverer | None:
+    """The webhook deliverer: its queues in Redis when configured (consumer groups shared by
+    replicas), else in process (lost on restart)."""
+    if not settings.webhooks:
+        return None
+    delivery = settings.webhook_delivery
+    endpoints = [
+        Endpoint(
+            name=hook.name,
+            url=hook.url,
+            secrets=tuple(decode_secret(s) for s in webhook_secrets(hook)),
+            mailboxes=frozenset(hook.mailboxes),
+            kinds=frozenset(hook.kinds),
+        )
+        for hook in settings.webhooks
+    ]
+    store: DeliveryStore
+    if redis is not None:
+        store = RedisDeliveryStore(
+            redis,
+            # a lease outlives an attempt: one replica per pair while it delivers
+            lease_ms=int(max(30.0, 3 * delivery.timeout) * 1000),
+            dead_letter_max=delivery.dead_letter_max,
+        )
+    else:
+        store = MemoryDeliveryStore(log_, dead_letter_max=delivery.dead_letter_max)
+    sender = Sender(
+        AddressPolicy(delivery.allow_networks, delivery.deny_networks),
+        timeout=delivery.timeout,
+        max_response_bytes=delivery.max_response_bytes,
+        cafile=str(delivery.cafile) if delivery.cafile is not None else None,
+        max_connections=delivery.max_in_flight,
+    )
+    return Deliverer(
+        store,
+        sender,
+        endpoints,
+        watched,
+        policy=RetryPolicy(
+            retry_for=delivery.retry_for_seconds, max_backoff=delivery.max_backoff_seconds
+        ),
+        max_in_flight=delivery.max_in_flight,
+        observer=metrics,
+        wall=wall,
+    )
 
 
 def create_app(
@@ -274,7 +360,8 @@ def create_app(
     """Build the application. ``sessions`` and ``cache`` replace the defaults (tests);
     ``clock`` (monotonic seconds) is what session and snapshot ages are measured with;
     ``wall`` (Unix seconds) is what events are stamped and retained with. ``watch=False``
-    leaves watched mailboxes to polls the caller makes (``app[WATCHER].poll``: tests)."""
+    leaves watched mailboxes to polls the caller makes (``app[WATCHER].poll``: tests), and
+    webhook deliveries to steps it makes (``app[DELIVERER].step``)."""
     app = web.Application(
         middlewares=[gateway_middleware],
         # a larger body is answered 413 request-too-large by the middleware
@@ -446,6 +533,26 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def delivering(_app: web.Application) -> AsyncIterator[None]:
+        deliverer = app.get(DELIVERER)
+        task = None
+        if deliverer is not None:
+            try:
+                await deliverer.setup()
+            except EventLogUnavailableError:
+                log.warning("webhook queues not set up (Redis unavailable); set up when used")
+            if watch:
+                task = asyncio.get_running_loop().create_task(
+                    deliverer.run(), name="pop3gw-webhooks"
+                )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if deliverer is not None:
+            await deliverer.close()
+
     async def watching(_app: web.Application) -> AsyncIterator[None]:
         task = None
         if watcher is not None and watch:
@@ -463,6 +570,7 @@ def create_app(
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     app.cleanup_ctx.append(close_parsers)
+    app.cleanup_ctx.append(delivering)  # queues set up before the first poll
     app.cleanup_ctx.append(watching)  # stops before the pool closes
     setup_routes(app)
     return app

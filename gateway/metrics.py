@@ -158,6 +158,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "pop3gw_webhook_deliveries",
+            "Webhook delivery attempts and what became of them, by outcome (delivered; "
+            "retry: to be tried again; dead-final: an answer that is not retried; "
+            "dead-exhausted: retried until retry_for; expired: dropped by retention first).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_lag = Histogram(
+            "pop3gw_webhook_delivery_lag_seconds",
+            "From an event's recording to its delivery (2xx) to a webhook endpoint.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 6 * 3600, 86400),
+            registry=self.registry,
+        )
         for counter in (
             self._http_timeouts,
             self._accept_pauses,
@@ -212,6 +226,12 @@ class Metrics:
     def polled(self, outcome: str, seconds: float) -> None:
         self.watch_polls.labels(outcome).inc()
         self.watch_poll_duration.observe(seconds)
+
+    def delivery(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome).inc()
+
+    def delivery_lag(self, seconds: float) -> None:
+        self.webhook_lag.observe(seconds)
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()
