@@ -322,7 +322,7 @@ def _deliverer(
         store = RedisDeliveryStore(
             redis,
             # a lease outlives an attempt: one replica per pair while it delivers
-            lease_ms=int(max(30.0, 3 * delivery.timeout) * 1000),
+            lease_ms=int(max(1.0, 3 * delivery.timeout) * 1000),
             dead_letter_max=delivery.dead_letter_max,
         )
     else:

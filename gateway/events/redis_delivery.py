@@ -105,8 +105,7 @@ class RedisDeliveryStore(_RedisUser):
                     min_idle_time=0,
                     start_id=start,
                     count=CLAIM_COUNT,
-                    justid=True,
-                )
+                )  # (not JUSTID: redis-py then drops the cursor of the next call)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise

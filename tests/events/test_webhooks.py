@@ -371,3 +371,28 @@ async def test_the_admin_api_wants_an_admin_key(
         404,
     )
     assert missing["type"] == "/problems/not-found"
+
+
+async def test_a_running_gateway_delivers_by_itself(
+    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver
+) -> None:
+    """The watcher and the delivery loop as ``pop3gw serve`` runs them: what a poll records
+    reaches the receiver without anyone stepping anything."""
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    settings = watched_settings(
+        server.port,
+        "alice",
+        "pw",
+        box={"watch_report_existing": True, "watch_interval": 1},
+        webhooks=[hook(receiver.url, secret)],
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"]},
+    )
+    client = await aiohttp_client(create_app(settings))
+    await asyncio.wait_for(receiver.arrived.wait(), 30)
+    [got] = receiver.got
+    assert got.body["type"] == MESSAGE_NEW
+    assert got.body["data"]["uid"] == "uid-0"
+    assert got.webhook_id == event_id("box", MESSAGE_NEW, "uid-0")
+    assert receiver.forged == []
+    await client.close()  # the loops stop, the client session closes
