@@ -9,7 +9,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
@@ -27,15 +27,20 @@ from .config import (
 )
 from .edge import EdgeLimits, connection_cap, fd_reserve
 from .events import (
+    MESSAGE_NEW,
     AddressPolicy,
+    Consumer,
+    ConsumeStore,
     Deliverer,
     DeliveryStore,
     Endpoint,
     EventFeed,
     EventLog,
     EventLogUnavailableError,
+    MemoryConsumeStore,
     MemoryDeliveryStore,
     MemoryEventLog,
+    RedisConsumeStore,
     RedisDeliveryStore,
     RedisEventLog,
     RedisWatchLeases,
@@ -73,6 +78,7 @@ from .service import (
     SessionSource,
     Spool,
     TokenBuckets,
+    encode_id,
 )
 
 #: connections of the one shared Redis client (the cache and the replica gate together)
@@ -274,6 +280,8 @@ def _events(
     )
     deliverer = _deliverer(settings, log_, redis, [s.mailbox for s in specs], metrics, wall)
     if deliverer is not None:
+        deliverer.consumer = _consumer(settings, deliverer, redis, app, directory)
+    if deliverer is not None:
         app[DELIVERER] = deliverer
     if not specs:
         return None
@@ -346,6 +354,37 @@ def _deliverer(
         observer=metrics,
         wall=wall,
     )
+
+
+def _consumer(
+    settings: Settings,
+    deliverer: Deliverer,
+    redis: SharedRedis | None,
+    app: web.Application,
+    directory: Directory,
+) -> Consumer | None:
+    """Consume mode for the mailboxes with ``watch_consume``: deletes through the service's
+    delete (one DELE..QUIT transaction, done once QUIT answered +OK)."""
+    subscribers = {
+        box.id: frozenset(
+            e.name
+            for e in deliverer.endpoints.values()
+            if e.wants_mailbox(box.id) and MESSAGE_NEW in e.kinds
+        )
+        for box in settings.mailboxes
+        if box.watch and box.watch_consume
+    }
+    if not subscribers:
+        return None
+
+    async def delete(mailbox: str, uids: Sequence[str]) -> list[str]:
+        result = await app[SERVICE].delete_messages(
+            directory.mailboxes[mailbox], [encode_id(u) for u in uids]
+        )
+        return [*result.deleted, *result.not_found]
+
+    store: ConsumeStore = RedisConsumeStore(redis) if redis is not None else MemoryConsumeStore()
+    return Consumer(store, delete, subscribers)
 
 
 def create_app(
@@ -535,18 +574,19 @@ def create_app(
 
     async def delivering(_app: web.Application) -> AsyncIterator[None]:
         deliverer = app.get(DELIVERER)
-        task = None
+        tasks: list[asyncio.Task[None]] = []
         if deliverer is not None:
             try:
                 await deliverer.setup()
             except EventLogUnavailableError:
                 log.warning("webhook queues not set up (Redis unavailable); set up when used")
             if watch:
-                task = asyncio.get_running_loop().create_task(
-                    deliverer.run(), name="pop3gw-webhooks"
-                )
+                loop = asyncio.get_running_loop()
+                tasks.append(loop.create_task(deliverer.run(), name="pop3gw-webhooks"))
+                if isinstance(deliverer.consumer, Consumer):
+                    tasks.append(loop.create_task(deliverer.consumer.run(), name="pop3gw-consume"))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

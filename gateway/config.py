@@ -184,6 +184,12 @@ class MailboxSettings(BaseModel):
     #: the first poll reports the messages already there as ``message.new`` (otherwise it
     #: only records them: a baseline)
     watch_report_existing: bool = False
+    #: what the gateway itself may do to this mailbox beyond reading: ``delete`` is needed
+    #: for ``watch_consume``
+    grants: list[Literal["delete"]] = Field(default_factory=list)
+    #: consume mode: a new message is deleted from the server once every webhook subscribed
+    #: to this mailbox's message.new answered 2xx for it (needs grants = ["delete"])
+    watch_consume: bool = False
 
     _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
 
@@ -870,6 +876,21 @@ def _webhook_problems(settings: Settings) -> list[str]:
     for dup in {n for n in names if names.count(n) > 1}:
         problems.append(f"webhooks: name {dup!r} is used twice")
     watched = {m.id for m in settings.mailboxes if m.watch}
+    for i, box in enumerate(settings.mailboxes):
+        if not box.watch_consume:
+            continue
+        if not box.watch:
+            problems.append(f"mailboxes.{i}.watch_consume: needs watch = true")
+        if "delete" not in box.grants:
+            problems.append(f'mailboxes.{i}.watch_consume: deletes mail; needs grants = ["delete"]')
+        if not any(
+            h.name
+            for h in settings.webhooks
+            if ("*" in h.mailboxes or box.id in h.mailboxes) and "message.new" in h.kinds
+        ):
+            problems.append(
+                f"mailboxes.{i}.watch_consume: no webhook takes this mailbox's message.new"
+            )
     for i, hook in enumerate(settings.webhooks):
         for box_id in hook.mailboxes:
             if box_id != "*" and box_id not in watched:

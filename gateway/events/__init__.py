@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from .consume import Consumer, ConsumeStore, MemoryConsumeStore, RedisConsumeStore
 from .delivery import (
     DeadLetter,
     Deliverer,
@@ -63,6 +64,8 @@ __all__ = [
     "AddressPolicy",
     "Commit",
     "CommitConflictError",
+    "ConsumeStore",
+    "Consumer",
     "Cursor",
     "CursorExpiredError",
     "DeadLetter",
@@ -76,11 +79,13 @@ __all__ = [
     "EventLogUnavailableError",
     "Health",
     "InvalidCursorError",
+    "MemoryConsumeStore",
     "MemoryDeliveryStore",
     "MemoryEventLog",
     "Outcome",
     "Pending",
     "PollResult",
+    "RedisConsumeStore",
     "RedisDeliveryStore",
     "RedisEventLog",
     "RedisWatchLeases",

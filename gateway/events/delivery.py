@@ -123,6 +123,12 @@ class Sending(Protocol):
     async def close(self) -> None: ...
 
 
+class Acknowledged(Protocol):
+    """Told of every 2xx (the consume mode: ``consume.Consumer``)."""
+
+    async def delivered(self, endpoint: str, event: Event) -> None: ...
+
+
 class DeliveryObserver(Protocol):
     def delivery(self, outcome: str) -> None: ...
 
@@ -154,6 +160,7 @@ class Deliverer:
         policy: RetryPolicy | None = None,
         max_in_flight: int = 32,
         observer: DeliveryObserver | None = None,
+        consumer: Acknowledged | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -164,6 +171,7 @@ class Deliverer:
         self.policy = policy or RetryPolicy()
         self._max_in_flight = max_in_flight
         self._observer = observer
+        self.consumer = consumer
         self._clock = clock
         self._wall = wall
         self._wake = asyncio.Event()
@@ -226,6 +234,10 @@ class Deliverer:
         attempts = pending.attempts + 1
         first_at = pending.first_at if pending.first_at is not None else now
         if outcome.verdict == "delivered":
+            # acknowledged for consume mode before the queue moves on: a crash between the
+            # two delivers again, never deletes what was not acknowledged
+            if self.consumer is not None:
+                await self.consumer.delivered(endpoint, event)
             await self.store.done(endpoint, mailbox, pending)
             self._count("delivered")
             if self._observer is not None:
@@ -272,6 +284,8 @@ class Deliverer:
         attempts = dead.attempts + 1
         if outcome.verdict == "delivered":
             self._count("delivered")
+            if self.consumer is not None:
+                await self.consumer.delivered(endpoint_name, event)
             return outcome, attempts
         await self._rebury(endpoint_name, dead, outcome)
         return outcome, attempts

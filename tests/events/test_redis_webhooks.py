@@ -16,7 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.events import Deliverer, RedisDeliveryStore, Watcher
+from gateway.events import Consumer, Deliverer, RedisConsumeStore, RedisDeliveryStore, Watcher
 from gateway.events.redis_delivery import dead_key, group
 from gateway.events.redis_log import key
 from gateway.keys import DELIVERER, WATCHER
@@ -24,7 +24,7 @@ from tests.events.receiver import Answer, Receiver, WallClock, new_secret
 from tests.events.support import PrivateRedis, watched_settings
 from tests.events.test_webhooks import ADMIN, ADMIN_KEY
 from tests.support.api import ClientFactory, bearer, checked
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import Drop, FakeMailbox, FakePOP3Server
 
 pytestmark = pytest.mark.redis
 SHARED = "redis://127.0.0.1:6379/0"
@@ -243,3 +243,48 @@ async def test_a_redis_restart_loses_no_delivery_and_no_dead_letter(
     assert after["total"] == 0
     assert receiver.delivered() == [second.id, first.id]
     assert receiver.forged == []
+
+
+async def test_consume_mode_deletes_only_after_quit_answered_ok(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    settings = watched_settings(
+        server.port,
+        "alice",
+        "pw",
+        mailbox_id=mailbox,
+        box={"watch_consume": True, "grants": ["delete"]},
+        redis_url=SHARED,
+        cache_secret="webhook-test-secret",
+        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+        webhooks=[
+            {"name": endpoint, "url": receiver.url, "secrets": [secret], "mailboxes": [mailbox]}
+        ],
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
+    )
+    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
+    deliverer: Deliverer = client.app[DELIVERER]
+    consumer = deliverer.consumer
+    assert isinstance(consumer, Consumer)
+    assert isinstance(consumer.store, RedisConsumeStore)
+    await client.app[WATCHER].poll(mailbox)
+    add(server, "uid-1")
+    [event] = (await client.app[WATCHER].poll(mailbox)).events
+    assert (await deliverer.step(endpoint, mailbox)).outcome == "delivered"
+    # the connection drops instead of QUIT's answer: not acknowledged, nothing removed
+    quit_fault = server.script("QUIT", Drop(), times=None)
+    assert await consumer.sweep(mailbox) == []
+    assert quit_fault.fired
+    assert "uid-1" in server.mailbox.uids()
+    server.rules.remove(quit_fault)
+    # still due: the next sweep deletes it
+    assert await consumer.sweep(mailbox) == [event.data["uid"]]
+    assert server.mailbox.uids() == ["uid-0"]
+    assert await consumer.sweep(mailbox) == []
