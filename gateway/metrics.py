@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -172,6 +172,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 6 * 3600, 86400),
             registry=self.registry,
         )
+        self.webhook_dead = Gauge(
+            "pop3gw_webhook_dead_letters",
+            "Dead letters kept per webhook endpoint (as last counted by this process).",
+            ["endpoint"],
+            registry=self.registry,
+        )
         for counter in (
             self._http_timeouts,
             self._accept_pauses,
@@ -232,6 +238,9 @@ class Metrics:
 
     def delivery_lag(self, seconds: float) -> None:
         self.webhook_lag.observe(seconds)
+
+    def dead_letters(self, endpoint: str, total: int) -> None:
+        self.webhook_dead.labels(endpoint).set(total)
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()

@@ -134,6 +134,8 @@ class DeliveryObserver(Protocol):
 
     def delivery_lag(self, seconds: float) -> None: ...
 
+    def dead_letters(self, endpoint: str, total: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -180,6 +182,15 @@ class Deliverer:
 
     async def setup(self) -> None:
         await self.store.setup(self.pairs)
+        for name in self.endpoints:
+            await self.count_dead(name)
+
+    async def count_dead(self, endpoint: str) -> int:
+        """How many dead letters ``endpoint`` has (and the gauge set to it)."""
+        _, total = await self.store.dead_letters(endpoint, 0)
+        if self._observer is not None:
+            self._observer.dead_letters(endpoint, total)
+        return total
 
     def notify(self, mailbox: str, events: Sequence[Event]) -> None:
         """New events were recorded: their pairs have work now."""
@@ -256,6 +267,7 @@ class Deliverer:
         dead = DeadLetter(event, attempts, first_at, now, reason, outcome.status, outcome.detail)
         await self.store.bury(endpoint, mailbox, pending, dead)
         self._count(f"dead-{reason}")
+        await self.count_dead(endpoint)
         log.warning(
             "webhook %s: event %s of %s dead-lettered (%s after %d attempts: %s)",
             endpoint,
@@ -284,6 +296,7 @@ class Deliverer:
         attempts = dead.attempts + 1
         if outcome.verdict == "delivered":
             self._count("delivered")
+            await self.count_dead(endpoint_name)
             if self.consumer is not None:
                 await self.consumer.delivered(endpoint_name, event)
             return outcome, attempts

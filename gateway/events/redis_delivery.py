@@ -214,7 +214,10 @@ class RedisDeliveryStore(_RedisUser):
 
     async def dead_letters(self, endpoint: str, limit: int) -> tuple[list[DeadLetter], int]:
         async def read() -> tuple[list[Any], int]:
-            async with self._redis.client.pipeline(transaction=False) as pipe:
+            client = self._redis.client
+            if limit <= 0:  # only the count
+                return [], int(await client.xlen(dead_key(endpoint)))
+            async with client.pipeline(transaction=False) as pipe:
                 pipe.xrevrange(dead_key(endpoint), count=limit)
                 pipe.xlen(dead_key(endpoint))
                 entries, total = await pipe.execute()

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.events import MESSAGE_NEW, Deliverer, Watcher, event_id
-from gateway.keys import DELIVERER, METRICS, WATCHER
+from gateway.keys import DELIVERER, WATCHER
 from tests.events.receiver import Answer, Receiver, WallClock, new_secret
 from tests.events.support import message, watched_settings
 from tests.support.api import READ_KEY, ClientFactory, bearer, checked, sha
@@ -235,6 +235,12 @@ async def test_500_and_429_are_retried_honouring_retry_after_and_410_is_final(
         await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 200
     )
     assert (empty["total"], empty["failed"]) == (0, [])
+    metrics = (await (await client.get("/metrics")).text()).splitlines()
+    assert 'pop3gw_webhook_dead_letters{endpoint="crm"} 0.0' in metrics
+    assert 'pop3gw_webhook_deliveries_total{outcome="retry"} 2.0' in metrics
+    # the first was delivered 600 s and more after it was recorded (the test's clock)
+    assert 'pop3gw_webhook_delivery_lag_seconds_bucket{le="300.0"} 0.0' in metrics
+    assert "pop3gw_webhook_delivery_lag_seconds_count 1.0" in metrics
     gone = await checked(
         await client.post(f"/v1/webhooks/crm/failed/{second.id}/retry", headers=bearer(ADMIN_KEY)),
         404,
@@ -339,9 +345,10 @@ async def test_webhooks_to_loopback_are_refused_unless_allowed(
         )
         assert failed["failed"][0]["detail"] == "the webhook's address is not allowed"
         assert failed["failed"][0]["last_status"] is None
-    text = await (await client.get("/metrics")).text()
-    assert 'pop3gw_webhook_deliveries_total{outcome="dead-final"} 2.0' in text.splitlines()
-    assert client.app[METRICS] is not None
+    text = (await (await client.get("/metrics")).text()).splitlines()
+    assert 'pop3gw_webhook_deliveries_total{outcome="dead-final"} 2.0' in text
+    assert 'pop3gw_webhook_dead_letters{endpoint="crm"} 1.0' in text
+    assert 'pop3gw_webhook_dead_letters{endpoint="named"} 1.0' in text
 
 
 async def test_the_admin_api_wants_an_admin_key(
