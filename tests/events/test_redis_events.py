@@ -48,7 +48,11 @@ async def server() -> AsyncIterator[FakePOP3Server]:
 
 
 def app_for(
-    server: FakePOP3Server, mailbox_id: str, redis_url: str = SHARED, **box: Any
+    server: FakePOP3Server,
+    mailbox_id: str,
+    redis_url: str = SHARED,
+    timeouts: dict[str, float] | None = None,
+    **box: Any,
 ) -> web.Application:
     settings = watched_settings(
         server.port,
@@ -58,7 +62,7 @@ def app_for(
         box=box,
         redis_url=redis_url,
         cache_secret="events-test-secret",
-        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+        timeouts=timeouts or {"connect": 2, "tls": 2, "command": 1, "idle": 1},
     )
     return create_app(settings, watch=False)
 
@@ -209,7 +213,9 @@ async def test_a_first_poll_of_a_large_mailbox_is_committed_in_chunks(
     box = FakeMailbox([(uid, b"Subject: s\r\n\r\nx\r\n") for uid in uids])
     try:
         async with FakePOP3Server(box, users={"alice": "pw"}) as server:
-            client = await aiohttp_client(app_for(server, "box", private_redis.url))
+            # a 100,000-line UIDL takes a while on a busy machine: no POP3 timeout here
+            slow = {"connect": 10, "tls": 10, "command": 60, "idle": 60}
+            client = await aiohttp_client(app_for(server, "box", private_redis.url, slow))
             watcher = client.app[WATCHER]
             await admin.slowlog_reset()
             assert (await watcher.poll("box")).outcome == "ok"
