@@ -10,7 +10,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -35,18 +35,44 @@ from .config import (
     TimeoutSettings,
     UpstreamSettings,
     UpstreamURL,
+    webhook_secrets,
 )
 from .edge import EdgeLimits, connection_cap, fd_reserve
 from .events import (
+    MESSAGE_NEW,
+    AddressPolicy,
+    Consumer,
+    ConsumeStore,
+    Deliverer,
+    DeliveryStore,
+    Endpoint,
     EventFeed,
     EventLog,
+    EventLogUnavailableError,
+    MemoryConsumeStore,
+    MemoryDeliveryStore,
     MemoryEventLog,
+    RedisConsumeStore,
+    RedisDeliveryStore,
     RedisEventLog,
     RedisWatchLeases,
+    RetryPolicy,
+    Sender,
     Watcher,
     WatchSpec,
+    decode_secret,
 )
-from .keys import DIRECTORY, EVENTS, LIFECYCLE, METRICS, SEND_TIMEOUT, SERVICE, WATCHER, Lifecycle
+from .keys import (
+    DELIVERER,
+    DIRECTORY,
+    EVENTS,
+    LIFECYCLE,
+    METRICS,
+    SEND_TIMEOUT,
+    SERVICE,
+    WATCHER,
+    Lifecycle,
+)
 from .metrics import Metrics
 from .oauth.http import TokenEndpointClient
 from .oauth.shared import RedisTokens
@@ -67,6 +93,7 @@ from .service import (
     SessionSource,
     Spool,
     TokenBuckets,
+    encode_id,
 )
 
 #: connections of the one shared Redis client (the cache and the replica gate together)
@@ -334,6 +361,11 @@ def _events(
         stream_max_seconds=events.stream_max_seconds,
         clock=clock,
     )
+    deliverer = _deliverer(settings, log_, redis, [s.mailbox for s in specs], metrics, wall)
+    if deliverer is not None:
+        deliverer.consumer = _consumer(settings, deliverer, redis, app, directory)
+    if deliverer is not None:
+        app[DELIVERER] = deliverer
     if not specs:
         return None
     watcher = app[WATCHER] = Watcher(
@@ -348,7 +380,94 @@ def _events(
         clock=clock,
         wall=wall,
     )
+    if deliverer is not None:
+        watcher.listeners.append(deliverer.notify)
     return watcher
+
+
+def _deliverer(
+    settings: Settings,
+    log_: EventLog,
+    redis: SharedRedis | None,
+    watched: list[str],
+    metrics: Metrics,
+    wall: Callable[[], float],
+) -> Deliverer | None:
+    """The webhook deliverer: its queues in Redis when configured (consumer groups shared by
+    replicas), else in process (lost on restart)."""
+    if not settings.webhooks:
+        return None
+    delivery = settings.webhook_delivery
+    endpoints = [
+        Endpoint(
+            name=hook.name,
+            url=hook.url,
+            secrets=tuple(decode_secret(s) for s in webhook_secrets(hook)),
+            mailboxes=frozenset(hook.mailboxes),
+            kinds=frozenset(hook.kinds),
+        )
+        for hook in settings.webhooks
+    ]
+    store: DeliveryStore
+    if redis is not None:
+        store = RedisDeliveryStore(
+            redis,
+            # a lease outlives an attempt: one replica per pair while it delivers
+            lease_ms=int(max(1.0, 3 * delivery.timeout) * 1000),
+            dead_letter_max=delivery.dead_letter_max,
+        )
+    else:
+        store = MemoryDeliveryStore(log_, dead_letter_max=delivery.dead_letter_max)
+    sender = Sender(
+        AddressPolicy(delivery.allow_networks, delivery.deny_networks),
+        timeout=delivery.timeout,
+        max_response_bytes=delivery.max_response_bytes,
+        cafile=str(delivery.cafile) if delivery.cafile is not None else None,
+        max_connections=delivery.max_in_flight,
+    )
+    return Deliverer(
+        store,
+        sender,
+        endpoints,
+        watched,
+        policy=RetryPolicy(
+            retry_for=delivery.retry_for_seconds, max_backoff=delivery.max_backoff_seconds
+        ),
+        max_in_flight=delivery.max_in_flight,
+        observer=metrics,
+        wall=wall,
+    )
+
+
+def _consumer(
+    settings: Settings,
+    deliverer: Deliverer,
+    redis: SharedRedis | None,
+    app: web.Application,
+    directory: Directory,
+) -> Consumer | None:
+    """Consume mode for the mailboxes with ``watch_consume``: deletes through the service's
+    delete (one DELE..QUIT transaction, done once QUIT answered +OK)."""
+    subscribers = {
+        box.id: frozenset(
+            e.name
+            for e in deliverer.endpoints.values()
+            if e.wants_mailbox(box.id) and MESSAGE_NEW in e.kinds
+        )
+        for box in settings.mailboxes
+        if box.watch and box.watch_consume
+    }
+    if not subscribers:
+        return None
+
+    async def delete(mailbox: str, uids: Sequence[str]) -> list[str]:
+        result = await app[SERVICE].delete_messages(
+            directory.mailboxes[mailbox], [encode_id(u) for u in uids]
+        )
+        return [*result.deleted, *result.not_found]
+
+    store: ConsumeStore = RedisConsumeStore(redis) if redis is not None else MemoryConsumeStore()
+    return Consumer(store, delete, subscribers)
 
 
 def create_app(
@@ -363,7 +482,8 @@ def create_app(
     """Build the application. ``sessions`` and ``cache`` replace the defaults (tests);
     ``clock`` (monotonic seconds) is what session and snapshot ages are measured with;
     ``wall`` (Unix seconds) is what events are stamped and retained with. ``watch=False``
-    leaves watched mailboxes to polls the caller makes (``app[WATCHER].poll``: tests)."""
+    leaves watched mailboxes to polls the caller makes (``app[WATCHER].poll``: tests), and
+    webhook deliveries to steps it makes (``app[DELIVERER].step``)."""
     app = web.Application(
         middlewares=[gateway_middleware],
         # a larger body is answered 413 request-too-large by the middleware
@@ -558,6 +678,27 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def delivering(_app: web.Application) -> AsyncIterator[None]:
+        deliverer = app.get(DELIVERER)
+        tasks: list[asyncio.Task[None]] = []
+        if deliverer is not None:
+            try:
+                await deliverer.setup()
+            except EventLogUnavailableError:
+                log.warning("webhook queues not set up (Redis unavailable); set up when used")
+            if watch:
+                loop = asyncio.get_running_loop()
+                tasks.append(loop.create_task(deliverer.run(), name="pop3gw-webhooks"))
+                if isinstance(deliverer.consumer, Consumer):
+                    tasks.append(loop.create_task(deliverer.consumer.run(), name="pop3gw-consume"))
+        yield
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if deliverer is not None:
+            await deliverer.close()
+
     async def watching(_app: web.Application) -> AsyncIterator[None]:
         task = None
         if watcher is not None and watch:
@@ -576,6 +717,7 @@ def create_app(
     app.cleanup_ctx.append(close_cache)
     app.cleanup_ctx.append(close_pool)
     app.cleanup_ctx.append(close_parsers)
+    app.cleanup_ctx.append(delivering)  # queues set up before the first poll
     app.cleanup_ctx.append(watching)  # stops before the pool closes
     setup_routes(app)
     return app

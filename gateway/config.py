@@ -16,6 +16,7 @@ Invalid configuration stops the start with a message naming the field
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import json
@@ -56,7 +57,11 @@ OAUTH_SCOPES: dict[str, tuple[str | None, str | None]] = {
     ),
     "generic": (None, None),
 }
-Scope = Literal["read", "delete"]
+#: ``admin`` is for the gateway's own administration (the webhook dead letters), on no mailbox
+Scope = Literal["read", "delete", "admin"]
+EventKind = Literal[
+    "message.new", "message.removed", "mailbox.reset", "mailbox.error", "mailbox.recovered"
+]
 
 
 class ConfigError(Exception):
@@ -258,6 +263,12 @@ class MailboxSettings(BaseModel):
     watch_report_existing: bool = False
     #: with auth = "oauth2": the OAuth client and grant
     oauth: OAuthSettings | None = None
+    #: what the gateway itself may do to this mailbox beyond reading: ``delete`` is needed
+    #: for ``watch_consume``
+    grants: list[Literal["delete"]] = Field(default_factory=list)
+    #: consume mode: a new message is deleted from the server once every webhook subscribed
+    #: to this mailbox's message.new answered 2xx for it (needs grants = ["delete"])
+    watch_consume: bool = False
 
     _auth = field_validator("auth", mode="before")(lambda v: _cased(v, str.lower))
 
@@ -449,6 +460,86 @@ class EventSettings(BaseModel):
     stream_max_seconds: float = Field(3600.0, ge=1, le=86400)
 
 
+class WebhookSettings(BaseModel):
+    """An endpoint that receives the events of watched mailboxes, signed per the Standard
+    Webhooks spec. Secrets (``whsec_`` + base64, as the spec's libraries make them) come
+    from ``secrets_env`` (names of environment variables) or ``secrets_file`` (one per
+    line), or ``secrets``: every one is used to sign (rotation: add the new one, let
+    receivers switch, remove the old one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ID_PATTERN)
+    url: str = Field(max_length=2048)
+    secrets: list[SecretStr] = Field(default_factory=list, max_length=8)
+    secrets_env: list[str] = Field(default_factory=list, max_length=8)
+    secrets_file: Path | None = None
+    #: watched mailbox ids whose events go here; ``"*"`` for all
+    mailboxes: list[str] = Field(min_length=1)
+    #: the kinds sent (default: all)
+    kinds: list[EventKind] = Field(
+        default_factory=lambda: list[EventKind](
+            [
+                "message.new",
+                "message.removed",
+                "mailbox.reset",
+                "mailbox.error",
+                "mailbox.recovered",
+            ]
+        ),
+        min_length=1,
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (sign with secrets instead)")
+        if any(c in value for c in "\r\n\0 "):
+            raise ValueError("must not contain spaces, CR, LF or NUL")
+        return value
+
+
+class WebhookDeliverySettings(BaseModel):
+    """How webhooks are sent: retries, bounds, and where they may go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: seconds one attempt may take (connect, send, response head)
+    timeout: float = Field(10.0, gt=0, le=120)
+    #: a delivery is retried this long after its first attempt (72 h), then dead-lettered
+    retry_for_seconds: float = Field(72 * 3600.0, ge=60, le=30 * 24 * 3600)
+    #: longest pause between two attempts (backoff doubles from 5 s up to it)
+    max_backoff_seconds: float = Field(3600.0, ge=1, le=24 * 3600)
+    #: attempts in flight at once, per process (one per mailbox per endpoint at most)
+    max_in_flight: int = Field(32, ge=1, le=10_000)
+    #: bytes of a receiver's answer read at most (the rest is dropped with the connection)
+    max_response_bytes: int = Field(64 * 1024, ge=0, le=16 * 1024 * 1024)
+    #: dead letters kept per endpoint, the oldest out first
+    dead_letter_max: int = Field(10_000, ge=10, le=1_000_000)
+    #: networks (CIDR) a webhook may reach although they are not public: by default
+    #: loopback, private, link-local (cloud metadata), shared and reserved addresses are
+    #: refused, checked on the address actually connected to
+    allow_networks: list[str] = Field(default_factory=list, max_length=1000)
+    #: networks refused even though public (checked first)
+    deny_networks: list[str] = Field(default_factory=list, max_length=1000)
+    #: a CA bundle (PEM) to trust for https receivers instead of the system's
+    cafile: Path | None = None
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR network") from None
+        return value
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -506,6 +597,8 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     parse: ParseSettings = Field(default_factory=ParseSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=100)
+    webhook_delivery: WebhookDeliverySettings = Field(default_factory=WebhookDeliverySettings)
     #: seconds in-flight requests get to finish on SIGTERM
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=600)
     #: seconds /readyz answers 503 before the listener closes on SIGTERM, so that load
@@ -948,7 +1041,72 @@ def _cross_check(settings: Settings) -> None:
             "same cache keys; make one with "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+    problems.extend(_webhook_problems(settings))
     if settings.stream.spool_dir is not None and not settings.stream.spool_dir.is_dir():
         problems.append(f"stream.spool_dir: {settings.stream.spool_dir} is not a directory")
     if problems:
         raise _invalid(problems)
+
+
+def webhook_secrets(hook: WebhookSettings) -> list[str]:
+    """The endpoint's secrets, read now (the environment, the file), in their order."""
+    found = [s.get_secret_value().strip() for s in hook.secrets]
+    found += [os.environ.get(name, "").strip() for name in hook.secrets_env]
+    if hook.secrets_file is not None:
+        text = hook.secrets_file.read_text("utf-8")
+        found += [line.strip() for line in text.splitlines() if line.strip()]
+    return found
+
+
+def _secret_problem(secret: str) -> str | None:
+    raw = secret.removeprefix("whsec_")
+    if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", raw):
+        return "is not whsec_ followed by base64"
+    decoded = base64.b64decode(raw + "==")
+    if not 24 <= len(decoded) <= 64:
+        return "must decode to 24 to 64 bytes"
+    return None
+
+
+def _webhook_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    names = [h.name for h in settings.webhooks]
+    for dup in {n for n in names if names.count(n) > 1}:
+        problems.append(f"webhooks: name {dup!r} is used twice")
+    watched = {m.id for m in settings.mailboxes if m.watch}
+    for i, box in enumerate(settings.mailboxes):
+        if not box.watch_consume:
+            continue
+        if not box.watch:
+            problems.append(f"mailboxes.{i}.watch_consume: needs watch = true")
+        if "delete" not in box.grants:
+            problems.append(f'mailboxes.{i}.watch_consume: deletes mail; needs grants = ["delete"]')
+        if not any(
+            h.name
+            for h in settings.webhooks
+            if ("*" in h.mailboxes or box.id in h.mailboxes) and "message.new" in h.kinds
+        ):
+            problems.append(
+                f"mailboxes.{i}.watch_consume: no webhook takes this mailbox's message.new"
+            )
+    for i, hook in enumerate(settings.webhooks):
+        for box_id in hook.mailboxes:
+            if box_id != "*" and box_id not in watched:
+                problems.append(f"webhooks.{i}.mailboxes: {box_id!r} is not a watched mailbox")
+        for name in hook.secrets_env:
+            if name not in os.environ:
+                problems.append(f"webhooks.{i}.secrets_env: {name} is not set")
+        if hook.secrets_file is not None:
+            unreadable = _unreadable(hook.secrets_file)
+            if unreadable:
+                problems.append(f"webhooks.{i}.secrets_file: {unreadable}")
+                continue
+        secrets = webhook_secrets(hook)
+        if not secrets:
+            problems.append(f"webhooks.{i}: needs a secret (secrets, secrets_env, secrets_file)")
+        for n, secret in enumerate(secrets):
+            wrong = _secret_problem(secret)
+            if wrong:  # which one, never what it is
+                problems.append(f"webhooks.{i}: secret {n + 1} {wrong}")
+    problems.extend(_cafile_problems("webhook_delivery.cafile", settings.webhook_delivery.cafile))
+    return problems

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .accounts import Directory
-from .events import EventFeed, Watcher
+from .events import Deliverer, EventFeed, Watcher
 from .metrics import Metrics
 from .service import MailboxService
 
@@ -31,3 +31,5 @@ SEND_TIMEOUT: web.AppKey[float] = web.AppKey("send_timeout", float)
 EVENTS: web.AppKey[EventFeed] = web.AppKey("events", EventFeed)
 #: the watcher of watched mailboxes, when any is
 WATCHER: web.AppKey[Watcher] = web.AppKey("watcher", Watcher)
+#: the webhook deliverer, when any webhook is configured
+DELIVERER: web.AppKey[Deliverer] = web.AppKey("deliverer", Deliverer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -182,6 +182,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "pop3gw_webhook_deliveries",
+            "Webhook delivery attempts and what became of them, by outcome (delivered; "
+            "retry: to be tried again; dead-final: an answer that is not retried; "
+            "dead-exhausted: retried until retry_for; expired: dropped by retention first).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_lag = Histogram(
+            "pop3gw_webhook_delivery_lag_seconds",
+            "From an event's recording to its delivery (2xx) to a webhook endpoint.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 6 * 3600, 86400),
+            registry=self.registry,
+        )
+        self.webhook_dead = Gauge(
+            "pop3gw_webhook_dead_letters",
+            "Dead letters kept per webhook endpoint (as last counted by this process).",
+            ["endpoint"],
+            registry=self.registry,
+        )
         for counter in (
             self._http_timeouts,
             self._accept_pauses,
@@ -241,6 +261,15 @@ class Metrics:
     def polled(self, outcome: str, seconds: float) -> None:
         self.watch_polls.labels(outcome).inc()
         self.watch_poll_duration.observe(seconds)
+
+    def delivery(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome).inc()
+
+    def delivery_lag(self, seconds: float) -> None:
+        self.webhook_lag.observe(seconds)
+
+    def dead_letters(self, endpoint: str, total: int) -> None:
+        self.webhook_dead.labels(endpoint).set(total)
 
     def login(self, upstream: str, outcome: str) -> None:
         self.logins.labels(upstream, outcome).inc()

@@ -85,6 +85,20 @@ def _resolve(request: web.Request, directory: Directory, scope: str) -> Account:
     return account
 
 
+def require_admin(request: web.Request, directory: Directory) -> None:
+    """The request carries an API key with the ``admin`` scope, or a :class:`Problem`."""
+    token = _credentials(request, "Bearer")
+    if not token:
+        raise Problem(
+            "unauthorized", "send an API key as 'Authorization: Bearer <key>'", _BEARER_CHALLENGE
+        )
+    key = directory.api_keys.authenticate(token)
+    if key is None:
+        raise Problem("unauthorized", "the API key is not valid", _BEARER_CHALLENGE)
+    if "admin" not in key.scopes:
+        raise Problem("forbidden", "this API key does not grant 'admin'")
+
+
 def _passthrough(request: web.Request, directory: Directory) -> Account:
     if not directory.passthrough:
         raise Problem("forbidden", "passthrough logins are disabled on this gateway")

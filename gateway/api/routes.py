@@ -17,6 +17,7 @@ from .messages import (
 )
 from .operations import docs_asset, docs_page, healthz, metrics, openapi_json, readyz, root
 from .serializers import PageRenderings
+from .webhooks import list_failed, retry_failed
 
 MAILBOX = "/v1/mailboxes/{mailbox:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
 # "delete" is the batch-delete resource, never a message id (ids are canonical base64url of
@@ -37,6 +38,9 @@ def setup_routes(app: web.Application) -> None:
     router.add_delete(MESSAGE, delete_message)
     router.add_get(MESSAGE + "/raw", get_raw)
     router.add_get(MESSAGE + "/attachments/{attachment:[^/]+}", get_attachment)
+    webhook = "/v1/webhooks/{webhook:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
+    router.add_get(webhook + "/failed", list_failed)
+    router.add_post(webhook + "/failed/{event:evt_[a-z2-7]{32}}/retry", retry_failed)
     router.add_get("/", root)
     router.add_get("/healthz", healthz)
     router.add_get("/readyz", readyz)

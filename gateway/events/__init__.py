@@ -4,12 +4,24 @@
 - ``log``: the event log and seen-set, changed together (:class:`MemoryEventLog`, the
   embedded default);
 - ``watcher``: polling watched mailboxes (:class:`Watcher`);
-- ``feed``: reading the log for clients (:class:`EventFeed`).
+- ``feed``: reading the log for clients (:class:`EventFeed`);
+- ``hooks``, ``delivery``, ``redis_delivery``, ``sender``: webhooks (signing, the delivery
+  queues and their loop, the one outbound HTTP client).
 """
 
 from __future__ import annotations
 
+from .consume import Consumer, ConsumeStore, MemoryConsumeStore, RedisConsumeStore
+from .delivery import (
+    DeadLetter,
+    Deliverer,
+    DeliveryStore,
+    MemoryDeliveryStore,
+    Pending,
+    StepResult,
+)
 from .feed import MAX_LIMIT, EventFeed
+from .hooks import Endpoint, Outcome, RetryPolicy, decode_secret
 from .log import (
     CommitConflictError,
     CursorExpiredError,
@@ -35,7 +47,9 @@ from .model import (
     WatchState,
     event_id,
 )
+from .redis_delivery import RedisDeliveryStore
 from .redis_log import RedisEventLog, RedisWatchLeases
+from .sender import AddressPolicy, Sender
 from .watcher import PollResult, Watcher, WatchLeases, WatchObserver, WatchSpec, iso
 
 __all__ = [
@@ -47,27 +61,44 @@ __all__ = [
     "MESSAGE_NEW",
     "MESSAGE_REMOVED",
     "START",
+    "AddressPolicy",
     "Commit",
     "CommitConflictError",
+    "ConsumeStore",
+    "Consumer",
     "Cursor",
     "CursorExpiredError",
+    "DeadLetter",
+    "Deliverer",
+    "DeliveryStore",
     "Draft",
+    "Endpoint",
     "Event",
     "EventFeed",
     "EventLog",
     "EventLogUnavailableError",
     "Health",
     "InvalidCursorError",
+    "MemoryConsumeStore",
+    "MemoryDeliveryStore",
     "MemoryEventLog",
+    "Outcome",
+    "Pending",
     "PollResult",
+    "RedisConsumeStore",
+    "RedisDeliveryStore",
     "RedisEventLog",
     "RedisWatchLeases",
+    "RetryPolicy",
+    "Sender",
     "Slice",
+    "StepResult",
     "WatchLeases",
     "WatchObserver",
     "WatchSpec",
     "WatchState",
     "Watcher",
+    "decode_secret",
     "event_id",
     "iso",
 ]

@@ -36,6 +36,12 @@ _T = TypeVar("_T")
 PREFIX = "pop3gw:v1:ev:"
 #: how often a reader waiting on a mailbox looks for events other replicas appended
 WAIT_POLL = 0.5
+#: a commit adding or removing more unique-ids than this stages them first, in chunks of
+#: this many (a first poll of a 100,000-message mailbox in one call would outlast the
+#: shared client's deadline)
+STAGE_OVER = 2000
+#: staged unique-ids are dropped after this long if their commit never came
+STAGE_TTL_MS = 120_000
 
 _COMMIT = """
 local state, seen, log, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -45,6 +51,13 @@ if ARGV[2] ~= '' and redis.call('GET', lease) ~= ARGV[2] then return {'fenced'} 
 local n_add, n_remove, n_events = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local now_ms, minid, maxlen = tonumber(ARGV[11]), ARGV[12], ARGV[13]
 local i = 14
+if n_add < 0 then
+  -- a large change was staged beforehand (KEYS[5]: to add, KEYS[6]: to remove)
+  if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('SDIFFSTORE', seen, seen, KEYS[6]) end
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('SUNIONSTORE', seen, seen, KEYS[5]) end
+  redis.call('DEL', KEYS[5], KEYS[6])
+  n_add, n_remove = 0, 0
+end
 for _ = 1, n_remove do redis.call('SREM', seen, ARGV[i]); i = i + 1 end
 for _ = 1, n_add do redis.call('SADD', seen, ARGV[i]); i = i + 1 end
 local last_ms = tonumber(redis.call('HGET', state, 'last_ms') or '0')
@@ -129,8 +142,10 @@ class RedisEventLog(_RedisUser):
         retention: float = 7 * 24 * 3600.0,
         max_per_mailbox: int = 100_000,
         wall: Callable[[], float] = time.time,
+        stage_over: int = STAGE_OVER,
     ) -> None:
         super().__init__(redis)
+        self._stage_over = stage_over
         self._retention = retention
         self._max = max_per_mailbox
         self._wall = wall
@@ -179,12 +194,23 @@ class RedisEventLog(_RedisUser):
             f"{max(0, int((now - self._retention) * 1000))}-0",
             self._max,
         ]
-        args.extend(commit.remove)
-        args.extend(commit.add)
+        keys = [key(mailbox, k) for k in ("state", "seen", "log", "lease")]
+        if len(commit.add) + len(commit.remove) > self._stage_over:
+            # a first poll of a large mailbox: the unique-ids go to Redis in chunks (each
+            # call within the client's deadline), the script then applies them at once
+            token = secrets.token_hex(8)
+            staged = [key(mailbox, f"stage:{token}:add"), key(mailbox, f"stage:{token}:remove")]
+            await self._stage(staged[0], commit.add)
+            await self._stage(staged[1], commit.remove)
+            args[7] = args[8] = -1
+            keys += staged
+        else:
+            args.extend(commit.remove)
+            args.extend(commit.add)
+            keys += [key(mailbox, "stage:none:add"), key(mailbox, "stage:none:remove")]
         at = repr(now)
         for draft in commit.events:
             args.extend((draft.id, draft.kind, json.dumps(draft.data, ensure_ascii=False), at))
-        keys = [key(mailbox, k) for k in ("state", "seen", "log", "lease")]
         reply = await self._call("events commit", self._script(_COMMIT), keys, args)
         status = _text(reply[0])
         if status != "ok":
@@ -205,6 +231,18 @@ class RedisEventLog(_RedisUser):
             if changed is not None:
                 changed.set()
         return events
+
+    async def _stage(self, name: str, uids: Sequence[str]) -> None:
+        for start in range(0, len(uids), self._stage_over):
+            chunk = uids[start : start + self._stage_over]
+
+            async def add(chunk: Sequence[str] = chunk) -> None:
+                async with self._redis.client.pipeline(transaction=False) as pipe:
+                    pipe.sadd(name, *chunk)
+                    pipe.pexpire(name, STAGE_TTL_MS)
+                    await pipe.execute()
+
+            await self._call("events stage", add)
 
     async def read(self, mailbox: str, after: Cursor | None, limit: int) -> Slice:
         return await self._call("events read", self._read, mailbox, after, limit, background=False)

@@ -147,6 +147,8 @@ class Watcher:
         self._observer = observer
         self._clock = clock
         self._wall = wall
+        #: called with (mailbox, events) after every commit that recorded events
+        self.listeners: list[Callable[[str, Sequence[Event]], None]] = []
 
     async def poll(self, mailbox: str) -> PollResult:
         """Poll ``mailbox`` once and commit what it found."""
@@ -157,6 +159,9 @@ class Watcher:
             self._observer.polled(result.outcome, self._clock() - started)
             for event in result.events:
                 self._observer.event_recorded(event.kind)
+        if result.events:
+            for listener in self.listeners:
+                listener(mailbox, result.events)
         return result
 
     async def _poll(self, spec: WatchSpec) -> PollResult:

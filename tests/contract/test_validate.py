@@ -321,7 +321,7 @@ def test_records_what_it_saw() -> None:
 
 def test_lists_the_operations(validator: ResponseValidator) -> None:
     operations = validator.operations()
-    assert len(operations) == 17
+    assert len(operations) == 19
     assert ("GET", "/v1/mailboxes/{mailbox}/events") in operations
     assert ("POST", DELETE_MANY) in operations
     assert ("DELETE", MESSAGE) in operations

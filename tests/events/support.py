@@ -25,17 +25,23 @@ def watched_settings(
     *,
     box: dict[str, Any] | None = None,
     mailbox_id: str = "box",
+    webhooks: list[dict[str, Any]] | None = None,
+    api_keys: list[dict[str, Any]] | None = None,
     **extra: Any,
 ) -> Settings:
     """settings_for(...) with mailbox 'box' watched (``box`` adds to its settings), named
-    ``mailbox_id`` (a name of its own keeps a test's Redis keys apart)."""
+    ``mailbox_id`` (a name of its own keeps a test's Redis keys apart); ``webhooks`` and
+    further ``api_keys`` are added as given."""
     settings = settings_for(port, user=user, password=password, **extra)
     values = settings.model_dump()
+    values["webhooks"] = webhooks or []
+    values["api_keys"] += api_keys or []
     values["mailboxes"][0].update({"watch": True, "id": mailbox_id, **(box or {})})
     for mailbox in values["mailboxes"]:
         mailbox["password"] = password
     for key in values["api_keys"]:
-        key["sha256"] = key["sha256"].get_secret_value()
+        if not isinstance(key["sha256"], str):
+            key["sha256"] = key["sha256"].get_secret_value()
         key["mailboxes"] = [mailbox_id if m == "box" else m for m in key["mailboxes"]]
     for name in ("redis_url", "cache_secret"):
         if values.get(name) is not None:

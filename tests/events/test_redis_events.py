@@ -5,6 +5,7 @@ holder dies), and a commit from a stale state or a lost lease changes nothing.""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,7 +48,11 @@ async def server() -> AsyncIterator[FakePOP3Server]:
 
 
 def app_for(
-    server: FakePOP3Server, mailbox_id: str, redis_url: str = SHARED, **box: Any
+    server: FakePOP3Server,
+    mailbox_id: str,
+    redis_url: str = SHARED,
+    timeouts: dict[str, float] | None = None,
+    **box: Any,
 ) -> web.Application:
     settings = watched_settings(
         server.port,
@@ -57,7 +62,7 @@ def app_for(
         box=box,
         redis_url=redis_url,
         cache_secret="events-test-secret",
-        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+        timeouts=timeouts or {"connect": 2, "tls": 2, "command": 1, "idle": 1},
     )
     return create_app(settings, watch=False)
 
@@ -186,3 +191,45 @@ async def test_a_redis_restart_loses_nothing(
     # the watcher's successful calls ended the client's backoff: readers are served again
     assert await all_uids() == ["uid-2", "uid-3"]
     assert before.cursor < result.events[0].cursor
+
+
+def _arguments(command: bytes) -> int:
+    """How many arguments a SLOWLOG entry's command had (Redis keeps 32 and counts the
+    rest)."""
+    found = re.search(rb"\.\.\. \((\d+) more arguments\)$", command)
+    return 31 + int(found.group(1)) if found else len(command.split())
+
+
+async def test_a_first_poll_of_a_large_mailbox_is_committed_in_chunks(
+    aiohttp_client: ClientFactory, private_redis: PrivateRedis
+) -> None:
+    """100,000 unique-ids in one script call could outlast the shared client's deadline:
+    no command carries more than a chunk of them; the script applies the staged chunks
+    with the state at once."""
+    admin = Redis.from_url(private_redis.url)
+    await admin.config_set("slowlog-log-slower-than", 0)  # every command, with its size
+    await admin.config_set("slowlog-max-len", 100_000)
+    uids = [f"uid-{n:06d}" for n in range(100_000)]
+    box = FakeMailbox([(uid, b"Subject: s\r\n\r\nx\r\n") for uid in uids])
+    try:
+        async with FakePOP3Server(box, users={"alice": "pw"}) as server:
+            # a 100,000-line UIDL takes a while on a busy machine: no POP3 timeout here
+            slow = {"connect": 10, "tls": 10, "command": 60, "idle": 60}
+            client = await aiohttp_client(app_for(server, "box", private_redis.url, slow))
+            watcher = client.app[WATCHER]
+            await admin.slowlog_reset()
+            assert (await watcher.poll("box")).outcome == "ok"
+            largest = max(_arguments(e["command"]) for e in await admin.slowlog_get(100_000))
+            assert 2000 <= largest <= 2000 + 10
+            log = client.app[EVENTS].log
+            assert isinstance(log, RedisEventLog)
+            state = await log.state("box")
+            assert state.baseline
+            assert len(state.seen) == 100_000
+            assert await admin.scard("pop3gw:v1:ev:{box}:seen") == 100_000
+            assert [k async for k in admin.scan_iter(match="pop3gw:v1:ev:{box}:stage*")] == []
+            add(server, "uid-new")
+            [event] = (await watcher.poll("box")).events
+            assert event.data["uid"] == "uid-new"
+    finally:
+        await admin.aclose()

@@ -1,0 +1,290 @@
+"""Webhooks with Redis: consumer groups shared by replicas. A replica killed in the middle
+of a delivery leaves it pending; another claims it (XAUTOCLAIM) and delivers it, under the
+same event id. A Redis restart loses neither a delivery nor a dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.events import Consumer, Deliverer, RedisConsumeStore, RedisDeliveryStore, Watcher
+from gateway.events.redis_delivery import dead_key, group
+from gateway.events.redis_log import key
+from gateway.keys import DELIVERER, WATCHER
+from tests.events.receiver import Answer, Receiver, WallClock, new_secret
+from tests.events.support import PrivateRedis, watched_settings
+from tests.events.test_webhooks import ADMIN, ADMIN_KEY
+from tests.support.api import ClientFactory, bearer, checked
+from tests.support.fakepop3 import Drop, FakeMailbox, FakePOP3Server
+
+pytestmark = pytest.mark.redis
+SHARED = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[tuple[str, str]]:
+    """A mailbox id and an endpoint name of the test's own; their keys go afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    mailbox, endpoint = f"wh-{tag}", f"hook-{tag}"
+    yield mailbox, endpoint
+    admin = Redis.from_url(SHARED)
+    try:
+        found = [k async for k in admin.scan_iter(match=f"pop3gw:v1:ev:{{{mailbox}}}:*")]
+        await admin.delete(dead_key(endpoint), *found)
+    finally:
+        await admin.aclose()
+
+
+@pytest.fixture
+def wall() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+async def receiver(wall: WallClock) -> AsyncIterator[Receiver]:
+    receiver = Receiver(new_secret(), wall)
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakePOP3Server]:
+    box = FakeMailbox([("uid-0", b"Subject: zero\r\n\r\nx\r\n")])
+    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
+        yield server
+
+
+def replica(
+    server: FakePOP3Server,
+    names: tuple[str, str],
+    receiver: Receiver,
+    wall: WallClock,
+    redis_url: str = SHARED,
+) -> web.Application:
+    mailbox, endpoint = names
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    settings = watched_settings(
+        server.port,
+        "alice",
+        "pw",
+        mailbox_id=mailbox,
+        redis_url=redis_url,
+        cache_secret="webhook-test-secret",
+        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+        webhooks=[
+            {"name": endpoint, "url": receiver.url, "secrets": [secret], "mailboxes": [mailbox]}
+        ],
+        api_keys=[ADMIN],
+        # a short attempt: a lease of 3 timeouts lapses within a second and a half
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
+    )
+    return create_app(settings, watch=False, wall=wall)
+
+
+def add(server: FakePOP3Server, uid: str) -> None:
+    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
+
+
+async def until_not_elsewhere(deliverer: Deliverer, endpoint: str, mailbox: str) -> Any:
+    """Step until this replica holds the pair (the other's lease lapsed)."""
+    for _ in range(400):
+        result = await deliverer.step(endpoint, mailbox)
+        if result.outcome != "elsewhere":
+            return result
+        await asyncio.sleep(0.01)
+    raise AssertionError("the lease never lapsed")
+
+
+async def test_a_replica_killed_mid_delivery_leaves_it_to_another(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    secret = receiver.verifier
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
+    receiver.verifier = secret
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    db: Deliverer = b.app[DELIVERER]
+    await watcher.poll(mailbox)
+    add(server, "uid-1")
+    add(server, "uid-2")
+    first, second = (await watcher.poll(mailbox)).events
+
+    stuck = Answer(204, hold=asyncio.Event())
+    receiver.script.append(stuck)
+    dying = asyncio.get_running_loop().create_task(da.step(endpoint, mailbox))
+    await asyncio.wait_for(receiver.arrived.wait(), 10)
+    # replica a dies in the middle of the delivery: never answers, renews nor releases
+    dying.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+    store_a = da.store
+    assert isinstance(store_a, RedisDeliveryStore)
+    store_a.held.clear()
+    redis = Redis.from_url(SHARED)
+    try:
+        pending = await redis.xpending(key(mailbox, "log"), group(endpoint))
+        assert pending["pending"] == 1  # a's, left behind
+
+        result = await until_not_elsewhere(db, endpoint, mailbox)
+        assert (result.outcome, result.event_id) == ("delivered", first.id)
+        assert (await db.step(endpoint, mailbox)).outcome == "delivered"
+        assert (await db.step(endpoint, mailbox)).outcome == "idle"
+        pending = await redis.xpending(key(mailbox, "log"), group(endpoint))
+        assert pending["pending"] == 0
+    finally:
+        await redis.aclose()
+        assert stuck.hold is not None
+        stuck.hold.set()
+    # the first event twice (the receiver may have seen it from the dead replica), under one
+    # id; nothing lost, in order
+    assert [r.webhook_id for r in receiver.got] == [first.id, first.id, second.id]
+    assert receiver.delivered() == [first.id, first.id, second.id]
+    assert receiver.forged == []
+
+
+async def test_a_retry_schedule_is_shared_by_replicas(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    secret = receiver.verifier
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
+    receiver.verifier = secret
+    await a.app[WATCHER].poll(mailbox)
+    add(server, "uid-1")
+    [event] = (await a.app[WATCHER].poll(mailbox)).events
+    receiver.script.append(Answer(503))
+    da: Deliverer = a.app[DELIVERER]
+    first = await da.step(endpoint, mailbox)
+    assert first.outcome == "retry"
+    await da.store.release_all()  # a shuts down: b takes over at once
+    db: Deliverer = b.app[DELIVERER]
+    waiting = await db.step(endpoint, mailbox)
+    assert (waiting.outcome, waiting.next_at) == ("waiting", first.next_at)
+    assert first.next_at is not None
+    wall.now = first.next_at
+    assert (await db.step(endpoint, mailbox)).outcome == "delivered"
+    assert receiver.delivered() == [event.id]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+async def test_a_redis_restart_loses_no_delivery_and_no_dead_letter(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    private_redis: PrivateRedis,
+) -> None:
+    names = ("box", "crm")
+    client = await aiohttp_client(replica(server, names, receiver, wall, private_redis.url))
+    watcher: Watcher = client.app[WATCHER]
+    deliverer: Deliverer = client.app[DELIVERER]
+    await watcher.poll("box")
+    add(server, "uid-1")
+    add(server, "uid-2")
+    first, second = (await watcher.poll("box")).events
+    receiver.script.append(Answer(404))  # final: the first goes to the dead letters
+    assert (await deliverer.step("crm", "box")).outcome == "dead"
+
+    private_redis.stop()
+    assert (await deliverer.step("crm", "box")).outcome == "unavailable"
+    problem = await checked(
+        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 503
+    )
+    assert problem["type"] == "/problems/events-unavailable"
+    private_redis.start()
+
+    result = await deliverer.step("crm", "box")
+    assert (result.outcome, result.event_id) == ("delivered", second.id)
+    failed = await checked(
+        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 200
+    )
+    assert [d["event"]["id"] for d in failed["failed"]] == [first.id]
+    retried = await checked(
+        await client.post(f"/v1/webhooks/crm/failed/{first.id}/retry", headers=bearer(ADMIN_KEY)),
+        200,
+    )
+    assert retried["delivered"] is True
+    after = await checked(
+        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 200
+    )
+    assert after["total"] == 0
+    assert receiver.delivered() == [second.id, first.id]
+    assert receiver.forged == []
+
+
+async def test_consume_mode_deletes_only_after_quit_answered_ok(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    settings = watched_settings(
+        server.port,
+        "alice",
+        "pw",
+        mailbox_id=mailbox,
+        box={"watch_consume": True, "grants": ["delete"]},
+        redis_url=SHARED,
+        cache_secret="webhook-test-secret",
+        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+        webhooks=[
+            {"name": endpoint, "url": receiver.url, "secrets": [secret], "mailboxes": [mailbox]}
+        ],
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
+    )
+    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
+    deliverer: Deliverer = client.app[DELIVERER]
+    consumer = deliverer.consumer
+    assert isinstance(consumer, Consumer)
+    assert isinstance(consumer.store, RedisConsumeStore)
+    await client.app[WATCHER].poll(mailbox)
+    add(server, "uid-1")
+    [event] = (await client.app[WATCHER].poll(mailbox)).events
+    assert (await deliverer.step(endpoint, mailbox)).outcome == "delivered"
+    # the connection drops instead of QUIT's answer: not acknowledged, nothing removed
+    quit_fault = server.script("QUIT", Drop(), times=None)
+    assert await consumer.sweep(mailbox) == []
+    assert quit_fault.fired
+    assert "uid-1" in server.mailbox.uids()
+    server.rules.remove(quit_fault)
+    # still due: the next sweep deletes it
+    assert await consumer.sweep(mailbox) == [event.data["uid"]]
+    assert server.mailbox.uids() == ["uid-0"]
+    assert await consumer.sweep(mailbox) == []
