@@ -3,6 +3,7 @@ per client address, per upstream), and new logins asked for with ``fresh``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -155,9 +156,12 @@ def client_key(address: str | None) -> str | None:
 class TokenBuckets:
     """One token bucket per key: ``burst`` tokens, refilled at ``per_second``. A login
     attempt takes a token before it is sent (so a concurrent burst is counted while in
-    flight) and gives it back unless the server refused the credentials: only failed logins
-    drain a bucket. Bounded in size (a full bucket is forgotten first, then the least
-    recently used)."""
+    flight) and gives it back unless the server refused the credentials (then it is
+    spent): only failed logins drain a bucket. Tokens held by logins in flight are counted
+    (:meth:`held`), and :meth:`changed` lets an attempt that found the bucket empty wait for
+    one of them to come back rather than be refused: a burst of good logins from one
+    address passes, a spray of bad ones is stopped. Bounded in size (a full bucket is
+    forgotten first, then the least recently used)."""
 
     def __init__(
         self,
@@ -174,6 +178,8 @@ class TokenBuckets:
         self._max_keys = max_keys
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._held: dict[str, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     @property
     def burst(self) -> float:
@@ -187,6 +193,10 @@ class TokenBuckets:
         tokens, at = self._buckets.get(key, (self._burst, now))
         return min(self._burst, tokens + (now - at) * self._rate)
 
+    def held(self, key: str) -> int:
+        """Tokens of ``key`` taken by logins still in flight."""
+        return self._held.get(key, 0)
+
     def take(self, key: str) -> float:
         """Take a token: 0.0 when taken, else the seconds until one is there."""
         now = self._clock()
@@ -195,20 +205,56 @@ class TokenBuckets:
             return (1.0 - tokens) / self._rate
         self._buckets[key] = (tokens - 1.0, now)
         self._buckets.move_to_end(key)
+        self._held[key] = self._held.get(key, 0) + 1
         while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
+            forgotten, _ = self._buckets.popitem(last=False)
+            if forgotten == key:  # never the one just taken (max_keys >= 1)
+                break
         return 0.0
 
     def give_back(self, key: str) -> None:
         """Return a token taken by :meth:`take` (the attempt did not fail its login)."""
-        if key not in self._buckets:
-            return  # forgotten meanwhile: it is full again
-        now = self._clock()
-        tokens = min(self._burst, self._level(key, now) + 1.0)
-        if tokens >= self._burst:
-            del self._buckets[key]  # a full bucket needs no entry
+        self._release(key)
+        if key in self._buckets:  # else forgotten meanwhile: it is full again
+            now = self._clock()
+            tokens = min(self._burst, self._level(key, now) + 1.0)
+            if tokens >= self._burst and not self.held(key):
+                del self._buckets[key]  # a full bucket needs no entry
+            else:
+                self._buckets[key] = (tokens, now)
+        self._wake(key)
+
+    def spend(self, key: str) -> None:
+        """A token taken by :meth:`take` stays spent (the server refused the login)."""
+        self._release(key)
+        self._wake(key)
+
+    def _release(self, key: str) -> None:
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
         else:
-            self._buckets[key] = (tokens, now)
+            self._held.pop(key, None)
+
+    async def changed(self, key: str, timeout: float) -> None:
+        """Wait until a token of ``key`` held in flight comes back or is spent (at most
+        ``timeout`` seconds)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout)
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+
+    def _wake(self, key: str) -> None:
+        for waiter in self._waiters.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class FreshLogins:
@@ -301,48 +347,60 @@ return 1
 
 
 # Token buckets shared by replicas: KEYS are the buckets, ARGV[1] the time (ms), then a
-# burst and a refill rate (tokens per ms) per bucket. Take: a token from every bucket, or
-# from none and {index of the first empty bucket, ms until it has one}. A bucket is a hash
-# (t: tokens, at: when), gone once it would be full again.
+# burst and a refill rate (tokens per ms) per bucket. A bucket is a hash (t: tokens, at:
+# when, h: tokens held by logins in flight), gone once it would be full and none is held.
+# Take: a token from every bucket, or from none and {index of the first empty bucket, ms
+# until it has one, tokens of it held in flight}.
 _TAKE = """
 local now = tonumber(ARGV[1])
 local levels = {}
 for i, key in ipairs(KEYS) do
   local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local found = redis.call('HMGET', key, 't', 'at')
+  local found = redis.call('HMGET', key, 't', 'at', 'h')
   local t, at = tonumber(found[1]), tonumber(found[2])
   if t == nil or at == nil then t, at = burst, now end
   t = math.min(burst, t + math.max(0, now - at) * rate)
-  if t < 1 then return {i, math.ceil((1 - t) / rate)} end
+  if t < 1 then return {i, math.ceil((1 - t) / rate), tonumber(found[3]) or 0} end
   levels[i] = t
 end
 for i, key in ipairs(KEYS) do
   local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   redis.call('HSET', key, 't', tostring(levels[i] - 1), 'at', ARGV[1])
-  redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+  redis.call('HINCRBY', key, 'h', 1)
+  redis.call('PEXPIRE', key, math.ceil(burst / rate) + 60000)
 end
-return {0, 0}
+return {0, 0, 0}
 """
 
-# Give back one token to every bucket (the attempt did not fail its login).
-_GIVE_BACK = """
+# The end of an attempt that took from every bucket: ARGV[2 + 2n] is 1 to give its token
+# back (the login did not fail), 0 to leave it spent; either way it is no longer held.
+_RELEASE = """
 local now = tonumber(ARGV[1])
+local give = tonumber(ARGV[2 * #KEYS + 2]) == 1
 for i, key in ipairs(KEYS) do
   local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local found = redis.call('HMGET', key, 't', 'at')
+  local found = redis.call('HMGET', key, 't', 'at', 'h')
   local t, at = tonumber(found[1]), tonumber(found[2])
+  local held = math.max(0, (tonumber(found[3]) or 0) - 1)
   if t ~= nil and at ~= nil then
-    t = math.min(burst, t + math.max(0, now - at) * rate) + 1
-    if t >= burst then
+    t = math.min(burst, t + math.max(0, now - at) * rate)
+    if give then t = math.min(burst, t + 1) end
+    if t >= burst and held == 0 then
       redis.call('DEL', key)
     else
-      redis.call('HSET', key, 't', tostring(t), 'at', ARGV[1])
-      redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
+      redis.call('HSET', key, 't', tostring(t), 'at', ARGV[1], 'h', held)
+      redis.call('PEXPIRE', key, math.ceil(burst / rate) + 60000)
     end
   end
 end
 return 1
 """
+
+#: how long a login waits for a token held by another login in flight to come back
+#: before it is refused (a burst of good logins from one address passes)
+HELD_WAIT = 10.0
+#: how often a login waiting on a shared (Redis) bucket looks again
+_SHARED_POLL = 0.1
 
 
 class Attempt:
@@ -387,8 +445,10 @@ class LoginRations:
         redis: SharedRedis | None = None,
         key: bytes | None = None,
         wall: Callable[[], float] = time.time,
+        held_wait: float = HELD_WAIT,
     ) -> None:
         self.throttle = throttle
+        self.held_wait = held_wait
         self._clients = clients
         self._upstreams = upstreams
         self._redis = redis
@@ -479,11 +539,25 @@ class LoginRations:
         return args
 
     async def _take(self, attempt: Attempt, client: str | None, upstream: str) -> None:
+        """Take a token from the client's and the upstream's bucket. An empty bucket whose
+        tokens are held by logins in flight is waited on (up to :data:`HELD_WAIT`): they
+        come back if those logins succeed. An empty bucket with nothing held refuses at
+        once."""
         who = client_key(client)
-        if self._redis is not None:
-            buckets = self._buckets(who, upstream)
-            if not buckets:
-                return
+        deadline = time.monotonic() + self.held_wait
+        if self._redis is not None and await self._take_shared(attempt, who, upstream, deadline):
+            return
+        await self._take_local(attempt, who, upstream, deadline)
+
+    async def _take_shared(
+        self, attempt: Attempt, who: str | None, upstream: str, deadline: float
+    ) -> bool:
+        """True when taken in Redis (or nothing to take); False to do without Redis."""
+        assert self._redis is not None
+        buckets = self._buckets(who, upstream)
+        if not buckets:
+            return True
+        while True:
             try:
                 found = await self._redis.call(
                     "login rations",
@@ -492,50 +566,65 @@ class LoginRations:
                     [key for key, _, _ in buckets],
                     self._bucket_args(int(self._wall() * 1000), buckets),
                 )
-                index, wait_ms = int(found[0]), int(found[1])
+                index, wait_ms, held = int(found[0]), int(found[1]), int(found[2])
                 error = buckets[index - 1][2] if index else None
             except RedisUnavailableError:
-                pass  # do without Redis: the buckets of this process below
+                return False  # do without Redis: the buckets of this process
             except (TypeError, ValueError, IndexError):
-                pass  # a reply that makes no sense counts as no reply
-            else:
-                if error is not None:
-                    raise error(max(1.0, wait_ms / 1000))
+                return False  # a reply that makes no sense counts as no reply
+            if error is None:
                 attempt.shared = True
                 attempt.client = who if self._clients is not None else None
                 attempt.upstream = upstream if self._upstreams is not None else None
-                return
-        self._take_local(attempt, who, upstream)
+                return True
+            if not held or time.monotonic() + _SHARED_POLL > deadline:
+                raise error(max(1.0, wait_ms / 1000))
+            await asyncio.sleep(_SHARED_POLL)  # a login in flight may give its token back
 
-    def _take_local(self, attempt: Attempt, who: str | None, upstream: str) -> None:
-        if self._clients is not None and who is not None:
-            wait = self._clients.take(who)
-            if wait:
-                raise ClientLoginRateError(max(1.0, wait))
-            attempt.client = who
-        if self._upstreams is not None:
-            wait = self._upstreams.take(upstream)
-            if wait:
-                raise UpstreamLoginRateError(max(1.0, wait))
-            attempt.upstream = upstream
+    async def _take_local(
+        self, attempt: Attempt, who: str | None, upstream: str, deadline: float
+    ) -> None:
+        for local, key, error in (
+            (self._clients, who, ClientLoginRateError),
+            (self._upstreams, upstream, UpstreamLoginRateError),
+        ):
+            if local is None or key is None:
+                continue
+            while True:
+                wait = local.take(key)
+                if not wait:
+                    break
+                left = deadline - time.monotonic()
+                if not local.held(key) or left <= 0:
+                    raise error(max(1.0, wait))
+                await local.changed(key, left)
+            if error is ClientLoginRateError:
+                attempt.client = key
+            else:
+                attempt.upstream = key
 
     async def end(self, attempt: Attempt, outcome: str) -> None:
         """After a login: ``outcome`` is ``ok``, ``auth`` (credentials refused) or other."""
-        if outcome != "auth" and attempt.shared and self._redis is not None:
+        give = outcome != "auth"  # only a refused credential keeps its tokens
+        if attempt.shared and self._redis is not None:
             buckets = self._buckets(attempt.client, attempt.upstream)
-            with contextlib.suppress(RedisUnavailableError):
-                await self._redis.call(
-                    "login rations",
-                    self._eval,
-                    _GIVE_BACK,
-                    [key for key, _, _ in buckets],
-                    self._bucket_args(int(self._wall() * 1000), buckets),
-                )
-        elif outcome != "auth":
-            if attempt.client is not None and self._clients is not None:
-                self._clients.give_back(attempt.client)
-            if attempt.upstream is not None and self._upstreams is not None:
-                self._upstreams.give_back(attempt.upstream)
+            if buckets:
+                with contextlib.suppress(RedisUnavailableError):
+                    await self._redis.call(
+                        "login rations",
+                        self._eval,
+                        _RELEASE,
+                        [key for key, _, _ in buckets],
+                        [*self._bucket_args(int(self._wall() * 1000), buckets), int(give)],
+                    )
+        else:
+            pairs = ((self._clients, attempt.client), (self._upstreams, attempt.upstream))
+            for local, name in pairs:
+                if local is not None and name is not None:
+                    if give:
+                        local.give_back(name)
+                    else:
+                        local.spend(name)
         throttle = self.throttle
         # The in-process throttle always learns the outcome: it is what is left when Redis
         # cannot be reached.

@@ -34,7 +34,7 @@ from gateway.service import (
 from gateway.service.limits import client_key
 from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.dovecot import free_port
-from tests.support.fakepop3 import FakePOP3Server
+from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -336,7 +336,7 @@ async def test_replicas_share_the_client_and_upstream_budgets(
 
 
 @pytest.mark.redis
-async def test_shared_buckets_refill_and_give_back() -> None:
+async def test_shared_buckets_wait_refill_and_give_back() -> None:
     shared = SharedRedis.connect(REDIS_URL)
     now = [1_000_000.0]
     key = uuid.uuid4().bytes
@@ -349,29 +349,58 @@ async def test_shared_buckets_refill_and_give_back() -> None:
             redis=shared,
             key=key,
             wall=lambda: now[0],
+            held_wait=30,
         )
 
     one, two = rations(), rations()  # two replicas
     try:
         first = await one.begin("p1", "c", client="192.0.2.1", upstream="u")
         assert first.shared
+        # held by a login in flight on the other replica: waited for, not refused
+        waiting = asyncio.ensure_future(two.begin("p2", "c", client="192.0.2.1", upstream="u"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await one.end(first, "ok")
+        second = await waiting
+        await two.end(second, "auth")  # a refused credential spends the tokens
         with pytest.raises(ClientLoginRateError) as caught:
-            await two.begin("p2", "c", client="192.0.2.1", upstream="u")
+            await two.begin("p3", "c", client="192.0.2.1", upstream="u")
         assert 59 <= caught.value.retry_after <= 60
-        second = await two.begin("p3", "c", client="192.0.2.2", upstream="u")
+        third = await one.begin("p4", "c", client="192.0.2.2", upstream="u")
+        await one.end(third, "auth")  # the upstream's 2 tokens are spent now
         with pytest.raises(UpstreamLoginRateError):
-            await one.begin("p4", "c", client="192.0.2.3", upstream="u")
-        await one.end(first, "ok")  # a login that did not fail gives its tokens back
-        third = await two.begin("p5", "c", client="192.0.2.1", upstream="u")
-        await two.end(third, "auth")  # a refused credential keeps them
-        await one.end(second, "auth")
-        with pytest.raises(UpstreamLoginRateError):
-            await two.begin("p6", "c", client="192.0.2.4", upstream="u")
+            await two.begin("p5", "c", client="192.0.2.4", upstream="u")
         now[0] += 61  # one token back per minute
-        refilled = await one.begin("p7", "c", client="192.0.2.4", upstream="u")
+        refilled = await one.begin("p6", "c", client="192.0.2.4", upstream="u")
         await one.end(refilled, "other")
     finally:
         await shared.close()
+
+
+async def test_a_burst_of_good_first_logins_from_one_address_is_not_refused(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A service logs in to 40 mailboxes at once from one address, each for the first
+    time: more than the client's budget of failed logins is in flight, but none fails,
+    so none may be refused (each waits for a token a good login gives back)."""
+    users = {f"svc{i}": f"pw{i}" for i in range(40)}
+    async with FakePOP3Server(
+        FakeMailbox([("u1", b"Subject: a\r\n\r\nx\r\n")]), users=users
+    ) as srv:
+        # sessions enough for all of them at once (more than the client's budget of 10)
+        pool = {"max_per_upstream": 64, "max_total": 64}
+        api = await aiohttp_client(create_app(settings_for(srv.port, pool=pool)))
+        answers = await asyncio.gather(
+            *(api.get("/v1/mailboxes/me", headers=basic(u, p)) for u, p in users.items())
+        )
+        assert [r.status for r in answers] == [200] * 40
+        # and a spray is still stopped: nothing is held once the wrong ones come back
+        sprayed = await asyncio.gather(
+            *(api.get("/v1/mailboxes/me", headers=basic(f"x{i}", "bad")) for i in range(40))
+        )
+        statuses = sorted(r.status for r in sprayed)
+        assert statuses.count(401) == 10  # the client's burst (default 10)
+        assert statuses.count(429) == 30
 
 
 async def test_redis_down_falls_back_to_the_process_throttle(
@@ -411,30 +440,45 @@ async def test_a_reply_that_makes_no_sense_counts_as_no_redis() -> None:
         await shared.close()
 
 
-async def test_the_rations_refuse_in_order_and_give_back() -> None:
+async def test_the_rations_wait_for_held_tokens_refuse_when_spent_and_give_back() -> None:
     now = [0.0]
     rations = LoginRations(
         LoginThrottle(10, 60, clock=lambda: now[0]),
         clients=TokenBuckets(1, 1.0, clock=lambda: now[0]),
         upstreams=TokenBuckets(2, 1.0, clock=lambda: now[0]),
+        held_wait=30,
     )
     first = await rations.begin("p1", "c", client="192.0.2.1", upstream="u")
-    with pytest.raises(ClientLoginRateError):
-        await rations.begin("p2", "c", client="192.0.2.1", upstream="u")
-    second = await rations.begin("p3", "c", client="192.0.2.2", upstream="u")
+    # the client's only token is held by a login in flight: the next one waits for it
+    waiting = asyncio.ensure_future(rations.begin("p2", "c", client="192.0.2.1", upstream="u"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await rations.end(first, "ok")  # a good login gives its tokens back...
+    second = await waiting  # ...to the login that waited for them
+    await rations.end(second, "auth")  # a refused credential spends them
+    with pytest.raises(ClientLoginRateError):  # nothing held: refused at once
+        await rations.begin("p3", "c", client="192.0.2.1", upstream="u")
+    # the upstream had 2 tokens, one spent: another client takes the last one
+    third = await rations.begin("p4", "c", client="192.0.2.2", upstream="u")
+    fourth = asyncio.ensure_future(rations.begin("p5", "c", client="192.0.2.3", upstream="u"))
+    await asyncio.sleep(0.05)
+    assert not fourth.done()
+    await rations.end(third, "auth")
     with pytest.raises(UpstreamLoginRateError) as caught:
-        await rations.begin("p4", "c", client="192.0.2.3", upstream="u")
+        await fourth
     assert caught.value.retry_after >= 1
-    await rations.end(first, "ok")  # tokens come back
-    await rations.end(second, "other")
-    again = await rations.begin("p5", "c", client="192.0.2.1", upstream="u")
-    await rations.end(again, "auth")  # a refused credential keeps them
-    with pytest.raises(ClientLoginRateError):
-        await rations.begin("p6", "c", client="192.0.2.1", upstream="u")
     # "p1"'s credential succeeded: it passes every budget.
     known = await rations.begin("p1", "c", client="192.0.2.1", upstream="u")
     assert known.known_good
     await rations.end(known, "ok")
+
+
+async def test_a_held_token_is_waited_for_at_most_held_wait() -> None:
+    rations = LoginRations(LoginThrottle(10, 60), clients=TokenBuckets(1, 1 / 60), held_wait=0.2)
+    first = await rations.begin("p1", "c", client="192.0.2.1", upstream="u")
+    with pytest.raises(ClientLoginRateError):
+        await rations.begin("p2", "c", client="192.0.2.1", upstream="u")
+    await rations.end(first, "other")
 
 
 async def test_a_caller_gone_while_the_success_is_recorded_loses_the_session() -> None:
