@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .oauth.tokens import AccessToken, TokenSource
+from .oauth.tokens import AccessToken, TokenSource, read_secret_file
 from .pop3 import POP3AuthError, POP3Client, Timeouts, TLSConfig, TLSMode
 
 AuthMethod = Literal["pass", "plain", "login", "xoauth2", "oauthbearer", "apop"]
@@ -160,13 +160,7 @@ class Credential:
         if self._env is not None:
             return os.environ.get(self._env, "")
         assert self._path is not None
-        stat = self._path.stat()
-        with self._lock:
-            if self._cached and self._cached[:2] == (stat.st_mtime, stat.st_size):
-                return self._cached[2]
-            text = self._path.read_text("utf-8").strip()
-            self._cached = (stat.st_mtime, stat.st_size, text)
-            return text
+        return read_secret_file(self._path, self._lock, self).strip()
 
 
 class OAuthCredential:

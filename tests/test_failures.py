@@ -42,6 +42,7 @@ from gateway.service import (
     NeedsReauthError,
     ParseBusyError,
     ParseFailedError,
+    SecretUnavailableError,
     TokenUnavailableError,
     UpstreamLoginRateError,
     describe_failure,
@@ -243,6 +244,7 @@ def test_every_reason_in_the_table_is_a_reason_some_class_names() -> None:
         "delete-failed",
         ParseFailedError.reason,
         ParseBusyError.reason,
+        SecretUnavailableError.reason,
         NeedsReauthError.reason,
         TokenUnavailableError.reason,
     }

@@ -20,6 +20,7 @@ from ..service import (
     LoginRateLimitedError,
     LoginThrottledError,
     OAuthError,
+    SecretUnavailableError,
     ServiceError,
     TokenUnavailableError,
     connection_failure_words,
@@ -210,6 +211,11 @@ PROBLEMS: dict[str, Callable[[BaseException, bool], Problem]] = {
     # OAuth tokens (configured mailboxes): a refused grant until the operator acts; a
     # failing token endpoint is asked again after its backoff
     "needs-reauth": _as_is("mailbox-needs-reauth"),
+    "secret-unavailable": _fixed(
+        "upstream-auth-failed",
+        "the configured credential of this mailbox cannot be read (its secret file is "
+        "missing, unreadable or not UTF-8); an operator must fix it",
+    ),
     "token-unavailable": _token_unavailable,
     # the pool's
     "pool-timeout": _fixed(
@@ -245,7 +251,7 @@ def classify(exc: BaseException, *, passthrough: bool) -> Problem | None:
     """The problem for a failure, or None for an unexpected one (a 500)."""
     if isinstance(exc, Problem):
         return exc
-    if not isinstance(exc, POP3Error | ServiceError | OAuthError):
+    if not isinstance(exc, POP3Error | ServiceError | OAuthError | SecretUnavailableError):
         return None
     build = PROBLEMS.get(failure_reason(exc))
     if build is None:

@@ -32,6 +32,14 @@ class NeedsReauthError(OAuthError):
     reason: ClassVar[str] = "needs-reauth"
 
 
+class SecretUnavailableError(Exception):
+    """A configured secret (a password, token or client secret file) cannot be read: the
+    file is missing, unreadable or not UTF-8. An operator must fix it; the file is re-read
+    on the next request."""
+
+    reason: ClassVar[str] = "secret-unavailable"
+
+
 class TokenEndpointError(Exception):
     """One request to a token endpoint failed; ``why`` says how, in our words."""
 

@@ -39,7 +39,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .errors import NeedsReauthError, TokenEndpointError, TokenUnavailableError
+from .errors import (
+    NeedsReauthError,
+    SecretUnavailableError,
+    TokenEndpointError,
+    TokenUnavailableError,
+)
 
 log = logging.getLogger("gateway.oauth")
 
@@ -51,6 +56,27 @@ DEFAULT_LIFETIME = 3600.0
 MAX_LIFETIME = 24 * 3600.0
 
 TokenOrigin = Literal["endpoint", "cache", "replica"]
+
+
+class _Cached(Protocol):
+    _cached: tuple[float, int, str] | None
+
+
+def read_secret_file(path: Path, lock: threading.Lock, holder: _Cached) -> str:
+    """The text of a secret file, re-read when its size or time changes (cached in
+    ``holder._cached``). :class:`SecretUnavailableError` when it cannot be read: the error
+    names neither the file's content nor anything of it."""
+    try:
+        stat = path.stat()
+        with lock:
+            if holder._cached and holder._cached[:2] == (stat.st_mtime, stat.st_size):
+                return holder._cached[2]
+            text = path.read_text("utf-8")
+            holder._cached = (stat.st_mtime, stat.st_size, text)
+            return text
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "cannot be read"
+        raise SecretUnavailableError(f"a configured secret file {why}") from None
 
 
 class Secret:
@@ -72,13 +98,7 @@ class Secret:
         if self._env is not None:
             return os.environ.get(self._env, "").strip()
         assert self._path is not None
-        stat = self._path.stat()
-        with self._lock:
-            if self._cached and self._cached[:2] == (stat.st_mtime, stat.st_size):
-                return self._cached[2]
-            text = self._path.read_text("utf-8").strip()
-            self._cached = (stat.st_mtime, stat.st_size, text)
-            return text
+        return read_secret_file(self._path, self._lock, self).strip()
 
 
 @dataclass(frozen=True)

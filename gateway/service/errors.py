@@ -13,6 +13,7 @@ from typing import ClassVar
 # OAuth token failures are the service's too (a mailbox whose token cannot be had)
 from ..oauth.errors import NeedsReauthError as NeedsReauthError
 from ..oauth.errors import OAuthError as OAuthError
+from ..oauth.errors import SecretUnavailableError as SecretUnavailableError
 from ..oauth.errors import TokenUnavailableError as TokenUnavailableError
 from ..pop3 import POP3ConnectionError, POP3TimeoutError
 
