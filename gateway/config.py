@@ -57,7 +57,8 @@ OAUTH_SCOPES: dict[str, tuple[str | None, str | None]] = {
     ),
     "generic": (None, None),
 }
-#: ``admin`` is for the gateway's own administration (the webhook dead letters), on no mailbox
+#: ``admin`` is for the gateway's own administration: the dead letters of the webhooks whose
+#: mailboxes the key is granted
 Scope = Literal["read", "delete", "admin"]
 EventKind = Literal[
     "message.new", "message.removed", "mailbox.reset", "mailbox.error", "mailbox.recovered"

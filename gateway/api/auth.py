@@ -9,7 +9,7 @@ import ipaddress
 
 from aiohttp import web
 
-from ..accounts import Account, Directory
+from ..accounts import Account, ApiKey, Directory
 from .errors import Problem
 
 _BASIC_CHALLENGE = (("WWW-Authenticate", 'Basic realm="pop3gw", charset="UTF-8"'),)
@@ -85,8 +85,8 @@ def _resolve(request: web.Request, directory: Directory, scope: str) -> Account:
     return account
 
 
-def require_admin(request: web.Request, directory: Directory) -> None:
-    """The request carries an API key with the ``admin`` scope, or a :class:`Problem`."""
+def require_admin(request: web.Request, directory: Directory) -> ApiKey:
+    """The API key of the request, which has the ``admin`` scope, or a :class:`Problem`."""
     token = _credentials(request, "Bearer")
     if not token:
         raise Problem(
@@ -97,6 +97,7 @@ def require_admin(request: web.Request, directory: Directory) -> None:
         raise Problem("unauthorized", "the API key is not valid", _BEARER_CHALLENGE)
     if "admin" not in key.scopes:
         raise Problem("forbidden", "this API key does not grant 'admin'")
+    return key
 
 
 def _passthrough(request: web.Request, directory: Directory) -> Account:

@@ -20,12 +20,24 @@ DEFAULT_FAILED = 100
 
 
 def _endpoint(request: web.Request) -> tuple[str, Deliverer]:
-    require_admin(request, request.app[DIRECTORY])
+    """The webhook of the path, if the caller's admin key is granted every mailbox whose
+    events it takes: a dead letter holds an event's data (subjects, addresses), so a key
+    of one mailbox never reads another's through a webhook they share. A webhook the key
+    may not see looks like an unknown one."""
+    key = require_admin(request, request.app[DIRECTORY])
     name = request.match_info["webhook"]
     deliverer = request.app.get(DELIVERER)
-    if deliverer is None or name not in deliverer.endpoints:
+    endpoint = None if deliverer is None else deliverer.endpoints.get(name)
+    if deliverer is None or endpoint is None or not _covers(key.mailboxes, endpoint.mailboxes):
         raise Problem("not-found", "no webhook with that name is configured")
     return name, deliverer
+
+
+def _covers(granted: frozenset[str], taken: frozenset[str]) -> bool:
+    """Whether a key granted ``granted`` may see every mailbox of ``taken``."""
+    if "*" in granted:
+        return True
+    return "*" not in taken and taken <= granted
 
 
 def _unavailable() -> Problem:

@@ -380,6 +380,39 @@ async def test_the_admin_api_wants_an_admin_key(
     assert missing["type"] == "/problems/not-found"
 
 
+async def test_an_admin_key_of_one_mailbox_reads_no_dead_letters_of_another(
+    aiohttp_client: ClientFactory, server: FakePOP3Server, wall: WallClock
+) -> None:
+    # a key with the admin scope granted mailbox "other" only; the webhook takes "box"
+    tenant_key = "tenant-admin-key-0123456789"
+    tenant = {"name": "tenant", "sha256": sha(tenant_key), "mailboxes": ["other"]}
+    settings = watched_settings(
+        server.port,
+        "alice",
+        "pw",
+        webhooks=[hook("http://127.0.0.1:9/hook", new_secret())],
+        api_keys=[ADMIN, {**tenant, "scopes": ["read", "admin"]}],
+        webhook_delivery={"allow_networks": []},  # refused: dead-lettered at once
+    )
+    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
+    watcher: Watcher = client.app[WATCHER]
+    await watcher.poll("box")
+    add(server, "uid-secret-subject")
+    [event] = (await watcher.poll("box")).events
+    assert (await client.app[DELIVERER].step("crm", "box")).outcome == "dead"
+    path = "/v1/webhooks/crm/failed"
+    seen = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert seen["failed"][0]["event"]["data"]["subject"] == "uid-secret-subject"
+    listed = await client.get(path, headers=bearer(tenant_key))
+    assert (await checked(listed, 404))["type"] == "/problems/not-found"
+    retried = await client.post(f"{path}/{event.id}/retry", headers=bearer(tenant_key))
+    assert (await checked(retried, 404))["type"] == "/problems/not-found"
+    # the dead letter is still there, untouched by the refused retry
+    again = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert again["total"] == 1
+    assert again["failed"][0]["attempts"] == seen["failed"][0]["attempts"]
+
+
 async def test_a_running_gateway_delivers_by_itself(
     aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver
 ) -> None:
