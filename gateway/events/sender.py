@@ -6,7 +6,8 @@ client, never its server).
   ``max_response_bytes`` of an answer read.
 - Where a webhook may go: only public addresses unless the operator allows a network
   (``allow_networks``); loopback, private, link-local (cloud metadata), shared, reserved
-  and multicast addresses are refused. The check is made on the addresses the name
+  and multicast addresses are refused, also when an IPv6 address carries them (IPv4-mapped,
+  NAT64, 6to4, IPv4-compatible). The check is made on the addresses the name
   resolves to when the connection is made (the connector connects only to what passed),
   so a name that resolves to a public address for a check and a private one later (DNS
   rebinding) gets nowhere.
@@ -53,13 +54,40 @@ class AddressPolicy:
             ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
-        if any(ip in net for net in self.deny):
+        # an IPv6 address that carries an IPv4 one reaches that one (::ffff:127.0.0.1 is
+        # loopback; 64:ff9b::a9fe:a9fe is 169.254.169.254 behind a NAT64 gateway): the
+        # lists are matched against both, and it is public only if the IPv4 one is
+        forms = (ip,) if (inner := _carried_ipv4(ip)) is None else (ip, inner)
+        if any(f in net for f in forms for net in self.deny):
             return False
-        if any(ip in net for net in self.allow):
+        if any(f in net for f in forms for net in self.allow):
             return True
-        return ip.is_global and not ip.is_multicast
+        return _public(forms[-1])
+
+
+#: IPv6 prefixes whose last 32 bits are an IPv4 address the packets go to: IPv4-mapped
+#: (RFC 4291), IPv4-translated (RFC 2765), NAT64's well-known prefix (RFC 6052),
+#: IPv4-compatible (deprecated, RFC 4291)
+_CARRYING = tuple(
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
+)
+
+
+def _carried_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (also 6to4's, RFC 3056), or None."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _CARRYING):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _public(ip: Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return False  # fec0::/10: deprecated, still routed inside some sites
+    return ip.is_global and not ip.is_multicast
 
 
 class _CheckedResolver(AbstractResolver):

@@ -77,6 +77,14 @@ def test_secrets_come_from_the_environment_and_files(
         "fd00:ec2::254",
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
+        # IPv6 forms that carry a non-public IPv4 address: NAT64 (to 169.254.169.254, to
+        # 10.0.0.1), IPv4-translated, 6to4, IPv4-compatible; and site-local
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::10.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "2002:a9fe:a9fe::1",
+        "::127.0.0.1",
+        "fec0::1",
         "not an address",
     ],
 )
@@ -87,10 +95,15 @@ def test_non_public_addresses_are_refused_by_default(address: str) -> None:
 def test_public_addresses_pass_and_the_operator_decides_the_rest() -> None:
     assert AddressPolicy().permits("93.184.215.14")
     assert AddressPolicy().permits("2606:2800:21f:cb07:6820:80da:af6b:8b2c")
+    # a public IPv4 receiver through NAT64 or 6to4 is public
+    assert AddressPolicy().permits("64:ff9b::93.184.215.14")
+    assert AddressPolicy().permits("2002:5db8:d70e::1")
     allowed = AddressPolicy(allow=["127.0.0.0/8", "10.0.0.0/8"])
     assert allowed.permits("127.0.0.1")
     assert allowed.permits("::ffff:10.2.3.4")
+    assert allowed.permits("64:ff9b::10.2.3.4")
     assert not allowed.permits("169.254.169.254")
     denied = AddressPolicy(allow=["10.0.0.0/8"], deny=["93.184.0.0/16", "10.9.0.0/16"])
     assert not denied.permits("93.184.215.14")
     assert not denied.permits("10.9.1.1")
+    assert not denied.permits("64:ff9b::10.9.1.1")
