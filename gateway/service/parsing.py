@@ -193,6 +193,14 @@ class ParseWorkers:
             except ParseFailedError:
                 self._limited("parse-crash")
                 raise
+            result = _result(payload) if status == b"O" else None
+            if status == b"O" and result is None:
+                # a worker that answers what it never writes is broken (or was made to
+                # misbehave): its answer is refused, and the worker with it
+                self._limited("parse-crash")
+                raise ParseFailedError(
+                    "the parser answered something that is not a parse result", cause="crash"
+                )
             done = True
         finally:
             if worker is not None:
@@ -202,13 +210,12 @@ class ParseWorkers:
                 else:  # timed out, crashed or nobody waits: the work is stopped here
                     self._retire(worker)
             self._free.release()
-        if status != b"O":
+        if result is None:  # an E answer: the worker said why, in a word
             self._limited("parse-crash")
             raise ParseFailedError(
-                f"the parser stopped on this message ({payload.decode('ascii', 'replace')})",
-                cause="crash",
+                f"the parser stopped on this message ({_reason(payload)})", cause="crash"
             )
-        return wire.loads(payload)
+        return result.value
 
     def _retire(self, worker: _Worker) -> None:
         self.killed += 1
@@ -240,6 +247,26 @@ class ParseWorkers:
         await asyncio.gather(*(w.close(timeout) for w in workers), return_exceptions=True)
         while self._reaping:  # workers retired meanwhile (their jobs ended by the closing)
             await asyncio.gather(*self._reaping, return_exceptions=True)
+
+
+def _reason(payload: bytes) -> str:
+    """The word of a worker's ``E`` answer (an exception's class name), or ``error``: what a
+    problem's detail shows is never more than that."""
+    word = payload.decode("ascii", "replace")
+    return word if len(word) <= 64 and word.isidentifier() else "error"
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    value: object
+
+
+def _result(payload: bytes) -> _Loaded | None:
+    """A worker's ``O`` answer read as a parse result, or None when it is not one."""
+    try:
+        return _Loaded(wire.loads(payload))
+    except Exception:  # any malformed pickle: UnpicklingError, EOFError, TypeError, ...
+        return None
 
 
 @dataclass(slots=True)

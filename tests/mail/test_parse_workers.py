@@ -101,6 +101,35 @@ async def test_a_worker_that_dies_or_answers_too_much_is_a_parse_failure(
         await pool.close()
 
 
+@pytest.mark.parametrize("kind", ["garbage", "foreign"])
+async def test_a_worker_that_answers_no_parse_result_is_a_parse_failure_and_is_replaced(
+    kind: str,
+) -> None:
+    pool = ParseWorkers(1, timeout=10, queue_timeout=5, command=command(f"lie:{kind}"))
+    try:
+        await pool.start()
+        [liar] = pool.pids
+        with pytest.raises(ParseFailedError) as failed:
+            await pool.run(wire.OP_PARSE, SMALL)
+        assert failed.value.cause == "crash"
+        assert "not a parse result" in str(failed.value)
+        # the worker that lied gets no other job
+        assert pool.killed == 1
+        await wait_until(lambda: not alive(liar))
+    finally:
+        await pool.close()
+
+
+async def test_an_error_answer_shows_a_word_never_what_the_worker_wrote() -> None:
+    pool = ParseWorkers(1, timeout=10, queue_timeout=5, command=command("lie:error"))
+    try:
+        with pytest.raises(ParseFailedError) as failed:
+            await pool.run(wire.OP_PARSE, SMALL)
+        assert str(failed.value) == "the parser stopped on this message (error)"
+    finally:
+        await pool.close()
+
+
 async def test_a_message_that_needs_more_memory_than_allowed_ends_in_its_worker_only() -> None:
     pool = ParseWorkers(1, timeout=30, queue_timeout=5, memory_limit=64 * 1024 * 1024)
     try:

@@ -3,12 +3,16 @@ speaking the wire format of :mod:`gateway.mail.worker` (and taking its
 ``--memory-limit N``).
 
 Modes: ``stall`` reads a job and never answers; ``exit`` reads a job and exits;
-``huge`` answers a length far past any cap; ``delay:S`` answers each job like the real
-worker, S seconds late.
+``huge`` answers a length far past any cap; ``lie:KIND`` answers ``O`` with a payload that
+is not a parse result (``garbage``: bytes that are no pickle; ``foreign``: a pickle of a
+class no result has), or ``E`` with a reason that is not a word (``error``); ``delay:S``
+answers each job like the real worker, S seconds late.
 """
 
 from __future__ import annotations
 
+import collections
+import pickle
 import sys
 import time
 
@@ -29,6 +33,16 @@ def main(argv: list[str]) -> int:
             time.sleep(3600)
         elif mode == "exit":
             return 3
+        elif mode.startswith("lie:"):
+            kind = mode.partition(":")[2]
+            payload = {
+                "garbage": b"\x80\x05not a pickle",
+                "foreign": pickle.dumps(collections.OrderedDict(a=1)),
+                "error": b"Subject: what the message said\r\n" * 100,
+            }[kind]
+            status = b"E" if kind == "error" else b"O"
+            stdout.write(worker.ANSWER_HEAD.pack(status, len(payload)) + payload)
+            stdout.flush()
         elif mode == "huge":
             stdout.write(worker.ANSWER_HEAD.pack(b"O", 1 << 40))
             stdout.flush()
