@@ -357,6 +357,7 @@ def _events(
         frozenset(spec.mailbox for spec in specs),
         max_wait=events.max_wait,
         max_waiters=events.max_waiters,
+        max_waiters_per_mailbox=events.max_waiters_per_mailbox,
         heartbeat=events.stream_heartbeat,
         stream_max_seconds=events.stream_max_seconds,
         clock=clock,

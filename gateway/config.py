@@ -455,6 +455,9 @@ class EventSettings(BaseModel):
     max_wait: float = Field(60.0, ge=0, le=600)
     #: clients waiting on the pull feed or reading a stream at once (per process)
     max_waiters: int = Field(1000, ge=1, le=100_000)
+    #: of them, on one mailbox at most (default: a tenth of ``max_waiters``): the readers of
+    #: one mailbox never take every place
+    max_waiters_per_mailbox: int | None = Field(None, ge=1, le=100_000)
     #: seconds between two heartbeats (comment lines) of an event stream without events
     stream_heartbeat: float = Field(15.0, ge=0.1, le=300)
     #: an event stream ends after this long (the client reconnects with Last-Event-ID)

@@ -111,7 +111,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     timeout is dropped: what one slow reader holds stays bounded."""
     mailbox, feed = watched_mailbox(request)
     after = _resume_from(request)
-    if not feed.claim_waiter():
+    if not feed.claim_waiter(mailbox):
         raise Problem(
             "event-readers-busy", "too many clients are reading events at once; retry shortly"
         )
@@ -162,4 +162,4 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             await response.write_eof()
         return response
     finally:
-        feed.release_waiter()
+        feed.release_waiter(mailbox)

@@ -1,6 +1,7 @@
 """Reading a mailbox's events: the pull feed (a page after a cursor, long-polled) and what
 the event stream reads. Bounded: the wait (``max_wait``) and the number of clients waiting at
-once (``max_waiters``; past it a read answers at once with what there is)."""
+once (``max_waiters``, and ``max_waiters_per_mailbox`` of them on one mailbox: the readers of
+one mailbox never take every place; past it a read answers at once with what there is)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class EventFeed:
         *,
         max_wait: float = 60.0,
         max_waiters: int = 1000,
+        max_waiters_per_mailbox: int | None = None,
         heartbeat: float = 15.0,
         stream_max_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -34,24 +36,32 @@ class EventFeed:
         self.watched = watched
         self.max_wait = max_wait
         self.max_waiters = max_waiters
+        self.max_waiters_per_mailbox = max_waiters_per_mailbox or max(1, max_waiters // 10)
         self.heartbeat = heartbeat
         self.stream_max_seconds = stream_max_seconds
         self._clock = clock
         self.waiters = 0
+        self._waiting: dict[str, int] = {}
 
     @property
     def durable(self) -> bool:
         return self.log.durable
 
-    def claim_waiter(self) -> bool:
-        """A place among the clients waiting at once, or False when they are all taken."""
-        if self.waiters >= self.max_waiters:
+    def claim_waiter(self, mailbox: str) -> bool:
+        """A place among the clients waiting at once, or False when they are all taken or
+        ``mailbox``'s readers hold their share of them."""
+        held = self._waiting.get(mailbox, 0)
+        if self.waiters >= self.max_waiters or held >= self.max_waiters_per_mailbox:
             return False
         self.waiters += 1
+        self._waiting[mailbox] = held + 1
         return True
 
-    def release_waiter(self) -> None:
+    def release_waiter(self, mailbox: str) -> None:
         self.waiters -= 1
+        held = self._waiting.pop(mailbox) - 1
+        if held:
+            self._waiting[mailbox] = held
 
     async def end(self, mailbox: str) -> Cursor:
         """The cursor after the newest event: where a reader of new events only starts."""
@@ -85,7 +95,7 @@ class EventFeed:
         seconds (at most ``max_wait``) for one. Raises CursorExpiredError."""
         found = await self.log.read(mailbox, after, limit)
         wait = min(wait, self.max_wait)
-        if found.events or wait <= 0 or not self.claim_waiter():
+        if found.events or wait <= 0 or not self.claim_waiter(mailbox):
             return found
         try:
             deadline = self._clock() + wait
@@ -98,4 +108,4 @@ class EventFeed:
                 if found.events:
                     return found
         finally:
-            self.release_waiter()
+            self.release_waiter(mailbox)

@@ -13,7 +13,15 @@ from aiohttp import ClientResponse
 from gateway.app import create_app
 from gateway.keys import EVENTS, WATCHER
 from tests.events.support import watched_settings
-from tests.support.api import READ_KEY, Client, ClientFactory, bearer, checked, validator
+from tests.support.api import (
+    OTHER_KEY,
+    READ_KEY,
+    Client,
+    ClientFactory,
+    bearer,
+    checked,
+    validator,
+)
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 from tests.support.wait import wait_until
 
@@ -131,3 +139,37 @@ async def test_bad_or_expired_cursors_and_too_many_readers_are_problems(
         assert busy["type"] == "/problems/event-readers-busy"
     await wait_until(lambda: client.app[EVENTS].waiters == 0)
     await asyncio.sleep(0)
+
+
+async def test_the_readers_of_one_mailbox_leave_places_for_the_others(
+    aiohttp_client: ClientFactory, server: FakePOP3Server
+) -> None:
+    # ten places in all: one mailbox's readers hold a tenth of them at most
+    settings = watched_settings(server.port, "alice", "pw", events={"max_waiters": 10})
+    settings.mailboxes[1].watch = True  # "other", read with OTHER_KEY
+    client = await aiohttp_client(create_app(settings, watch=False))
+    for mailbox in ("box", "other"):
+        await client.app[WATCHER].poll(mailbox)
+    async with client.get(STREAM, headers=bearer(READ_KEY)) as held:
+        assert held.status == 200
+        await wait_until(lambda: client.app[EVENTS].waiters == 1)
+        # a second reader of "box" (however many it opens) finds no place of its own
+        async with client.get(STREAM, headers=bearer(READ_KEY)) as second:
+            assert second.status == 503  # before reading: a stream would never end
+            busy = await checked(second, 503)
+        assert busy["type"] == "/problems/event-readers-busy"
+        long_poll = await checked(
+            await client.get(
+                "/v1/mailboxes/box/events",
+                params={"after": "0-0", "wait": "30"},
+                headers=bearer(READ_KEY),
+            ),
+            200,
+        )
+        assert long_poll["events"] == []  # answered at once, without a place
+        # a reader of another mailbox is served
+        other = "/v1/mailboxes/other/events/stream"
+        async with client.get(other, headers=bearer(OTHER_KEY)) as resp:
+            assert resp.status == 200
+            await wait_until(lambda: client.app[EVENTS].waiters == 2)
+    await wait_until(lambda: client.app[EVENTS].waiters == 0)
