@@ -551,7 +551,9 @@ class TokenSource:
         try:
             seconds = min(max(float(lifetime), 0.0), MAX_LIFETIME)
         except (TypeError, ValueError):
-            raise TokenEndpointError("answered an expires_in that is not a number") from None
+            seconds = math.nan
+        if math.isnan(seconds):  # NaN (JSON as Python reads it): never valid, never due
+            raise TokenEndpointError("answered an expires_in that is not a number")
         margin = max(seconds - self.refresh_margin, seconds / 2)
         token = AccessToken(value, expires_at=started + seconds, refresh_at=started + margin)
         rotated = answer.get("refresh_token")

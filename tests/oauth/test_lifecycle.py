@@ -241,3 +241,29 @@ async def test_a_session_ends_before_its_token_is_due(
     second = auth_server.issued[-1]
     assert second != first
     assert auth_server.introspected == [first, first, second]
+
+
+async def test_an_expires_in_that_is_not_a_number_is_a_failed_answer_not_a_token(
+    aiohttp_client: ClientFactory,
+    oauth_dovecot: Dovecot,
+    oauth_user: DovecotUser,
+    auth_server: AuthServer,
+    tmp_path: Path,
+) -> None:
+    # "expires_in": NaN, which Python's JSON reads: a token of it would be neither valid
+    # nor due, and every request would ask the token endpoint again
+    auth_server.lifetime = float("nan")  # type: ignore[assignment]
+    settings = oauth_settings(
+        oauth_dovecot,
+        auth_server,
+        oauth_user.name,
+        tmp_path,
+        refresh_token=auth_server.grant(oauth_user.name),
+        pool={"min_fresh_interval": 0},
+    )
+    client = await aiohttp_client(create_app(settings, clock=FakeClock()))
+    problem = await _get(client, 503)
+    assert problem["type"] == "/problems/token-unavailable"
+    assert "expires_in that is not a number" in str(problem["detail"])
+    await _get(client, 503, GET + "?fresh=true")
+    assert len(auth_server.token_requests) == 1  # backing off, not asking at every request
