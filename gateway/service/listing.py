@@ -32,6 +32,7 @@ from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundEr
 from .ids import Cursors, Order
 from .limits import FreshClaim, FreshLogins
 from .sessions import Session, SessionObserver, SessionSource
+from .summaries import RecentSummaries, summary_weight
 
 #: Snapshots kept at most (one per recently used login); pages kept per snapshot.
 MAX_VIEWS = 4096
@@ -101,15 +102,7 @@ def page_weight(page: Page) -> int:
     of hostile mail holds up to its caps, far more than an ordinary one)."""
     total = 256
     for item in page.items:
-        total += 300 + len(item.uid)
-        headers = item.headers
-        if headers is None:
-            continue
-        for text in (headers.subject, headers.message_id, headers.in_reply_to, headers.date):
-            total += 0 if text is None else 50 + len(text)
-        senders = [] if headers.from_ is None else [headers.from_]
-        for address in (*senders, *headers.to, *headers.cc, *headers.reply_to):
-            total += 120 + len(address.address) + len(address.name or "")
+        total += len(item.uid) + (300 if item.headers is None else summary_weight(item.headers))
     return total
 
 
@@ -290,10 +283,12 @@ class Listing:
         cache_key: bytes,
         fresh_logins: FreshLogins,
         observer: SessionObserver | None = None,
+        recent: RecentSummaries | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
         self._cache = cache
+        self._recent = RecentSummaries() if recent is None else recent
         self._cache_key = cache_key
         self._cursors = Cursors(cache_key)
         self._fresh_logins = fresh_logins
@@ -488,11 +483,18 @@ class Listing:
         namespace = account.namespace(self._cache_key)
         uids = {snap.uids[n] for n in numbers}
         uids.update(snap.uids[n] for n in ahead)
-        cached = await self._cache.get_many(namespace, uids)
-        found: dict[str, HeaderSummary] = {}
-        for uid, entry in cached.items():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                found[uid] = HeaderSummary.from_json(entry)
+        recent = self._recent
+        # What this process holds as objects first; the header cache for the rest.
+        found = recent.get_many(namespace, uids)
+        if len(found) < len(uids):
+            cached = await self._cache.get_many(namespace, uids.difference(found))
+            parsed: dict[str, HeaderSummary] = {}
+            for uid, entry in cached.items():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    parsed[uid] = HeaderSummary.from_json(entry)
+            if parsed:
+                recent.put_many(namespace, parsed)
+                found.update(parsed)
 
         def items() -> list[Summary]:
             return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
@@ -519,9 +521,11 @@ class Listing:
                 if isinstance(reply, TruncatedBody) and self._observer is not None:
                     # a header section past the TOP cap: summarized from its start
                     self._observer.limited("header-truncated")
+                uid = snap.uids[number]
                 summary = summarize_headers(reply, size=snap.sizes[number])
-                found[snap.uids[number]] = summary
-                fresh[snap.uids[number]] = summary.to_json()
+                found[uid] = summary
+                recent.put(namespace, uid, summary)  # for the next page, as it is
+                fresh[uid] = summary.to_json()  # for the header cache
             if index == wanted - 1:
                 page_read.set()
 

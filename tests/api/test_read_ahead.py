@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Iterable
+from typing import Any
 
 from gateway.app import create_app
+from gateway.cache import MemoryHeaderCache
+from gateway.keys import SERVICE
 from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
@@ -44,6 +48,41 @@ async def test_the_next_page_is_read_in_the_same_burst(aiohttp_client: ClientFac
         assert len(tops(server)) == 20
         assert server.turns() == turns
         assert len(server.connections) == 1
+
+
+class CountingCache(MemoryHeaderCache):
+    """The in-process header cache, telling which unique-ids it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def get_many(self, namespace: str, uids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(uids)
+        self.asked += wanted
+        return await super().get_many(namespace, wanted)
+
+
+async def test_what_was_read_ahead_is_served_as_parsed(aiohttp_client: ClientFactory) -> None:
+    """The next page's summaries are the objects the read-ahead made: not written to the
+    header cache and read back (to_json, from_json) in the same process. The header cache
+    still gets them, for other replicas and for later."""
+    cache = CountingCache()
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        app = create_app(settings_for(server.port), cache=cache)
+        api = await aiohttp_client(app)
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        await wait_until(lambda: len(cache) == 20)
+        asked = list(cache.asked)
+        held = app[SERVICE].recent_summaries
+        assert len(held) == 20
+        second = await checked(
+            await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200
+        )
+        assert [m["subject"] for m in second["messages"]] == [f"s{i}" for i in range(10, 20)]
+        assert cache.asked == asked  # not asked again
+        assert len(tops(server)) == 20
 
 
 async def test_the_last_page_reads_nothing_ahead(aiohttp_client: ClientFactory) -> None:
