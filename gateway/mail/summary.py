@@ -63,7 +63,7 @@ class Address:
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class HeaderSummary:
     """What a message listing shows about one message, decoded and cleaned.
 
