@@ -42,6 +42,8 @@ MAX_PAGES_PER_VIEW = 64
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 #: Largest page of a listing.
 MAX_LIMIT = 500
+#: Read-aheads started by pages served from the cache, running at once at most.
+MAX_IDLE_READ_AHEADS = 16
 
 log = logging.getLogger("gateway.service.listing")
 
@@ -295,6 +297,8 @@ class Listing:
         self._observer = observer
         #: tasks holding a session to read the next page's headers ahead
         self._reading_ahead: set[asyncio.Task[None]] = set()
+        #: logins whose idle session reads ahead for a page served from the cache
+        self._idle_reads: set[object] = set()
 
     async def close(self) -> None:
         """Stop every read-ahead (its session is dropped; nothing is lost but the cache
@@ -355,7 +359,9 @@ class Listing:
             # of the page. Only uids of this caller's own listing are looked up.
             page = snapshots.page(view, page_key)
             if page is None:
-                page = await self._page(account, view.snapshot, order, after, limit, None)
+                page = await self._page(
+                    account, view.snapshot, order, after, limit, None, idle_login=view.login
+                )
                 if page is not None:
                     snapshots.remember(view, page_key, page)
             if page is not None:
@@ -437,12 +443,15 @@ class Listing:
         limit: int,
         session: Session | None,
         answer: Callable[[Page], None] | None = None,
+        idle_login: object | None = None,
     ) -> Page | None:
         """A page of ``snap``; without a session, None unless every header is cached.
 
         With ``answer``, the next page's headers are read ahead in the same burst (see the
         module's docstring) and ``answer(page)`` is called as soon as the page is ready,
-        before the read-ahead ends."""
+        before the read-ahead ends. With ``idle_login`` (the login that made ``snap``), a
+        page served from the cache has the next page's headers read ahead by that login's
+        session if it is idle (:meth:`_read_ahead_idle`)."""
         ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
         start = _resume_index(ordered, snap, after, order) if after is not None else 0
         page_numbers = ordered[start : start + limit]
@@ -453,7 +462,9 @@ class Listing:
                 self._cursor_scope(account), order, snap.uids[last], last
             )
         ahead: list[int] = []
-        if answer is not None and session is not None and not self._sessions.wanted(account):
+        if (session is None and idle_login is not None) or (
+            answer is not None and session is not None and not self._sessions.wanted(account)
+        ):
             ahead = ordered[start + limit : start + 2 * limit]
 
         def ready(items: list[Summary]) -> None:
@@ -463,7 +474,45 @@ class Listing:
         items = await self._summaries(account, snap, page_numbers, session, ahead, ready)
         if items is None:
             return None
+        if session is None and idle_login is not None and ahead:
+            # Whatever the cache had of the next page is held now (see _summaries).
+            held = self._recent.get_many(
+                account.namespace(self._cache_key), [snap.uids[n] for n in ahead]
+            )
+            later = [n for n in ahead if snap.uids[n] not in held]
+            if later:
+                self._read_ahead_idle(account, snap, idle_login, later)
         return Page(items, len(ordered), next_cursor, snap.at)
+
+    def _read_ahead_idle(
+        self, account: Account, snap: Snapshot, login: object, numbers: list[int]
+    ) -> None:
+        """Read the headers of ``numbers`` not held yet into the header cache, in the
+        background, with the session of ``login`` (whose snapshot ``snap`` is) if it is idle
+        and no other lease wants it: never a new login, never a wait. At most one per login
+        and :data:`MAX_IDLE_READ_AHEADS` at once."""
+        if (
+            login in self._idle_reads
+            or len(self._idle_reads) >= MAX_IDLE_READ_AHEADS
+            or self._sessions.wanted(account)
+        ):
+            return
+        self._idle_reads.add(login)
+        task = asyncio.create_task(self._read_idle(account, snap, login, numbers))
+        self._reading_ahead.add(task)
+        task.add_done_callback(self._reading_ahead.discard)
+
+    async def _read_idle(
+        self, account: Account, snap: Snapshot, login: object, numbers: list[int]
+    ) -> None:
+        try:
+            async with self._sessions.lease_idle(account, login) as session:
+                if session is not None:
+                    await self._summaries(account, snap, numbers, session)
+        except Exception as exc:  # only the read-ahead failed (its session is dropped)
+            log.info("reading the next page's headers ahead failed: %s", exc)
+        finally:
+            self._idle_reads.discard(login)
 
     async def _summaries(
         self,

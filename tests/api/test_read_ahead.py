@@ -13,7 +13,7 @@ from gateway.app import create_app
 from gateway.cache import MemoryHeaderCache
 from gateway.keys import SERVICE
 from tests.support.api import ClientFactory, checked, settings_for
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
+from tests.support.fakepop3 import Delay, FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
 
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
@@ -75,14 +75,65 @@ async def test_what_was_read_ahead_is_served_as_parsed(aiohttp_client: ClientFac
         first = await checked(await api.get(url, headers=ALICE), 200)
         await wait_until(lambda: len(cache) == 20)
         asked = list(cache.asked)
+        assert {f"uid-{i}" for i in range(10, 20)} <= set(asked)  # asked once, with page 1
         held = app[SERVICE].recent_summaries
         assert len(held) == 20
         second = await checked(
             await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200
         )
         assert [m["subject"] for m in second["messages"]] == [f"s{i}" for i in range(10, 20)]
-        assert cache.asked == asked  # not asked again
+        # not asked again (the cache is asked for the page after: it is read ahead)
+        assert not {f"uid-{i}" for i in range(10, 20)} & set(cache.asked[len(asked) :])
         assert len(tops(server)) == 20
+
+
+async def test_a_page_served_from_the_cache_reads_the_next_one_ahead(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Paging through, every page comes from the cache: the one read ahead with page 1 is
+    served without a session and has its own next page read ahead by the idle session of
+    the same login (no new login)."""
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        await wait_until(lambda: len(tops(server)) == 20)
+        second = await checked(
+            await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200
+        )
+        await wait_until(lambda: len(tops(server)) == 30)
+        assert tops(server) == list(range(1, 31))
+        turns = server.turns()
+        third = await checked(
+            await api.get(f"{url}&cursor={second['next_cursor']}", headers=ALICE), 200
+        )
+        assert [m["subject"] for m in third["messages"]] == [f"s{i}" for i in range(20, 30)]
+        assert server.turns() == turns  # from the cache
+        assert len(server.connections) == 1  # one login for all of it
+
+
+async def test_a_page_from_the_cache_reads_ahead_only_with_an_idle_session(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """The read-ahead of a page served from the cache never logs in and never waits: while
+    the session is busy (a message being read), the next page is read when asked for."""
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        server.script("RETR", Delay(0.3))
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        await wait_until(lambda: len(tops(server)) == 20)
+        reading = asyncio.create_task(
+            api.get(f"/v1/mailboxes/me/messages/{first['messages'][0]['id']}", headers=ALICE)
+        )
+        await wait_until(
+            lambda: any(line.startswith(b"RETR") for c in server.received for line in c)
+        )
+        await checked(await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200)
+        await checked(await reading, 200)
+        await asyncio.sleep(0.05)
+        assert len(tops(server)) == 20
+        assert len(server.connections) == 1
 
 
 async def test_the_last_page_reads_nothing_ahead(aiohttp_client: ClientFactory) -> None:
