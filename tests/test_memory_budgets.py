@@ -115,3 +115,10 @@ async def test_the_app_drops_expired_snapshots_on_its_own(
     assert service.snapshot_bytes > 0
     clock.advance(2)  # expired: no request will come to meet it
     await wait_until(lambda: service.snapshot_bytes == 0)
+
+
+def test_an_entry_that_is_not_json_ready_weighs_high() -> None:
+    from gateway.cache.memory import ENTRY_OVERHEAD
+
+    assert entry_weight("ns", "u", {"x": object()}) == ENTRY_OVERHEAD + 3 + 4096
+    assert entry_weight("ns", "u", {"s": "é" * 10}) == ENTRY_OVERHEAD + 3 + len('{"s":""}') + 20

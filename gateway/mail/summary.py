@@ -252,9 +252,11 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
     value of an address field counts)."""
     content_type = "text/plain"
     if "content-type" in found:
-        main = "".join(found["content-type"][0].partition(";")[0].strip().lower().split())
-        if _MIME_TYPE.fullmatch(main):
-            content_type = _content_type(main)
+        value = found["content-type"][0]
+        if len(value) <= _MAX_REMEMBERED_CONTENT_TYPE:
+            content_type = _remembered_content_type(value)
+        else:
+            content_type = _plain_content_type(value)
     subject = found.get("subject")
     senders = _plain_addresses(found["from"][:1]) if "from" in found else []
     date = found.get("date")
@@ -279,6 +281,18 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
         has_attachments_hint=hint,
         size=size,
     )
+
+
+def _plain_content_type(value: str) -> str:
+    """The lower-cased ``type/subtype`` of a Content-Type value (``text/plain`` if
+    invalid)."""
+    main = "".join(value.partition(";")[0].strip().lower().split())
+    return _content_type(main) if _MIME_TYPE.fullmatch(main) else "text/plain"
+
+
+#: Content-Type values up to this length are remembered (mail of a mailbox has a few).
+_MAX_REMEMBERED_CONTENT_TYPE = 256
+_remembered_content_type = functools.lru_cache(maxsize=1024)(_plain_content_type)
 
 
 def _plain_addresses(values: Iterable[str]) -> list[Address]:
