@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.cache import MemoryHeaderCache
-from gateway.keys import SERVICE
+from gateway.keys import METRICS, SERVICE
 from tests.support.api import ClientFactory, checked, settings_for
 from tests.support.fakepop3 import Delay, FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
@@ -108,6 +108,9 @@ async def test_a_page_served_from_the_cache_reads_the_next_one_ahead(
             await api.get(f"{url}&cursor={second['next_cursor']}", headers=ALICE), 200
         )
         assert [m["subject"] for m in third["messages"]] == [f"s{i}" for i in range(20, 30)]
+        # a page from the cache whose next page is held already reads nothing more
+        await checked(await api.get(url.replace("limit=10", "limit=20"), headers=ALICE), 200)
+        await asyncio.sleep(0.05)
         assert server.turns() == turns  # from the cache
         assert len(server.connections) == 1  # one login for all of it
 
@@ -131,6 +134,28 @@ async def test_a_page_from_the_cache_reads_ahead_only_with_an_idle_session(
         )
         await checked(await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200)
         await checked(await reading, 200)
+        await asyncio.sleep(0.05)
+        assert len(tops(server)) == 20
+        assert len(server.connections) == 1
+
+
+async def test_a_page_from_the_cache_reads_nothing_ahead_while_a_lease_waits(
+    aiohttp_client: ClientFactory,
+) -> None:
+    async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
+        server.script("RETR", Delay(0.3), times=2)
+        api = await aiohttp_client(create_app(settings_for(server.port)))
+        url = "/v1/mailboxes/me/messages?limit=10&order=asc"
+        first = await checked(await api.get(url, headers=ALICE), 200)
+        await wait_until(lambda: len(tops(server)) == 20)
+        message = f"/v1/mailboxes/me/messages/{first['messages'][0]['id']}"
+        reading = [asyncio.create_task(api.get(message, headers=ALICE)) for _ in range(2)]
+        metrics = api.app[METRICS]
+        # the second read waits for the session
+        await wait_until(lambda: b"\npop3gw_pool_waiting 1.0" in metrics.exposition()[0])
+        await checked(await api.get(f"{url}&cursor={first['next_cursor']}", headers=ALICE), 200)
+        for read in reading:
+            await checked(await read, 200)
         await asyncio.sleep(0.05)
         assert len(tops(server)) == 20
         assert len(server.connections) == 1
