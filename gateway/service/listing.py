@@ -501,6 +501,8 @@ class Listing:
         task = asyncio.create_task(self._read_idle(account, snap, login, numbers))
         self._reading_ahead.add(task)
         task.add_done_callback(self._reading_ahead.discard)
+        # (a callback: a task cancelled before it ran never reaches its own finally)
+        task.add_done_callback(lambda _task: self._idle_reads.discard(login))
 
     async def _read_idle(
         self, account: Account, snap: Snapshot, login: object, numbers: list[int]
@@ -511,8 +513,6 @@ class Listing:
                     await self._summaries(account, snap, numbers, session)
         except Exception as exc:  # only the read-ahead failed (its session is dropped)
             log.info("reading the next page's headers ahead failed: %s", exc)
-        finally:
-            self._idle_reads.discard(login)
 
     async def _summaries(
         self,
