@@ -51,6 +51,7 @@ async def test_warm_listing_comes_from_redis(
     assert again["messages"] == first["messages"]
     scrape = await (await api.get("/metrics")).text()
     assert metric(scrape, 'pop3gw_header_cache_events_total{kind="hit"}') == 0
+    await api.close()  # its session and the maildrop's replica lock go with it
     replica = await aiohttp_client(create_app(settings))
     second = await checked(
         await replica.get("/v1/mailboxes/me/messages?fresh=true", headers=basic(dovecot_user)),
@@ -147,6 +148,7 @@ async def test_whoever_writes_to_redis_cannot_rewrite_a_listing(
         )
         client.set(key, forged)
         # Another replica (this one holds what it parsed and would not ask Redis).
+        await api.close()  # its session and the maildrop's replica lock go with it
         replica = await aiohttp_client(create_app(settings))
         again = await checked(await replica.get(url, headers=basic(dovecot_user)), 200)
         assert again["messages"] == first["messages"]  # read from the server again
