@@ -12,6 +12,7 @@ from gateway.keys import SERVICE
 from gateway.mail import Address, HeaderSummary
 from gateway.service import Page, Snapshot, Summary
 from gateway.service.listing import SnapshotCache, page_weight, snapshot_weight
+from gateway.service.summaries import RecentSummaries, summary_weight
 from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakePOP3Server
@@ -74,6 +75,27 @@ def test_kept_snapshots_and_pages_are_bounded_in_bytes() -> None:
     assert cache.bytes == 0
 
 
+def test_summaries_held_as_objects_are_bounded_in_bytes() -> None:
+    recent = RecentSummaries(max_entries=1_000_000, max_bytes=2 * 1024 * 1024)
+    hostile = HeaderSummary.from_json(HOSTILE)
+    weight = summary_weight(hostile)
+    assert weight > 100_000  # a summary of hostile mail weighs what it holds
+    for start in range(0, 500, 50):
+        recent.put_many("ns", {f"uid-{i:03d}": hostile for i in range(start, start + 50)})
+        assert recent.bytes <= 2 * 1024 * 1024
+    assert len(recent) == 2 * 1024 * 1024 // weight  # only what fits, the newest
+    assert recent.get_many("ns", ["uid-499", "uid-000"]) == {"uid-499": hostile}
+    assert recent.get_many("other", ["uid-499"]) == {}  # one mailbox's are not another's
+    recent.drop("ns", ["uid-499", "uid-000"])
+    assert recent.bytes == len(recent) * weight
+    few = RecentSummaries(max_entries=3)
+    few.put_many("ns", {f"u{i}": HeaderSummary() for i in range(5)})
+    assert list(few.get_many("ns", [f"u{i}" for i in range(5)])) == ["u2", "u3", "u4"]
+    nothing = RecentSummaries(max_entries=0)
+    nothing.put("ns", "u", HeaderSummary())
+    assert len(nothing) == 0
+
+
 def _store(cache: SnapshotCache, key: str, snap: Snapshot) -> object:
     from gateway.service.listing import _View
 
@@ -93,3 +115,10 @@ async def test_the_app_drops_expired_snapshots_on_its_own(
     assert service.snapshot_bytes > 0
     clock.advance(2)  # expired: no request will come to meet it
     await wait_until(lambda: service.snapshot_bytes == 0)
+
+
+def test_an_entry_that_is_not_json_ready_weighs_high() -> None:
+    from gateway.cache.memory import ENTRY_OVERHEAD
+
+    assert entry_weight("ns", "u", {"x": object()}) == ENTRY_OVERHEAD + 3 + 4096
+    assert entry_weight("ns", "u", {"s": "é" * 10}) == ENTRY_OVERHEAD + 3 + len('{"s":""}') + 20

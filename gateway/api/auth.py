@@ -60,14 +60,16 @@ def client_address(request: web.Request, trusted: Networks) -> str | None:
 def resolve_account(request: web.Request, directory: Directory, scope: str) -> Account:
     """The account for ``{mailbox}`` in the path, with the request's client address, or a
     :class:`Problem` (401/403/404/400)."""
-    account = _resolve(request, directory, scope)
-    return dataclasses.replace(account, client=client_address(request, directory.trusted_proxies))
+    client = client_address(request, directory.trusted_proxies)
+    account = _resolve(request, directory, scope, client)
+    # A client sending the same credentials again finds its own account as it was.
+    return account if account.client == client else dataclasses.replace(account, client=client)
 
 
-def _resolve(request: web.Request, directory: Directory, scope: str) -> Account:
+def _resolve(request: web.Request, directory: Directory, scope: str, client: str | None) -> Account:
     mailbox_id = request.match_info["mailbox"]
     if mailbox_id == "me":
-        return _passthrough(request, directory)
+        return _passthrough(request, directory, client)
     token = _credentials(request, "Bearer")
     if not token:
         raise Problem(
@@ -100,7 +102,7 @@ def require_admin(request: web.Request, directory: Directory) -> ApiKey:
     return key
 
 
-def _passthrough(request: web.Request, directory: Directory) -> Account:
+def _passthrough(request: web.Request, directory: Directory, client: str | None) -> Account:
     if not directory.passthrough:
         raise Problem("forbidden", "passthrough logins are disabled on this gateway")
     token = _credentials(request, "XOAUTH2")
@@ -115,7 +117,7 @@ def _passthrough(request: web.Request, directory: Directory) -> Account:
         account = directory.recent.get(presented)
         if account is not None:
             return account
-    account = _checked_passthrough(request, directory)
+    account = dataclasses.replace(_checked_passthrough(request, directory), client=client)
     if presented is not None:
         directory.recent.put(presented, account)
     return account

@@ -2,7 +2,8 @@
 
 The domain (``service``, ``mail``) returns plain values; only this module knows the names and
 nesting the HTTP API uses. :class:`PageRenderings` keeps the rendered JSON of listing pages,
-which are immutable and served again from the same snapshot.
+which are immutable and served again from the same snapshot, and of each listing entry,
+whose header summary the service hands over as the same object page after page.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from ..service import CheckResult, DeleteResult, Page, Stats, Summary, encode_id
 
 #: Rendered pages kept at most.
 MAX_RENDERINGS = 4096
+#: Rendered listing entries kept at most, and what they may weigh together (bytes of JSON).
+MAX_ITEM_RENDERINGS = 20_000
+MAX_ITEM_BYTES = 16 * 1024 * 1024
 
 
 def dumps(data: Any) -> bytes:
@@ -156,15 +160,82 @@ def check_result(result: CheckResult) -> dict[str, Any]:
     }
 
 
+class ItemRenderings:
+    """The JSON of listing entries, each rendered once for as long as its header summary
+    lives (the service keeps recent summaries as objects and hands the same one over for
+    every page that shows it), and at most ``max_entries`` entries of ``max_bytes`` in
+    all, least recently used first out."""
+
+    def __init__(
+        self, max_entries: int = MAX_ITEM_RENDERINGS, max_bytes: int = MAX_ITEM_BYTES
+    ) -> None:
+        self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        #: id(headers) -> (a weak reference to them, uid, size, JSON)
+        self._done: OrderedDict[int, tuple[weakref.ref[HeaderSummary], str, int, bytes]] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    @property
+    def weight(self) -> int:
+        """Bytes of JSON kept now."""
+        return self._bytes
+
+    def render(self, item: Summary) -> bytes:
+        """``dumps(summary(item))``, from what was rendered before when it can be."""
+        headers = item.headers
+        if headers is None:
+            return dumps(summary(item))
+        key = id(headers)
+        done = self._done
+        found = done.get(key)
+        if (
+            found is not None
+            and found[0]() is headers
+            and found[1] == item.uid
+            and found[2] == item.size
+        ):
+            done.move_to_end(key)
+            return found[3]
+        body = dumps(summary(item))
+        if found is not None:
+            self._forget(key)
+        ref = weakref.ref(headers, lambda dead: self._collected(key, dead))
+        done[key] = (ref, item.uid, item.size, body)
+        self._bytes += len(body)
+        while len(done) > self._max or self._bytes > self._max_bytes:
+            self._forget(next(iter(done)))
+        return body
+
+    def _forget(self, key: int) -> None:
+        found = self._done.pop(key, None)
+        if found is not None:
+            self._bytes -= len(found[3])
+
+    def _collected(self, key: int, dead: weakref.ref[HeaderSummary]) -> None:
+        found = self._done.get(key)
+        if found is not None and found[0] is dead:
+            self._forget(key)
+
+
 class PageRenderings:
     """ETag and JSON body of pages already rendered, for as long as the service keeps the
     page and at most ``max_entries`` of them: an entry goes when its page is collected (a
     page the service did not keep is rendered for its one answer and forgotten), so the
-    renderings never hold more than the pages themselves do."""
+    renderings never hold more than the pages themselves do. A page's body is put together
+    from the JSON of its entries (:class:`ItemRenderings`): the same text as
+    ``dumps(page(value))``."""
 
-    def __init__(self, max_entries: int = MAX_RENDERINGS) -> None:
+    def __init__(
+        self, max_entries: int = MAX_RENDERINGS, items: ItemRenderings | None = None
+    ) -> None:
         self._max = max_entries
         self._done: OrderedDict[int, tuple[weakref.ref[Page], str, bytes]] = OrderedDict()
+        self.items = ItemRenderings() if items is None else items
 
     def __len__(self) -> int:
         return len(self._done)
@@ -175,13 +246,26 @@ class PageRenderings:
         if found is not None and found[0]() is value:
             self._done.move_to_end(key)
             return found[1], found[2]
-        etag, body = page_etag(value), dumps(page(value))
+        etag, body = page_etag(value), self._body(value)
         ref = weakref.ref(value, lambda dead: self._collected(key, dead))
         self._done[key] = (ref, etag, body)
         self._done.move_to_end(key)
         while len(self._done) > self._max:
             self._done.popitem(last=False)
         return etag, body
+
+    def _body(self, value: Page) -> bytes:
+        render = self.items.render
+        rest = dumps(
+            {
+                "total": value.total,
+                "next_cursor": value.next_cursor,
+                "snapshot_at": iso(value.snapshot_at),
+            }
+        )
+        return b"".join(
+            (b'{"messages":[', b",".join([render(item) for item in value.items]), b"],", rest[1:])
+        )
 
     def _collected(self, key: int, dead: weakref.ref[Page]) -> None:
         found = self._done.get(key)

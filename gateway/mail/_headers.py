@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import email.errors
 import email.utils
+import functools
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -379,18 +380,37 @@ def parse_date(value: str) -> str | None:
 
 def _common_date(found: re.Match[str], month: int) -> str | None:
     """``datetime(...).isoformat()`` of the common form, written directly (a listing reads
-    one date per message): the same text, and None where ``datetime`` would refuse it."""
+    one date per message): the same text, and None where ``datetime`` would refuse it.
+    Hours, minutes and seconds are two ASCII digits each, so they are compared as text."""
     day, _, year, hour, minute, second, sign, tz_hours, tz_minutes = found.groups()
-    y, d, h, m = int(year), int(day), int(hour), int(minute)
-    s = min(int(second or 0), 59)
+    date = _calendar_day(int(year), month, int(day))
+    zone = _zone(sign, tz_hours, tz_minutes)
+    if date is None or zone is None or hour > "23" or minute > "59":
+        return None
+    if second is None:
+        second = "00"
+    elif second > "59":
+        second = "59"
+    return f"{date}T{hour}:{minute}:{second}{zone}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _calendar_day(y: int, month: int, d: int) -> str | None:
+    """``YYYY-MM-DD``, or None for a day that does not exist (mail of a mailbox comes from
+    a few years: the same days over and over)."""
     last = _DAYS_IN_MONTH[month]
     if month == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
         last = 29
+    if not (y >= 1 and 1 <= d <= last):
+        return None
+    return f"{y:04d}-{month:02d}-{d:02d}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(sign: str, tz_hours: str, tz_minutes: str) -> str | None:
+    """``+HH:MM`` of a ``+HHMM`` offset (``-0000`` is ``+00:00``), or None past a day."""
     offset = int(tz_hours) * 60 + int(tz_minutes)
-    if not (y >= 1 and 1 <= d <= last and h <= 23 and m <= 59 and offset < 24 * 60):
+    if offset >= 24 * 60:
         return None
     east = "-" if sign == "-" and offset else "+"
-    return (
-        f"{y:04d}-{month:02d}-{d:02d}T{h:02d}:{m:02d}:{s:02d}"
-        f"{east}{offset // 60:02d}:{offset % 60:02d}"
-    )
+    return f"{east}{offset // 60:02d}:{offset % 60:02d}"

@@ -63,7 +63,7 @@ class Address:
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class HeaderSummary:
     """What a message listing shows about one message, decoded and cleaned.
 
@@ -114,24 +114,45 @@ class HeaderSummary:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HeaderSummary:
-        """The inverse of `to_json`; `ValueError` for another version or a malformed dict."""
+        """The inverse of `to_json`; `ValueError` for another version or a malformed dict.
+
+        Read field by field with no intermediate objects: a listing served from the cache
+        reads one per message."""
         if not isinstance(data, dict) or data.get("v") != JSON_VERSION:
             raise ValueError("not a version-1 header summary")
-        from_ = data.get("f")
-        size = data.get("z")
+        get = data.get
+        subject, date, message_id, in_reply_to, content_type = (
+            get("s"),
+            get("d"),
+            get("m"),
+            get("i"),
+            get("ct"),
+        )
+        for key, text in (
+            ("s", subject),
+            ("d", date),
+            ("m", message_id),
+            ("i", in_reply_to),
+            ("ct", content_type),
+        ):
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"header summary: bad {key!r}")
+        size = get("z")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
             raise ValueError("header summary: bad 'z'")
+        from_ = get("f")
+        to, cc, reply_to = get("t"), get("c"), get("r")
         return cls(
-            subject=_cap(_optional_str(data, "s")),
-            from_=None if from_ is None else _capped_address(_address_from_json(from_)),
-            to=_capped(_addresses_from_json(data.get("t"))),
-            cc=_capped(_addresses_from_json(data.get("c"))),
-            reply_to=_capped(_addresses_from_json(data.get("r"))),
-            date=_cap(_optional_str(data, "d")),
-            message_id=_cap(_optional_str(data, "m")),
-            in_reply_to=_cap(_optional_str(data, "i")),
-            content_type=_content_type(_optional_str(data, "ct") or "text/plain"),
-            has_attachments_hint=data.get("a") == 1,
+            subject=_cap(subject),
+            from_=None if from_ is None else _address_from_json(from_),
+            to=[] if to is None else _addresses_from_json(to),
+            cc=[] if cc is None else _addresses_from_json(cc),
+            reply_to=[] if reply_to is None else _addresses_from_json(reply_to),
+            date=_cap(date),
+            message_id=_cap(message_id),
+            in_reply_to=_cap(in_reply_to),
+            content_type="text/plain" if not content_type else _content_type(content_type),
+            has_attachments_hint=get("a") == 1,
             size=size,
         )
 
@@ -143,28 +164,30 @@ def _address_to_json(address: Address) -> list[str]:
 
 
 def _address_from_json(value: object) -> Address:
-    if (
-        not isinstance(value, list)
-        or len(value) not in (1, 2)
-        or not all(isinstance(v, str) for v in value)
-    ):
-        raise ValueError("header summary: bad address")
-    return Address(name=value[1] if len(value) == 2 else None, address=value[0])
+    """One cached mailbox, capped."""
+    if isinstance(value, list):
+        if len(value) == 2:
+            mailbox, name = value
+            if isinstance(mailbox, str) and isinstance(name, str):
+                if len(mailbox) <= MAX_SUMMARY_ADDRESS and len(name) <= MAX_SUMMARY_NAME:
+                    return Address(name, mailbox)
+                return Address(name[:MAX_SUMMARY_NAME], mailbox[:MAX_SUMMARY_ADDRESS])
+        elif len(value) == 1:
+            mailbox = value[0]
+            if isinstance(mailbox, str):
+                return Address(None, mailbox[:MAX_SUMMARY_ADDRESS])
+    raise ValueError("header summary: bad address")
 
 
 def _addresses_from_json(value: object) -> list[Address]:
-    if value is None:
-        return []
+    """A cached address list: its first :data:`MAX_SUMMARY_ADDRESSES` mailboxes, capped
+    (the rest is still checked: a malformed entry anywhere is a malformed summary)."""
     if not isinstance(value, list):
         raise ValueError("header summary: bad address list")
-    return [_address_from_json(v) for v in value]
-
-
-def _optional_str(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"header summary: bad {key!r}")
-    return value
+    addresses = [_address_from_json(v) for v in value]
+    return (
+        addresses if len(addresses) <= MAX_SUMMARY_ADDRESSES else addresses[:MAX_SUMMARY_ADDRESSES]
+    )
 
 
 # -- building summaries ----------------------------------------------------------------------
@@ -229,9 +252,11 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
     value of an address field counts)."""
     content_type = "text/plain"
     if "content-type" in found:
-        main = "".join(found["content-type"][0].partition(";")[0].strip().lower().split())
-        if _MIME_TYPE.fullmatch(main):
-            content_type = _content_type(main)
+        value = found["content-type"][0]
+        if len(value) <= _MAX_REMEMBERED_CONTENT_TYPE:
+            content_type = _remembered_content_type(value)
+        else:
+            content_type = _plain_content_type(value)
     subject = found.get("subject")
     senders = _plain_addresses(found["from"][:1]) if "from" in found else []
     date = found.get("date")
@@ -256,6 +281,18 @@ def _summary_of_fields(found: dict[str, list[str]], size: int | None) -> HeaderS
         has_attachments_hint=hint,
         size=size,
     )
+
+
+def _plain_content_type(value: str) -> str:
+    """The lower-cased ``type/subtype`` of a Content-Type value (``text/plain`` if
+    invalid)."""
+    main = "".join(value.partition(";")[0].strip().lower().split())
+    return _content_type(main) if _MIME_TYPE.fullmatch(main) else "text/plain"
+
+
+#: Content-Type values up to this length are remembered (mail of a mailbox has a few).
+_MAX_REMEMBERED_CONTENT_TYPE = 256
+_remembered_content_type = functools.lru_cache(maxsize=1024)(_plain_content_type)
 
 
 def _plain_addresses(values: Iterable[str]) -> list[Address]:

@@ -333,6 +333,46 @@ class SessionPool:
         finally:
             self._checkin(session, ok)
 
+    @contextlib.asynccontextmanager
+    async def lease_idle(
+        self, key: str, upstream: str, *, serial: object, identity: str | None = None
+    ) -> AsyncIterator[PooledSession | None]:
+        """The idle session of ``key`` whose login is ``serial`` (and logged in as
+        ``identity``), for the time of the block, when it is idle now, fit for reuse without
+        a NOOP, and no lease waits that it could serve or make room for; else ``None``.
+        Nothing is opened and nothing is waited for: this is for optional work with a
+        session already open (reading ahead what its snapshot will be asked for)."""
+        session = self._idle_session(key, upstream, serial, identity)
+        if session is None:
+            yield None
+            return
+        ok = False
+        try:
+            yield session
+            ok = True
+        finally:
+            self._checkin(session, ok)
+
+    def _idle_session(
+        self, key: str, upstream: str, serial: object, identity: str | None
+    ) -> PooledSession | None:
+        if self._closed or self.wanted(key, upstream):
+            return None
+        now = self._clock()
+        for session in self._idle.get(key, ()):
+            if (
+                session.serial == serial
+                and session.identity == identity
+                and self._reusable(session, now)
+                and now - session.last_used <= self.limits.noop_after
+            ):
+                self._take_idle(session)
+                self._leases += 1
+                self._leased.add(session)
+                self._emit("reuse")
+                return session
+        return None
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called (no new leases)."""

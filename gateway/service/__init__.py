@@ -67,6 +67,7 @@ from .sessions import (
     login_outcome,
 )
 from .spool import Spool, SpoolFile
+from .summaries import RecentSummaries
 
 __all__ = [
     "MAX_LIMIT",
@@ -99,6 +100,7 @@ __all__ = [
     "ParsedCache",
     "PooledSessions",
     "RawMessage",
+    "RecentSummaries",
     "SecretUnavailableError",
     "ServiceError",
     "Session",
@@ -159,6 +161,7 @@ class MailboxService:
         self._readiness = dict(readiness or {})
         snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
         self._snapshots = snapshots
+        self._recent = recent = RecentSummaries()
         self._listing = Listing(
             sessions,
             snapshots,
@@ -166,6 +169,7 @@ class MailboxService:
             cache_key=cache_key,
             fresh_logins=FreshLogins(min_fresh_interval, clock=clock),
             observer=observer,
+            recent=recent,
         )
         self._messages = Messages(
             sessions,
@@ -176,7 +180,7 @@ class MailboxService:
             spool=spool,
             observer=observer,
         )
-        self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key)
+        self._deletes = Deletes(sessions, snapshots, cache, cache_key=cache_key, recent=recent)
         self._checker = Checker(sessions, observer)
 
     @property
@@ -187,6 +191,11 @@ class MailboxService:
     def snapshot_bytes(self) -> int:
         """What the kept snapshots and pages are counted for (bounded; see listing)."""
         return self._snapshots.bytes
+
+    @property
+    def recent_summaries(self) -> RecentSummaries:
+        """The header summaries held as objects (bounded; see summaries)."""
+        return self._recent
 
     @property
     def parser(self) -> MessageParser:

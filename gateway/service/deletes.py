@@ -16,6 +16,7 @@ from .errors import DeleteFailedError, DeleteOutcomeUnknownError, InvalidInputEr
 from .ids import decode_id
 from .listing import SnapshotCache
 from .sessions import SessionSource
+from .summaries import RecentSummaries
 
 #: Most ids in one delete request.
 MAX_IDS = 500
@@ -35,11 +36,13 @@ class Deletes:
         cache: HeaderCache,
         *,
         cache_key: bytes,
+        recent: RecentSummaries | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
         self._cache = cache
         self._cache_key = cache_key
+        self._recent = recent
 
     async def delete_messages(self, account: Account, message_ids: Sequence[str]) -> DeleteResult:
         """Delete in one POP3 transaction; reported only after QUIT answered ``+OK``."""
@@ -87,5 +90,8 @@ class Deletes:
                 raise DeleteFailedError(
                     "the server reported that not every marked message was removed"
                 ) from exc
-        await self._cache.delete_many(account.namespace(self._cache_key), present)
+        namespace = account.namespace(self._cache_key)
+        if self._recent is not None:
+            self._recent.drop(namespace, present)
+        await self._cache.delete_many(namespace, present)
         return DeleteResult(present, absent)

@@ -32,6 +32,7 @@ from .errors import CapabilityMissingError, InvalidInputError, MessageNotFoundEr
 from .ids import Cursors, Order
 from .limits import FreshClaim, FreshLogins
 from .sessions import Session, SessionObserver, SessionSource
+from .summaries import RecentSummaries, summary_weight
 
 #: Snapshots kept at most (one per recently used login); pages kept per snapshot.
 MAX_VIEWS = 4096
@@ -41,6 +42,8 @@ MAX_PAGES_PER_VIEW = 64
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 #: Largest page of a listing.
 MAX_LIMIT = 500
+#: Read-aheads started by pages served from the cache, running at once at most.
+MAX_IDLE_READ_AHEADS = 16
 
 log = logging.getLogger("gateway.service.listing")
 
@@ -101,15 +104,7 @@ def page_weight(page: Page) -> int:
     of hostile mail holds up to its caps, far more than an ordinary one)."""
     total = 256
     for item in page.items:
-        total += 300 + len(item.uid)
-        headers = item.headers
-        if headers is None:
-            continue
-        for text in (headers.subject, headers.message_id, headers.in_reply_to, headers.date):
-            total += 0 if text is None else 50 + len(text)
-        senders = [] if headers.from_ is None else [headers.from_]
-        for address in (*senders, *headers.to, *headers.cc, *headers.reply_to):
-            total += 120 + len(address.address) + len(address.name or "")
+        total += len(item.uid) + (300 if item.headers is None else summary_weight(item.headers))
     return total
 
 
@@ -290,16 +285,20 @@ class Listing:
         cache_key: bytes,
         fresh_logins: FreshLogins,
         observer: SessionObserver | None = None,
+        recent: RecentSummaries | None = None,
     ) -> None:
         self._sessions = sessions
         self._snapshots = snapshots
         self._cache = cache
+        self._recent = RecentSummaries() if recent is None else recent
         self._cache_key = cache_key
         self._cursors = Cursors(cache_key)
         self._fresh_logins = fresh_logins
         self._observer = observer
         #: tasks holding a session to read the next page's headers ahead
         self._reading_ahead: set[asyncio.Task[None]] = set()
+        #: logins whose idle session reads ahead for a page served from the cache
+        self._idle_reads: set[object] = set()
 
     async def close(self) -> None:
         """Stop every read-ahead (its session is dropped; nothing is lost but the cache
@@ -360,7 +359,9 @@ class Listing:
             # of the page. Only uids of this caller's own listing are looked up.
             page = snapshots.page(view, page_key)
             if page is None:
-                page = await self._page(account, view.snapshot, order, after, limit, None)
+                page = await self._page(
+                    account, view.snapshot, order, after, limit, None, idle_login=view.login
+                )
                 if page is not None:
                     snapshots.remember(view, page_key, page)
             if page is not None:
@@ -442,12 +443,15 @@ class Listing:
         limit: int,
         session: Session | None,
         answer: Callable[[Page], None] | None = None,
+        idle_login: object | None = None,
     ) -> Page | None:
         """A page of ``snap``; without a session, None unless every header is cached.
 
         With ``answer``, the next page's headers are read ahead in the same burst (see the
         module's docstring) and ``answer(page)`` is called as soon as the page is ready,
-        before the read-ahead ends."""
+        before the read-ahead ends. With ``idle_login`` (the login that made ``snap``), a
+        page served from the cache has the next page's headers read ahead by that login's
+        session if it is idle (:meth:`_read_ahead_idle`)."""
         ordered = snap.numbers if order == "asc" else snap.numbers[::-1]
         start = _resume_index(ordered, snap, after, order) if after is not None else 0
         page_numbers = ordered[start : start + limit]
@@ -458,7 +462,9 @@ class Listing:
                 self._cursor_scope(account), order, snap.uids[last], last
             )
         ahead: list[int] = []
-        if answer is not None and session is not None and not self._sessions.wanted(account):
+        if (session is None and idle_login is not None) or (
+            answer is not None and session is not None and not self._sessions.wanted(account)
+        ):
             ahead = ordered[start + limit : start + 2 * limit]
 
         def ready(items: list[Summary]) -> None:
@@ -468,7 +474,45 @@ class Listing:
         items = await self._summaries(account, snap, page_numbers, session, ahead, ready)
         if items is None:
             return None
+        if session is None and idle_login is not None and ahead:
+            # Whatever the cache had of the next page is held now (see _summaries).
+            held = self._recent.get_many(
+                account.namespace(self._cache_key), [snap.uids[n] for n in ahead]
+            )
+            later = [n for n in ahead if snap.uids[n] not in held]
+            if later:
+                self._read_ahead_idle(account, snap, idle_login, later)
         return Page(items, len(ordered), next_cursor, snap.at)
+
+    def _read_ahead_idle(
+        self, account: Account, snap: Snapshot, login: object, numbers: list[int]
+    ) -> None:
+        """Read the headers of ``numbers`` not held yet into the header cache, in the
+        background, with the session of ``login`` (whose snapshot ``snap`` is) if it is idle
+        and no other lease wants it: never a new login, never a wait. At most one per login
+        and :data:`MAX_IDLE_READ_AHEADS` at once."""
+        if (
+            login in self._idle_reads
+            or len(self._idle_reads) >= MAX_IDLE_READ_AHEADS
+            or self._sessions.wanted(account)
+        ):
+            return
+        self._idle_reads.add(login)
+        task = asyncio.create_task(self._read_idle(account, snap, login, numbers))
+        self._reading_ahead.add(task)
+        task.add_done_callback(self._reading_ahead.discard)
+        # (a callback: a task cancelled before it ran never reaches its own finally)
+        task.add_done_callback(lambda _task: self._idle_reads.discard(login))
+
+    async def _read_idle(
+        self, account: Account, snap: Snapshot, login: object, numbers: list[int]
+    ) -> None:
+        try:
+            async with self._sessions.lease_idle(account, login) as session:
+                if session is not None:
+                    await self._summaries(account, snap, numbers, session)
+        except Exception as exc:  # only the read-ahead failed (its session is dropped)
+            log.info("reading the next page's headers ahead failed: %s", exc)
 
     async def _summaries(
         self,
@@ -488,11 +532,18 @@ class Listing:
         namespace = account.namespace(self._cache_key)
         uids = {snap.uids[n] for n in numbers}
         uids.update(snap.uids[n] for n in ahead)
-        cached = await self._cache.get_many(namespace, uids)
-        found: dict[str, HeaderSummary] = {}
-        for uid, entry in cached.items():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                found[uid] = HeaderSummary.from_json(entry)
+        recent = self._recent
+        # What this process holds as objects first; the header cache for the rest.
+        found = recent.get_many(namespace, uids)
+        if len(found) < len(uids):
+            cached = await self._cache.get_many(namespace, uids.difference(found))
+            parsed: dict[str, HeaderSummary] = {}
+            for uid, entry in cached.items():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    parsed[uid] = HeaderSummary.from_json(entry)
+            if parsed:
+                recent.put_many(namespace, parsed)
+                found.update(parsed)
 
         def items() -> list[Summary]:
             return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
@@ -519,9 +570,11 @@ class Listing:
                 if isinstance(reply, TruncatedBody) and self._observer is not None:
                     # a header section past the TOP cap: summarized from its start
                     self._observer.limited("header-truncated")
+                uid = snap.uids[number]
                 summary = summarize_headers(reply, size=snap.sizes[number])
-                found[snap.uids[number]] = summary
-                fresh[snap.uids[number]] = summary.to_json()
+                found[uid] = summary
+                recent.put(namespace, uid, summary)  # for the next page, as it is
+                fresh[uid] = summary.to_json()  # for the header cache
             if index == wanted - 1:
                 page_read.set()
 

@@ -76,6 +76,14 @@ class SessionSource(Protocol):
         for (optional work with it, such as a read-ahead, is then left out)."""
         ...
 
+    def lease_idle(
+        self, account: Account, login: object
+    ) -> contextlib.AbstractAsyncContextManager[Session | None]:
+        """The session of ``login`` for the time of the block if it is idle now and wanted
+        by no other lease, else None: never a new login, never a wait (for optional work,
+        such as reading ahead what that login's snapshot will be asked for)."""
+        ...
+
 
 class SessionObserver(Protocol):
     """What sessions report (implemented by the metrics)."""
@@ -214,6 +222,26 @@ class PooledSessions:
         ) as pooled:
             if self._observer is not None:
                 self._observer.lease_waited(time.monotonic() - asked)
+            yield Session(
+                pooled.client,
+                account,
+                login=pooled.serial,
+                opened_at=pooled.opened_at_wall,
+                born=pooled.opened_at,
+            )
+
+    @contextlib.asynccontextmanager
+    async def lease_idle(self, account: Account, login: object) -> AsyncIterator[Session | None]:
+        upstream = account.upstream
+        async with self.pool.lease_idle(
+            account.person(self._key),
+            f"{upstream.host}:{upstream.port}",
+            serial=login,
+            identity=account.digest(self._key),
+        ) as pooled:
+            if pooled is None:
+                yield None
+                return
             yield Session(
                 pooled.client,
                 account,

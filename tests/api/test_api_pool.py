@@ -8,6 +8,7 @@ import asyncio
 import base64
 
 from gateway.app import create_app
+from gateway.keys import SERVICE
 from gateway.service import encode_id
 from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.clock import FakeClock
@@ -87,6 +88,21 @@ async def test_a_delete_through_the_gateway_shows_at_once(
     assert resp.status == 204
     page = await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
     assert [m["uid"] for m in page["messages"]] == ["uid-2"]
+
+
+async def test_a_delete_through_the_gateway_forgets_the_summary(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    app = create_app(settings_for(fake_server.port))
+    api = await aiohttp_client(app)
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    recent = app[SERVICE].recent_summaries
+    assert len(recent) == 2
+    weight = recent.bytes
+    resp = await api.delete(f"/v1/mailboxes/me/messages/{encode_id('uid-1')}", headers=ALICE)
+    assert resp.status == 204
+    assert len(recent) == 1
+    assert 0 < recent.bytes < weight
 
 
 async def test_one_session_per_mailbox_under_concurrency(aiohttp_client: ClientFactory) -> None:

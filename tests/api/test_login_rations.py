@@ -16,9 +16,10 @@ import redis
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.accounts import Account, Credential, Upstream
-from gateway.api.auth import client_address
+from gateway.api.auth import client_address, resolve_account
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings
+from gateway.keys import DIRECTORY
 from gateway.pop3 import TLSMode
 from gateway.redis import SharedRedis
 from gateway.service import (
@@ -521,3 +522,24 @@ def test_trusted_proxies_must_be_networks() -> None:
         settings_for(1, http={"trusted_proxies": ["10.0.0.0/8", "proxy.example"]})
     settings = settings_for(1, http={"trusted_proxies": [" 10.1.2.3/8", "::1"]})
     assert [str(n) for n in settings.http.trusted_networks] == ["10.0.0.0/8", "::1/128"]
+
+
+def test_a_client_sending_the_same_credentials_finds_its_account_as_it_was() -> None:
+    """Passthrough accounts are kept with the client they were made for: the next request
+    of that client with the same header gets the same object (no copy per request);
+    another client gets its own copy, with its own address."""
+    directory = create_app(settings_for(free_port()))[DIRECTORY]
+
+    def resolve(peer: str) -> Account:
+        request = make_mocked_request(
+            "GET", "/v1/mailboxes/me", headers=basic("alice", "pw"), match_info={"mailbox": "me"}
+        ).clone(remote=peer)
+        return resolve_account(request, directory, "read")
+
+    first = resolve("192.0.2.1")
+    assert first.client == "192.0.2.1"
+    assert resolve("192.0.2.1") is first
+    other = resolve("192.0.2.2")
+    assert other.client == "192.0.2.2"
+    assert other == first  # the same mailbox and credential
+    assert resolve("192.0.2.1") is first

@@ -5,8 +5,16 @@ from __future__ import annotations
 import gc
 from datetime import UTC, datetime
 
-from gateway.api.serializers import PageRenderings, summary
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.api import serializers
+from gateway.api.serializers import ItemRenderings, PageRenderings, dumps, summary
+from gateway.mail import Address, HeaderSummary
 from gateway.service import Page, Summary
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def page(uids: int) -> Page:
@@ -50,3 +58,95 @@ def test_a_summary_without_headers_has_every_field() -> None:
     assert data["from"] is None
     assert data["to"] == []
     assert data["content_type"] == "text/plain"
+
+
+# -- listing entries rendered once per summary -------------------------------------------------
+
+#: unique-ids as the POP3 layer gives them: latin-1 text
+UIDS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), min_size=1, max_size=8)
+NAMES = st.one_of(st.none(), st.text(max_size=8))
+ADDRESSES = st.builds(Address, NAMES, st.text(max_size=12))
+SUMMARIES = st.one_of(
+    st.none(),
+    st.builds(
+        HeaderSummary,
+        subject=st.one_of(st.none(), st.text(max_size=20)),
+        from_=st.one_of(st.none(), ADDRESSES),
+        to=st.lists(ADDRESSES, max_size=3),
+        date=st.one_of(st.none(), st.just("2024-05-01T10:22:33+08:00")),
+        content_type=st.sampled_from(["text/plain", "multipart/mixed"]),
+    ),
+)
+
+
+@given(
+    items=st.lists(
+        st.builds(Summary, UIDS, st.integers(0, 10**9), SUMMARIES),
+        max_size=6,
+    ),
+    cursor=st.one_of(st.none(), st.text(max_size=10)),
+)
+def test_a_page_body_is_the_json_of_the_page(items: list[Summary], cursor: str | None) -> None:
+    value = Page(items, 7, cursor, datetime(2026, 1, 1, tzinfo=UTC))
+    renderings = PageRenderings()
+    assert renderings.render(value)[1] == dumps(serializers.page(value))
+    again = Page(list(items), 7, cursor, datetime(2026, 1, 1, tzinfo=UTC))
+    assert renderings.render(again)[1] == dumps(serializers.page(value))
+
+
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[HeaderSummary]:
+    """Every header summary rendered from now on."""
+    seen: list[HeaderSummary] = []
+    original = serializers.header_fields
+
+    def header_fields(value: HeaderSummary) -> dict[str, object]:
+        seen.append(value)
+        return original(value)
+
+    monkeypatch.setattr(serializers, "header_fields", header_fields)
+    return seen
+
+
+def test_an_entry_is_rendered_once_while_its_summary_lives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service hands over the same summary object for every page showing it (a page
+    read ahead, the same page after a new login): its JSON is made once."""
+    summaries = [HeaderSummary(subject=f"s{i}") for i in range(4)]
+    renderings = PageRenderings()
+    seen = counted(monkeypatch)
+    first = Page([Summary(f"u{i}", 9, s) for i, s in enumerate(summaries)], 4, None, NOW)
+    renderings.render(first)
+    assert len(seen) == 4
+    # a new page (a new login) with the same summaries: nothing rendered again
+    again = Page([Summary(f"u{i}", 9, s) for i, s in enumerate(summaries)], 4, "c", NOW)
+    _etag, body = renderings.render(again)
+    assert len(seen) == 4
+    assert body == dumps(serializers.page(again))
+    # the same summary shown under another uid or size is rendered for it
+    other = Page([Summary("x", 9, summaries[0]), Summary("u1", 10, summaries[1])], 2, None, NOW)
+    assert renderings.render(other)[1] == dumps(serializers.page(other))
+    assert len(renderings.items) == 4
+
+
+def test_entry_renderings_go_with_their_summaries() -> None:
+    renderings = PageRenderings()
+    for _ in range(20):
+        renderings.render(Page([Summary("u", 1, HeaderSummary(subject="s"))], 1, None, NOW))
+    gc.collect()
+    assert len(renderings.items) == 0
+    assert renderings.items.weight == 0
+
+
+def test_entry_renderings_are_bounded() -> None:
+    items = ItemRenderings(max_entries=3, max_bytes=10_000)
+    alive = [HeaderSummary(subject=f"s{i}") for i in range(10)]
+    for i, headers in enumerate(alive):
+        items.render(Summary(f"u{i}", 1, headers))
+    assert len(items) == 3
+    items = ItemRenderings(max_entries=100, max_bytes=10_000)
+    big = [HeaderSummary(subject="x" * 2000) for _ in range(10)]
+    for i, headers in enumerate(big):
+        items.render(Summary(f"b{i}", 1, headers))
+        assert items.weight <= 10_000
+    assert len(items) == 10_000 // len(items.render(Summary("b9", 1, big[9])))

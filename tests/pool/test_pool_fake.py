@@ -197,6 +197,88 @@ async def test_a_stale_session_is_replaced(
         assert events.kinds == ["open", "reuse", "close", "open"]
 
 
+async def test_an_idle_session_is_lent_for_optional_work(
+    make_pool: MakePool, clock: FakeClock, events: Events
+) -> None:
+    """lease_idle: the session of one login, when it is idle now; never a new login, never a
+    wait (read-ahead uses it)."""
+    async with fake() as server:
+        factory = fake_factory(server)
+        pool = make_pool(snapshot_max_age=5.0, noop_after=2.0)
+        async with (
+            pool.lease("k", "fake", factory, identity="me") as first,
+            pool.lease_idle("k", "fake", serial=first.serial, identity="me") as busy,
+        ):
+            assert busy is None  # leased: not idle
+        async with pool.lease_idle("k", "fake", serial=first.serial, identity="me") as idle:
+            assert idle is first
+            assert pool.stats().leased == 1
+            assert pool.stats().idle == 0
+            await idle.client.stat()
+        assert pool.stats().idle == 1
+        for serial, identity in ((first.serial + 1, "me"), (first.serial, "you")):
+            async with pool.lease_idle("k", "fake", serial=serial, identity=identity) as other:
+                assert other is None  # another login, or another identity
+        async with pool.lease_idle("j", "fake", serial=first.serial, identity="me") as none:
+            assert none is None  # another key
+        clock.advance(2.5)  # idle longer than noop_after: it would need a NOOP first
+        async with pool.lease_idle("k", "fake", serial=first.serial, identity="me") as stale:
+            assert stale is None
+        async with pool.lease("k", "fake", factory, identity="me") as again:
+            assert again is first
+        clock.advance(3.0)  # older than snapshot_max_age
+        async with pool.lease_idle("k", "fake", serial=first.serial, identity="me") as old:
+            assert old is None
+        assert factory.calls == 1
+        assert events.counts["reuse"] == 2
+        await pool.close()
+        async with pool.lease_idle("k", "fake", serial=first.serial, identity="me") as closed:
+            assert closed is None
+
+
+async def test_an_idle_session_is_not_lent_while_a_lease_waits_for_it(
+    make_pool: MakePool,
+) -> None:
+    async with fake() as server:
+        factory = fake_factory(server)
+        pool = make_pool(max_total=1, reuse_grace=10.0)
+        async with pool.lease("k", "fake", factory) as first:
+            pass
+        # Another key waits for room the idle session takes (kept for its grace).
+        waiting = asyncio.create_task(_lease_once(pool, "j", factory))
+        await wait_until(lambda: pool.stats().waiting == 1)
+        async with pool.lease_idle("k", "fake", serial=first.serial) as lent:
+            assert lent is None
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+
+async def _lease_once(pool: SessionPool, key: str, factory: Factory) -> None:
+    async with pool.lease(key, "fake", factory):
+        pass
+
+
+async def test_an_exception_while_lent_idle_drops_the_session(make_pool: MakePool) -> None:
+    async with fake() as server:
+        factory = fake_factory(server)
+        pool = make_pool()
+        async with pool.lease("k", "fake", factory) as first:
+            pass
+        lent: list[PooledSession | None] = []
+
+        async def fail() -> None:
+            async with pool.lease_idle("k", "fake", serial=first.serial) as session:
+                lent.append(session)
+                raise RuntimeError("the optional work failed")
+
+        with pytest.raises(RuntimeError):
+            await fail()
+        assert lent == [first]
+        assert first.client.state is State.CLOSED
+        assert pool.stats().open == 0
+
+
 async def test_max_session_age_bounds_reuse_too(make_pool: MakePool, clock: FakeClock) -> None:
     async with fake() as server:
         factory = fake_factory(server)
