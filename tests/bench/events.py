@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -248,6 +249,27 @@ async def _commands(client: Redis) -> int:
     return int(info["total_commands_processed"])
 
 
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _poll_metrics(base: str) -> tuple[float, float, float, float]:
+    """Seconds and count of the replica's ok polls, and of its waits for a session."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    polls = re.findall(
+        r"^pop3gw_watch_poll_duration_seconds_(sum|count)(?:{[^}]*})? ([0-9.e+-]+)$", text, re.M
+    )
+    total = {kind: sum(float(v) for k, v in polls if k == kind) for kind in ("sum", "count")}
+    return (
+        total["sum"],
+        total["count"],
+        _metric(text, "pop3gw_pool_lease_wait_seconds_sum"),
+        _metric(text, "pop3gw_pool_lease_wait_seconds_count"),
+    )
+
+
 def _message(tag: str) -> bytes:
     return (
         f"From: Bench <bench@example.com>\r\nTo: box@example.com\r\nSubject: {tag}\r\n"
@@ -424,6 +446,16 @@ async def _phases(
         )
     ok &= report.target(
         NAME, "every new message reported", f"{len(found)}/{len(delivered)}", missing == 0
+    )
+
+    polls = [await asyncio.to_thread(_poll_metrics, r.base) for r in replicas]
+    report.info(
+        NAME,
+        "poll time (both replicas)",
+        f"mean {sum(p[0] for p in polls) / max(1, sum(p[1] for p in polls)) * 1000:.0f} ms "
+        f"over {sum(p[1] for p in polls):,.0f} polls (those that found another replica "
+        f"holding the mailbox included); wait for a session: mean "
+        f"{sum(p[2] for p in polls) / max(1, sum(p[3] for p in polls)) * 1000:.0f} ms",
     )
 
     # POP3 logins: per mailbox at least one interval apart; per minute in the window
