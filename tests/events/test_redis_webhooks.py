@@ -288,3 +288,48 @@ async def test_consume_mode_deletes_only_after_quit_answered_ok(
     assert await consumer.sweep(mailbox) == [event.data["uid"]]
     assert server.mailbox.uids() == ["uid-0"]
     assert await consumer.sweep(mailbox) == []
+
+
+async def test_a_consumer_group_redis_lost_is_made_again_and_nothing_is_missed(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    secret = receiver.verifier
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
+    receiver.verifier = secret
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    db: Deliverer = b.app[DELIVERER]
+    await watcher.poll(mailbox)
+    assert (await da.step(endpoint, mailbox)).outcome == "idle"  # a holds the pair
+    redis = Redis.from_url(SHARED)
+    try:
+        # the holder reads: the group is gone (Redis lost it), made again from the start
+        add(server, "uid-1")
+        [first] = (await watcher.poll(mailbox)).events
+        assert await redis.xgroup_destroy(key(mailbox, "log"), group(endpoint)) == 1
+        assert (await da.step(endpoint, mailbox)).outcome == "delivered"
+        # a new holder claims what is pending: the group is gone then too
+        add(server, "uid-2")
+        [second] = (await watcher.poll(mailbox)).events
+        await da.store.release_all()
+        assert await redis.xgroup_destroy(key(mailbox, "log"), group(endpoint)) == 1
+        steps = [await db.step(endpoint, mailbox) for _ in range(3)]
+        assert [(s.outcome, s.event_id) for s in steps] == [
+            ("delivered", first.id),
+            ("delivered", second.id),
+            ("idle", None),
+        ]
+        groups = await redis.xinfo_groups(key(mailbox, "log"))
+        assert [g["name"] for g in groups] == [group(endpoint).encode()]
+    finally:
+        await redis.aclose()
+    # at least once, in order: what was in the Stream when the group went is sent again
+    assert receiver.delivered() == [first.id, first.id, second.id]
+    assert receiver.forged == []
