@@ -339,9 +339,10 @@ class RedisWatchLeases(_RedisUser):
             results = await self._call("events lease", self._renew_all, held)
         except EventLogUnavailableError:
             return  # the leases live until their TTL; the next renewal tries again
-        for (mailbox, _), ok in zip(held, results, strict=True):
-            if not ok:
-                self.held.pop(mailbox, None)
+        for (mailbox, (token, _)), ok in zip(held, results, strict=True):
+            # a poll may have taken the lease anew meanwhile: that one is kept
+            if not ok and self.held.get(mailbox, ("", 0))[0] == token:
+                del self.held[mailbox]
 
     async def _renew_all(self, held: Sequence[tuple[str, tuple[str, int]]]) -> list[Any]:
         script = self._script(_RENEW)
