@@ -11,6 +11,8 @@
   reading new ones (``XREADGROUP ... >``).
 - The head's retry state (attempts, first and next attempt) is a Hash beside it
   (``...:hook:<endpoint>:retry``), so another replica carries on the same schedule.
+- New events of any replica's watcher wake the queues of every replica: :meth:`changed`
+  reads the mailboxes announced on ``pop3gw:v1:ev:changed`` since its last look.
 - Dead letters: a Stream per endpoint, ``pop3gw:v1:wh:{<endpoint>}:dead``, capped at
   ``dead_letter_max`` entries. A dead letter is written before its entry is acknowledged: a
   crash between the two delivers it once more, never loses it.
@@ -27,11 +29,13 @@ from redis.exceptions import ResponseError
 from ..redis import SharedRedis
 from .delivery import DeadLetter, Pending, dead_letter_fields, dead_letter_of
 from .model import Event
-from .redis_log import _RELEASE, _RENEW, _event, _RedisUser, _text, key
+from .redis_log import _RELEASE, _RENEW, CHANGED, _event, _RedisUser, _text, key
 
 #: entries claimed per XAUTOCLAIM call, and calls per takeover
 CLAIM_COUNT = 100
 CLAIM_ROUNDS = 100
+#: announcements of new events read per look at most
+CHANGED_COUNT = 1000
 
 
 def group(endpoint: str) -> str:
@@ -55,6 +59,8 @@ class RedisDeliveryStore(_RedisUser):
         self._dead_max = dead_letter_max
         #: pairs whose lease this process holds -> its token
         self.held: dict[tuple[str, str], str] = {}
+        #: the last announcement of new events read (None: not looked yet)
+        self._changed_from: str | None = None
 
     async def setup(self, pairs: Sequence[tuple[str, str]]) -> None:
         """A group per pair, starting at the Stream's end (a new endpoint gets new events)."""
@@ -69,6 +75,24 @@ class RedisDeliveryStore(_RedisUser):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def changed(self) -> list[str]:
+        """The mailboxes announced to have new events since the last look (by any replica's
+        watcher); the first look only finds where the announcements end."""
+        return await self._call("webhook wake-ups", self._changed)
+
+    async def _changed(self) -> list[str]:
+        client = self._redis.client
+        if self._changed_from is None:
+            last: Any = await client.xrevrange(CHANGED, count=1)
+            self._changed_from = _text(last[0][0]) if last else "0-0"
+            return []
+        reply: Any = await client.xread({CHANGED: self._changed_from}, count=CHANGED_COUNT)
+        if not reply:
+            return []
+        entries = reply[0][1]
+        self._changed_from = _text(entries[-1][0])
+        return list(dict.fromkeys(_fields(fields).get("m", "") for _, fields in entries))
 
     # -- leases -------------------------------------------------------------------------------
     async def hold(self, endpoint: str, mailbox: str) -> bool:

@@ -333,3 +333,25 @@ async def test_a_consumer_group_redis_lost_is_made_again_and_nothing_is_missed(
     # at least once, in order: what was in the Stream when the group went is sent again
     assert receiver.delivered() == [first.id, first.id, second.id]
     assert receiver.forged == []
+
+
+async def test_new_events_are_announced_to_every_replicas_queues(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, _ = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    watcher: Watcher = a.app[WATCHER]
+    store_b = b.app[DELIVERER].store
+    assert isinstance(store_b, RedisDeliveryStore)
+    await watcher.poll(mailbox)  # the baseline: no events
+    await store_b.changed()  # where the announcements end
+    assert mailbox not in await store_b.changed()
+    add(server, "uid-1")
+    assert len((await watcher.poll(mailbox)).events) == 1  # on replica a
+    assert mailbox in await store_b.changed()
+    assert mailbox not in await store_b.changed()  # once
