@@ -16,7 +16,14 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.events import Consumer, Deliverer, RedisConsumeStore, RedisDeliveryStore, Watcher
+from gateway.events import (
+    Consumer,
+    Deliverer,
+    EventLogUnavailableError,
+    RedisConsumeStore,
+    RedisDeliveryStore,
+    Watcher,
+)
 from gateway.events.redis_delivery import dead_key, group
 from gateway.events.redis_log import key
 from gateway.keys import DELIVERER, WATCHER
@@ -355,3 +362,74 @@ async def test_new_events_are_announced_to_every_replicas_queues(
     assert len((await watcher.poll(mailbox)).events) == 1  # on replica a
     assert mailbox in await store_b.changed()
     assert mailbox not in await store_b.changed()  # once
+
+
+async def test_a_delivery_of_a_new_event_reads_its_queue_once(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    # round trips per delivery are what bounds the deliveries per second (make bench)
+    mailbox, endpoint = names
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    admin = Redis.from_url(redis.url)
+    try:
+        a = await aiohttp_client(replica(server, names, receiver, wall, redis.url))
+        watcher: Watcher = a.app[WATCHER]
+        da: Deliverer = a.app[DELIVERER]
+        await watcher.poll(mailbox)
+        assert (await da.step(endpoint, mailbox)).outcome == "idle"  # nothing of ours pending
+        for uid in ("uid-1", "uid-2", "uid-3"):
+            add(server, uid)
+        events = (await watcher.poll(mailbox)).events
+        await admin.config_resetstat()
+        steps = [await da.step(endpoint, mailbox) for _ in range(3)]
+        assert [(s.outcome, s.event_id) for s in steps] == [("delivered", e.id) for e in events]
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_xreadgroup"]["calls"] == 3
+        assert "cmdstat_hgetall" not in stats  # a new event has no retry state to read
+    finally:
+        await admin.aclose()
+        redis.stop()
+
+
+async def test_an_acknowledgement_that_failed_is_followed_by_the_same_event(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    store = da.store
+    assert isinstance(store, RedisDeliveryStore)
+    await watcher.poll(mailbox)
+    assert (await da.step(endpoint, mailbox)).outcome == "idle"
+    add(server, "uid-1")
+    add(server, "uid-2")
+    first, second = (await watcher.poll(mailbox)).events
+    call = store._call
+
+    async def ack_fails(what: str, *args: Any, **kwargs: Any) -> Any:
+        if what == "webhook ack":
+            raise EventLogUnavailableError("Redis went away")
+        return await call(what, *args, **kwargs)
+
+    store._call = ack_fails  # type: ignore[method-assign]
+    assert (await da.step(endpoint, mailbox)).outcome == "unavailable"  # sent, not acked
+    store._call = call  # type: ignore[method-assign]
+    steps = [await da.step(endpoint, mailbox) for _ in range(3)]
+    # the first again (still pending), then the second: in order, nothing skipped
+    assert [(s.outcome, s.event_id) for s in steps] == [
+        ("delivered", first.id),
+        ("delivered", second.id),
+        ("idle", None),
+    ]
+    assert receiver.delivered() == [first.id, first.id, second.id]
