@@ -20,10 +20,10 @@ Phases, once every mailbox has its baseline (first poll):
    once the watchers have logged all of them, the receiver lets go: deliveries per second
    from then until the last one came.
 
-POP3 logins are counted from Dovecot's log (``Login: user=<...>``), read every 0.1 s from
-start to end; each mailbox's logins are at least one interval apart (less 0.25 s for the
-log reading's resolution). RSS per watched mailbox: each replica's RSS after the detection
-phase less that of a gateway with no mailboxes (measured before), over the mailbox count.
+POP3 logins are counted from Dovecot's log (``Login: user=<...>``, stamped by Dovecot to the
+microsecond): each mailbox's logins are at least one interval apart. RSS per watched
+mailbox: each replica's RSS after the detection phase less that of a gateway with no
+mailboxes (measured before), over the mailbox count.
 
 Targets (issue 13): at most one login per mailbox per interval; detection p99 <= interval
 + 2 s; >= 500 webhook deliveries/s; every delivery verified, none missing.
@@ -67,7 +67,9 @@ BACKLOG = 5  #: messages per mailbox in the throughput phase
 LOG_EVERY = 0.1  #: seconds between two reads of Dovecot's log
 LATENCY_GOAL = INTERVAL + 2.0
 RATE_GOAL = 500.0
-_LOGIN = re.compile(rb"Login: user=<([^>]+)>")
+_LOGIN = re.compile(rb"^(\S+ \S+) .*Login: user=<([^>]+)>")
+#: Dovecot's log lines begin with this (microseconds: the logins' spacing is checked)
+LOG_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%{usecs} "
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -120,7 +122,7 @@ class Receiver:
 
 @dataclass
 class Logins:
-    """Dovecot's log, read as it grows: (monotonic time, user) of every login."""
+    """Dovecot's log, read as it grows: (Unix time, user) of every login."""
 
     path: Path
     seen: list[tuple[float, str]] = field(default_factory=list)
@@ -135,13 +137,13 @@ class Logins:
         except FileNotFoundError:
             return
         self._offset += len(chunk)
-        now = time.monotonic()
         lines = (self._rest + chunk).split(b"\n")
         self._rest = lines.pop()
         for line in lines:
             found = _LOGIN.search(line)
             if found:
-                self.seen.append((now, found.group(1).decode()))
+                stamp = datetime.strptime(found.group(1).decode(), "%Y-%m-%d %H:%M:%S.%f")
+                self.seen.append((stamp.timestamp(), found.group(2).decode()))
 
     async def follow(self, done: asyncio.Event) -> None:
         while not done.is_set():
@@ -383,7 +385,7 @@ async def _phases(
 ) -> bool:
     ok = True
     # 1. idle
-    window_start = time.monotonic()
+    window_start = time.time()
     before = await _commands(client)
     cpu = [cpu_seconds(r.pid) for r in replicas]
     await asyncio.sleep(IDLE_WINDOW)
@@ -428,7 +430,7 @@ async def _phases(
     found = latency_events()
     latencies = [_epoch(body["timestamp"]) - delivered[tag] for tag, (_, body) in found.items()]
     end_to_end = [arrived - delivered[tag] for tag, (arrived, _) in found.items()]
-    window = time.monotonic() - window_start
+    window = time.time() - window_start
     missing = len(delivered) - len(found)
     if latencies:
         p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
@@ -467,16 +469,17 @@ async def _phases(
     in_window = sum(1 for moment, _ in logins.seen if moment >= window_start)
     per_minute = in_window / window * 60
     allowed = MAILBOXES * 60 / INTERVAL
-    tolerance = 2.5 * LOG_EVERY
-    close = sum(1 for gap in gaps if gap < INTERVAL - tolerance)
+    close = sum(1 for gap in gaps if gap < INTERVAL)
     ok &= report.target(
         NAME,
         f"POP3 logins <= 1 per mailbox per interval ({allowed:,.0f}/min)",
         f"{per_minute:,.0f}/min over {window:.0f} s ({per_minute / allowed:.2f}x the "
         f"ceiling); closest two logins of one mailbox {min(gaps, default=0):.2f} s apart; "
-        f"{close} pairs under {INTERVAL - tolerance:g} s; "
+        f"{close} pairs under {INTERVAL:g} s; "
         f"{len(set(per_user) & set(by_user))} mailboxes logged in",
-        close == 0 and per_minute <= allowed * 1.02,
+        # the spacing is the rule; a rate over a window of a few intervals can pass the
+        # ceiling by a login per mailbox at its edges
+        close == 0 and len(gaps) > 0,
     )
 
     # 3. throughput: a backlog of BACKLOG events per mailbox, held until all are logged
@@ -535,7 +538,10 @@ def run() -> bool:
     try:
         with (
             PrivateRedis() as redis,
-            Dovecot(process_limit=MAILBOXES + 100) as dovecot,
+            Dovecot(
+                process_limit=MAILBOXES + 100,
+                extra_config=f'log_timestamp = "{LOG_TIMESTAMP}"\n',
+            ) as dovecot,
         ):
             return asyncio.run(_bench(dovecot, redis.url, workdir))
     finally:
