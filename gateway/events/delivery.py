@@ -35,8 +35,12 @@ from .model import START, Cursor, Event
 
 log = logging.getLogger("gateway.events.delivery")
 
-#: seconds between two looks at a pair with nothing to send (new events also wake it)
-IDLE_RECHECK = 2.0
+#: seconds between two looks at a pair with nothing to send: new events wake it (this
+#: process's watcher at once, another replica's through the store's announcements), so
+#: this is the backstop for a wake-up lost (each look costs Redis round trips)
+IDLE_RECHECK = 30.0
+#: seconds between two looks at the store's announcements of new events (shared stores)
+CHANGES_EVERY = 0.5
 #: seconds before a pair is looked at again after Redis failed
 UNAVAILABLE_RECHECK = 2.0
 #: a pair waiting for a retry is looked at again after at most this long (another replica
@@ -84,6 +88,11 @@ class DeliveryStore(Protocol):
         ...
 
     async def release_all(self) -> None: ...
+
+    async def changed(self) -> list[str]:
+        """Mailboxes with new events another process recorded since the last call (a
+        shared store; one process alone: none, its watcher tells :meth:`Deliverer.notify`)."""
+        ...
 
     async def head(self, endpoint: str, mailbox: str) -> Pending | None:
         """The oldest event of the pair not finished with, or None."""
@@ -170,6 +179,9 @@ class Deliverer:
         self.sender = sender
         self.endpoints = {e.name: e for e in endpoints}
         self.pairs = [(e.name, m) for e in endpoints for m in mailboxes if e.wants_mailbox(m)]
+        self._by_mailbox: dict[str, list[tuple[str, str]]] = {}
+        for pair in self.pairs:
+            self._by_mailbox.setdefault(pair[1], []).append(pair)
         self.policy = policy or RetryPolicy()
         self._max_in_flight = max_in_flight
         self._observer = observer
@@ -194,14 +206,29 @@ class Deliverer:
 
     def notify(self, mailbox: str, events: Sequence[Event]) -> None:
         """New events were recorded: their pairs have work now."""
-        if not events:
-            return
+        if events:
+            self._poke(mailbox)
+
+    def _poke(self, mailbox: str) -> None:
         now = self._clock()
-        for pair in self.pairs:
-            if pair[1] == mailbox:
-                self._due[pair] = now
-                self._poked.add(pair)
+        for pair in self._by_mailbox.get(mailbox, ()):
+            self._due[pair] = now
+            self._poked.add(pair)
         self._wake.set()
+
+    async def _listen(self) -> None:
+        """Wake the pairs of the mailboxes the store announces (other replicas' events)."""
+        while True:
+            await asyncio.sleep(CHANGES_EVERY)
+            try:
+                mailboxes = await self.store.changed()
+            except EventLogUnavailableError:
+                continue  # the pairs look by themselves (IDLE_RECHECK)
+            except Exception:  # supervised: the idle looks go on without it
+                log.exception("reading the announcements of new events failed")
+                continue
+            for mailbox in mailboxes:
+                self._poke(mailbox)
 
     def _count(self, outcome: str) -> None:
         if self._observer is not None:
@@ -344,13 +371,17 @@ class Deliverer:
                 running.pop(pair, None)
                 self._wake.set()
 
+        loop = asyncio.get_running_loop()
+        helpers = []
+        if self.store.durable:  # shared by replicas: their watchers' events too
+            helpers.append(loop.create_task(self._listen(), name="pop3gw-webhook-wake"))
         try:
             while True:
                 now = self._clock()
                 for pair in self.pairs:
                     if pair not in running and self._due[pair] <= now:
                         self._poked.discard(pair)
-                        running[pair] = asyncio.get_running_loop().create_task(
+                        running[pair] = loop.create_task(
                             one(pair), name=f"pop3gw-webhook-{pair[0]}"
                         )
                 waiting = [self._due[p] for p in self.pairs if p not in running]
@@ -360,7 +391,7 @@ class Deliverer:
                     async with asyncio.timeout(min(max(pause, 0.01), 1.0)):
                         await self._wake.wait()
         finally:
-            tasks = list(running.values())
+            tasks = [*running.values(), *helpers]
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -443,6 +474,9 @@ class MemoryDeliveryStore:
 
     async def release_all(self) -> None:
         return None
+
+    async def changed(self) -> list[str]:
+        return []  # one process: its watcher tells the deliverer itself
 
     async def head(self, endpoint: str, mailbox: str) -> Pending | None:
         pair = (endpoint, mailbox)

@@ -104,11 +104,12 @@ class Outcome:
     detail: str = ""
 
 
-def judge(status: int, retry_after: str | None = None) -> Outcome:
-    """The verdict on an HTTP answer."""
+def judge(status: int, retry_after: str | None = None, now: float | None = None) -> Outcome:
+    """The verdict on an HTTP answer; ``now`` (Unix seconds, the sender's clock) is what a
+    ``Retry-After`` date is counted from."""
     if 200 <= status < 300:
         return Outcome("delivered", status)
-    wait = parse_retry_after(retry_after)
+    wait = parse_retry_after(retry_after, now)
     if status >= 500 or status in RETRYABLE:
         return Outcome("retry", status, wait, f"the receiver answered {status}")
     return Outcome("final", status, None, f"the receiver answered {status}")

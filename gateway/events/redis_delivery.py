@@ -11,6 +11,8 @@
   reading new ones (``XREADGROUP ... >``).
 - The head's retry state (attempts, first and next attempt) is a Hash beside it
   (``...:hook:<endpoint>:retry``), so another replica carries on the same schedule.
+- New events of any replica's watcher wake the queues of every replica: :meth:`changed`
+  reads the mailboxes announced on ``pop3gw:v1:ev:changed`` since its last look.
 - Dead letters: a Stream per endpoint, ``pop3gw:v1:wh:{<endpoint>}:dead``, capped at
   ``dead_letter_max`` entries. A dead letter is written before its entry is acknowledged: a
   crash between the two delivers it once more, never loses it.
@@ -26,12 +28,13 @@ from redis.exceptions import ResponseError
 
 from ..redis import SharedRedis
 from .delivery import DeadLetter, Pending, dead_letter_fields, dead_letter_of
-from .model import Event
-from .redis_log import _RELEASE, _RENEW, _event, _RedisUser, _text, key
+from .redis_log import _RELEASE, _RENEW, CHANGED, _event, _RedisUser, _text, key
 
 #: entries claimed per XAUTOCLAIM call, and calls per takeover
 CLAIM_COUNT = 100
 CLAIM_ROUNDS = 100
+#: announcements of new events read per look at most
+CHANGED_COUNT = 1000
 
 
 def group(endpoint: str) -> str:
@@ -55,6 +58,14 @@ class RedisDeliveryStore(_RedisUser):
         self._dead_max = dead_letter_max
         #: pairs whose lease this process holds -> its token
         self.held: dict[tuple[str, str], str] = {}
+        #: the last announcement of new events read (None: not looked yet)
+        self._changed_from: str | None = None
+        #: held pairs known to have nothing pending of ours: their head is read as new at
+        #: once (one round trip, and no retry state to read: it was never attempted)
+        self._clean: set[tuple[str, str]] = set()
+        #: per pair, the head read as new while the pair was clean (the one entry pending):
+        #: acknowledged, the pair is clean again
+        self._fresh: dict[tuple[str, str], str] = {}
 
     async def setup(self, pairs: Sequence[tuple[str, str]]) -> None:
         """A group per pair, starting at the Stream's end (a new endpoint gets new events)."""
@@ -70,6 +81,24 @@ class RedisDeliveryStore(_RedisUser):
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def changed(self) -> list[str]:
+        """The mailboxes announced to have new events since the last look (by any replica's
+        watcher); the first look only finds where the announcements end."""
+        return await self._call("webhook wake-ups", self._changed)
+
+    async def _changed(self) -> list[str]:
+        client = self._redis.client
+        if self._changed_from is None:
+            last: Any = await client.xrevrange(CHANGED, count=1)
+            self._changed_from = _text(last[0][0]) if last else "0-0"
+            return []
+        reply: Any = await client.xread({CHANGED: self._changed_from}, count=CHANGED_COUNT)
+        if not reply:
+            return []
+        entries = reply[0][1]
+        self._changed_from = _text(entries[-1][0])
+        return list(dict.fromkeys(_fields(fields).get("m", "") for _, fields in entries))
+
     # -- leases -------------------------------------------------------------------------------
     async def hold(self, endpoint: str, mailbox: str) -> bool:
         lease = key(mailbox, f"hook:{endpoint}:lease")
@@ -81,6 +110,8 @@ class RedisDeliveryStore(_RedisUser):
             if renewed:
                 return True
             del self.held[endpoint, mailbox]
+        self._clean.discard((endpoint, mailbox))
+        self._fresh.pop((endpoint, mailbox), None)
         token = secrets.token_hex(16)
         won = await self._call("webhook lease", self._set, lease, token)
         if not won:
@@ -117,6 +148,8 @@ class RedisDeliveryStore(_RedisUser):
 
     async def release_all(self) -> None:
         held, self.held = self.held, {}
+        self._clean.clear()
+        self._fresh.clear()
         if not held:
             return
 
@@ -149,14 +182,28 @@ class RedisDeliveryStore(_RedisUser):
         return list(reply[0][1]) if reply else []
 
     async def _head(self, endpoint: str, mailbox: str) -> Pending | None:
-        entries = await self._read(endpoint, mailbox, "0")  # ours, pending: oldest first
+        pair = (endpoint, mailbox)
+        entries = []
+        if pair not in self._clean:
+            entries = await self._read(endpoint, mailbox, "0")  # ours, pending: oldest first
+            if not entries:
+                self._clean.add(pair)
         if not entries:
             entries = await self._read(endpoint, mailbox, ">")
-        if not entries:
-            return None
+            if not entries:
+                return None
+            entry_id, fields = entries[0]
+            ref = _text(entry_id)
+            # pending now: the pair is clean again only once this one is acknowledged
+            self._clean.discard(pair)
+            self._fresh[pair] = ref
+            event = _event(mailbox, entries[0]) if fields else None
+            return Pending(ref, event)  # new: never attempted
+        self._clean.discard(pair)  # there may be more than this one pending
+        self._fresh.pop(pair, None)
         entry_id, fields = entries[0]
         ref = _text(entry_id)
-        event: Event | None = _event(mailbox, entries[0]) if fields else None
+        event = _event(mailbox, entries[0]) if fields else None
         raw = await self._redis.client.hgetall(_retry_key(endpoint, mailbox))
         state = {_text(k): _text(v) for k, v in raw.items()}
         if state.get("ref") != ref:
@@ -197,6 +244,10 @@ class RedisDeliveryStore(_RedisUser):
                 await pipe.execute()
 
         await self._call("webhook ack", ack)
+        pair = (endpoint, mailbox)
+        if self._fresh.get(pair) == pending.ref:
+            del self._fresh[pair]
+            self._clean.add(pair)
 
     async def bury(
         self, endpoint: str, mailbox: str, pending: Pending | None, dead: DeadLetter

@@ -13,6 +13,11 @@ Per watched mailbox (``{m}`` is the mailbox id, a hash tag: one slot for a clust
   with a TTL of half the interval, renewed by its holder a few times per TTL): a dead
   holder's mailbox is taken over within one interval.
 
+- ``pop3gw:v1:ev:changed``: a Stream of the mailboxes whose logs got events (``m``), trimmed
+  to about :data:`CHANGED_MAX` entries: every replica's webhook queues look at it twice a
+  second and take up those mailboxes at once, whichever replica's watcher recorded the
+  events (an idle queue otherwise waits long between looks of its own).
+
 One Lua script applies a poll's change: it checks the state version (a replica that worked
 from an older state is refused) and the lease token (a replica that lost its lease is
 refused), then changes the seen-set, appends the events and updates the state, all at once:
@@ -22,6 +27,7 @@ a crash between two steps cannot lose an event nor report one twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -42,6 +48,9 @@ WAIT_POLL = 0.5
 STAGE_OVER = 2000
 #: staged unique-ids are dropped after this long if their commit never came
 STAGE_TTL_MS = 120_000
+#: the Stream of mailboxes whose logs got events, and about how many entries it keeps
+CHANGED = PREFIX + "changed"
+CHANGED_MAX = 10_000
 
 _COMMIT = """
 local state, seen, log, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -230,7 +239,20 @@ class RedisEventLog(_RedisUser):
             changed = self._changed.pop(mailbox, None)
             if changed is not None:
                 changed.set()
+            await self._announce(mailbox)
         return events
+
+    async def _announce(self, mailbox: str) -> None:
+        """Tell every replica's webhook queues that ``mailbox`` has new events (best effort:
+        a queue also looks by itself, less often)."""
+
+        async def add() -> None:
+            await self._redis.client.xadd(
+                CHANGED, {"m": mailbox}, maxlen=CHANGED_MAX, approximate=True
+            )
+
+        with contextlib.suppress(EventLogUnavailableError):
+            await self._call("events changed", add)
 
     async def _stage(self, name: str, uids: Sequence[str]) -> None:
         for start in range(0, len(uids), self._stage_over):
@@ -339,9 +361,10 @@ class RedisWatchLeases(_RedisUser):
             results = await self._call("events lease", self._renew_all, held)
         except EventLogUnavailableError:
             return  # the leases live until their TTL; the next renewal tries again
-        for (mailbox, _), ok in zip(held, results, strict=True):
-            if not ok:
-                self.held.pop(mailbox, None)
+        for (mailbox, (token, _)), ok in zip(held, results, strict=True):
+            # a poll may have taken the lease anew meanwhile: that one is kept
+            if not ok and self.held.get(mailbox, ("", 0))[0] == token:
+                del self.held[mailbox]
 
     async def _renew_all(self, held: Sequence[tuple[str, tuple[str, int]]]) -> list[Any]:
         script = self._script(_RENEW)

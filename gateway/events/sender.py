@@ -171,7 +171,8 @@ class Sender:
             ) as response:
                 retry_after = response.headers.get("Retry-After")
                 await self._drain(response)
-                return judge(response.status, retry_after)
+                # a date is counted from the attempt's timestamp: the deliverer's clock
+                return judge(response.status, retry_after, float(timestamp))
         except AddressRefusedError:
             return Outcome("final", None, None, "the webhook's address is not allowed")
         except aiohttp.ClientConnectorError as exc:

@@ -1,6 +1,8 @@
-"""Watching configured mailboxes: each poll one pooled session (UIDL and LIST, then
-pipelined ``TOP n 0`` for what is new), diffed against the mailbox's seen-set, and the
-change committed to the event log together with its events.
+"""Watching configured mailboxes: each poll one session, logged in for it and ended after
+it (UIDL and LIST, then pipelined ``TOP n 0`` for what is new), diffed against the
+mailbox's seen-set, and the change committed to the event log together with its events.
+The next poll is due an interval after the last one logged in: logins are an interval
+apart, and a wait for a free slot does not add up from poll to poll.
 
 POP3 has no push and no flags: new = unique-ids not in the seen-set. A poll only reads
 (UIDL, LIST, TOP): it never marks mail as downloaded, and on an upstream with read-only
@@ -32,7 +34,12 @@ from ..accounts import Account
 from ..mail import HeaderSummary
 from ..mail import summarize as summarize_headers
 from ..pop3 import POP3ResponseError
-from ..service import CapabilityMissingError, SessionSource, connection_failure_words
+from ..service import (
+    CapabilityMissingError,
+    SessionSource,
+    connection_failure_words,
+    end_session,
+)
 from ..service import failure_reason as service_failure_reason
 from .log import CommitConflictError, EventLog, EventLogUnavailableError
 from .model import (
@@ -80,6 +87,10 @@ class PollResult:
     events: tuple[Event, ...] = ()
     #: the poll could not report everything: poll again soon
     more: bool = False
+    #: the watcher's clock once the poll's session was logged in (None: no session): the
+    #: next poll is due an interval after it, so logins are an interval apart and a wait
+    #: for a free slot does not add up from poll to poll
+    began: float | None = None
 
 
 class WatchObserver(Protocol):
@@ -149,6 +160,8 @@ class Watcher:
         self._wall = wall
         #: called with (mailbox, events) after every commit that recorded events
         self.listeners: list[Callable[[str, Sequence[Event]], None]] = []
+        #: set to make :meth:`run` look at what is due now
+        self._wake = asyncio.Event()
 
     async def poll(self, mailbox: str) -> PollResult:
         """Poll ``mailbox`` once and commit what it found."""
@@ -179,8 +192,9 @@ class Watcher:
             return PollResult("unavailable")
         outcome = "ok"
         more = False
+        began: float | None = None
         try:
-            commit, more = await self._observe(spec, state)
+            commit, more, began = await self._observe(spec, state)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -192,9 +206,9 @@ class Watcher:
             return PollResult("conflict")
         except EventLogUnavailableError:
             return PollResult("unavailable")
-        return PollResult(outcome, tuple(events), more)
+        return PollResult(outcome, tuple(events), more, began)
 
-    async def _observe(self, spec: WatchSpec, state: WatchState) -> tuple[Commit, bool]:
+    async def _observe(self, spec: WatchSpec, state: WatchState) -> tuple[Commit, bool, float]:
         mailbox = spec.mailbox
         drafts: list[Draft] = []
         health = state.health
@@ -208,6 +222,7 @@ class Watcher:
             )
         recovered = Health(episode=health.episode)
         async with self._sessions.lease(spec.account, fresh=True) as session:
+            began = self._clock()
             client = session.client
             try:
                 uids, sizes = await client.uidl_and_list()
@@ -229,7 +244,8 @@ class Watcher:
                     health=recovered,
                     events=tuple(drafts),
                 )
-                return commit, False
+                await end_session(client, spec.account)
+                return commit, False, began
             if seen and current and seen.isdisjoint(current):
                 drafts.append(
                     Draft(
@@ -246,7 +262,8 @@ class Watcher:
                     health=recovered,
                     events=tuple(drafts),
                 )
-                return commit, False
+                await end_session(client, spec.account)
+                return commit, False, began
             new = [uid for uid in current if uid not in seen]
             gone = sorted(seen - current.keys())
             budget = self._max_changes
@@ -263,6 +280,9 @@ class Watcher:
 
             if numbers:
                 await client.top_each(numbers, read)
+            # the next poll logs in anew (new mail shows only in a new session): this one
+            # would sit idle in the pool, holding a slot another poll waits for
+            await end_session(client, spec.account)
         for uid, number in zip(new, numbers, strict=True):
             drafts.append(
                 Draft(
@@ -287,7 +307,7 @@ class Watcher:
             health=recovered,
             events=tuple(drafts),
         )
-        return commit, more
+        return commit, more, began
 
     def _failed(self, spec: WatchSpec, state: WatchState, exc: BaseException) -> Commit:
         reason = service_failure_reason(exc)
@@ -332,7 +352,7 @@ class Watcher:
         }
         running: dict[str, asyncio.Task[None]] = {}
         gate = asyncio.Semaphore(self._max_concurrent)
-        wake = asyncio.Event()
+        wake = self._wake
         leases = self._leases
         # leases live half an interval: renewed six times per shortest one
         renew_every = max(0.2, min((s.interval for s in specs), default=60.0) / 6)
@@ -340,6 +360,7 @@ class Watcher:
 
         async def one(spec: WatchSpec) -> None:
             delay = spec.interval
+            began: float | None = None
             try:
                 async with gate:
                     result = await self.poll(spec.mailbox)
@@ -347,10 +368,12 @@ class Watcher:
                     delay = AGAIN_SOON
                 elif result.outcome == "elsewhere":
                     delay = spec.interval / 2  # the holder's lease outlives it by no more
+                else:
+                    began = result.began
             except Exception:  # supervised: one mailbox's bug must not stop the others
                 log.exception("watched mailbox %s: poll crashed", spec.mailbox)
             finally:
-                due[spec.mailbox] = self._clock() + delay
+                due[spec.mailbox] = (self._clock() if began is None else began) + delay
                 running.pop(spec.mailbox, None)
                 wake.set()
 

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 
 from tests.bench import (
+    events,
     http_listing,
     http_many,
     http_raw,
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[], bool]] = {
     "http_warm": http_warm.run,
     "http_raw": http_raw.run,
     "http_many": http_many.run,
+    "events": events.run,
 }
 
 

@@ -16,7 +16,14 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.events import Consumer, Deliverer, RedisConsumeStore, RedisDeliveryStore, Watcher
+from gateway.events import (
+    Consumer,
+    Deliverer,
+    EventLogUnavailableError,
+    RedisConsumeStore,
+    RedisDeliveryStore,
+    Watcher,
+)
 from gateway.events.redis_delivery import dead_key, group
 from gateway.events.redis_log import key
 from gateway.keys import DELIVERER, WATCHER
@@ -288,3 +295,141 @@ async def test_consume_mode_deletes_only_after_quit_answered_ok(
     assert await consumer.sweep(mailbox) == [event.data["uid"]]
     assert server.mailbox.uids() == ["uid-0"]
     assert await consumer.sweep(mailbox) == []
+
+
+async def test_a_consumer_group_redis_lost_is_made_again_and_nothing_is_missed(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    secret = receiver.verifier
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
+    receiver.verifier = secret
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    db: Deliverer = b.app[DELIVERER]
+    await watcher.poll(mailbox)
+    assert (await da.step(endpoint, mailbox)).outcome == "idle"  # a holds the pair
+    redis = Redis.from_url(SHARED)
+    try:
+        # the holder reads: the group is gone (Redis lost it), made again from the start
+        add(server, "uid-1")
+        [first] = (await watcher.poll(mailbox)).events
+        assert await redis.xgroup_destroy(key(mailbox, "log"), group(endpoint)) == 1
+        assert (await da.step(endpoint, mailbox)).outcome == "delivered"
+        # a new holder claims what is pending: the group is gone then too
+        add(server, "uid-2")
+        [second] = (await watcher.poll(mailbox)).events
+        await da.store.release_all()
+        assert await redis.xgroup_destroy(key(mailbox, "log"), group(endpoint)) == 1
+        steps = [await db.step(endpoint, mailbox) for _ in range(3)]
+        assert [(s.outcome, s.event_id) for s in steps] == [
+            ("delivered", first.id),
+            ("delivered", second.id),
+            ("idle", None),
+        ]
+        groups = await redis.xinfo_groups(key(mailbox, "log"))
+        assert [g["name"] for g in groups] == [group(endpoint).encode()]
+    finally:
+        await redis.aclose()
+    # at least once, in order: what was in the Stream when the group went is sent again
+    assert receiver.delivered() == [first.id, first.id, second.id]
+    assert receiver.forged == []
+
+
+async def test_new_events_are_announced_to_every_replicas_queues(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, _ = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    watcher: Watcher = a.app[WATCHER]
+    store_b = b.app[DELIVERER].store
+    assert isinstance(store_b, RedisDeliveryStore)
+    await watcher.poll(mailbox)  # the baseline: no events
+    await store_b.changed()  # where the announcements end
+    assert mailbox not in await store_b.changed()
+    add(server, "uid-1")
+    assert len((await watcher.poll(mailbox)).events) == 1  # on replica a
+    assert mailbox in await store_b.changed()
+    assert mailbox not in await store_b.changed()  # once
+
+
+async def test_a_delivery_of_a_new_event_reads_its_queue_once(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    # round trips per delivery are what bounds the deliveries per second (make bench)
+    mailbox, endpoint = names
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    admin = Redis.from_url(redis.url)
+    try:
+        a = await aiohttp_client(replica(server, names, receiver, wall, redis.url))
+        watcher: Watcher = a.app[WATCHER]
+        da: Deliverer = a.app[DELIVERER]
+        await watcher.poll(mailbox)
+        assert (await da.step(endpoint, mailbox)).outcome == "idle"  # nothing of ours pending
+        for uid in ("uid-1", "uid-2", "uid-3"):
+            add(server, uid)
+        events = (await watcher.poll(mailbox)).events
+        await admin.config_resetstat()
+        steps = [await da.step(endpoint, mailbox) for _ in range(3)]
+        assert [(s.outcome, s.event_id) for s in steps] == [("delivered", e.id) for e in events]
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_xreadgroup"]["calls"] == 3
+        assert "cmdstat_hgetall" not in stats  # a new event has no retry state to read
+    finally:
+        await admin.aclose()
+        redis.stop()
+
+
+async def test_an_acknowledgement_that_failed_is_followed_by_the_same_event(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    a = await aiohttp_client(replica(server, names, receiver, wall))
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    store = da.store
+    assert isinstance(store, RedisDeliveryStore)
+    await watcher.poll(mailbox)
+    assert (await da.step(endpoint, mailbox)).outcome == "idle"
+    add(server, "uid-1")
+    add(server, "uid-2")
+    first, second = (await watcher.poll(mailbox)).events
+    call = store._call
+
+    async def ack_fails(what: str, *args: Any, **kwargs: Any) -> Any:
+        if what == "webhook ack":
+            raise EventLogUnavailableError("Redis went away")
+        return await call(what, *args, **kwargs)
+
+    store._call = ack_fails  # type: ignore[method-assign]
+    assert (await da.step(endpoint, mailbox)).outcome == "unavailable"  # sent, not acked
+    store._call = call  # type: ignore[method-assign]
+    steps = [await da.step(endpoint, mailbox) for _ in range(3)]
+    # the first again (still pending), then the second: in order, nothing skipped
+    assert [(s.outcome, s.event_id) for s in steps] == [
+        ("delivered", first.id),
+        ("delivered", second.id),
+        ("idle", None),
+    ]
+    assert receiver.delivered() == [first.id, first.id, second.id]

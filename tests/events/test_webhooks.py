@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -292,6 +294,61 @@ async def test_retries_end_after_retry_for_in_the_dead_letters_and_a_retry_that_
     assert again["total"] == 1
     assert again["failed"][0]["attempts"] == dead["attempts"] + 1
     assert receiver.forged == []
+
+
+async def test_a_retry_after_date_is_counted_on_the_deliverers_clock(
+    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+) -> None:
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    client = await aiohttp_client(
+        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
+    )
+    watcher: Watcher = client.app[WATCHER]
+    deliverer: Deliverer = client.app[DELIVERER]
+    await watcher.poll("box")
+    add(server, "uid-1")
+    [event] = (await watcher.poll("box")).events
+    wall.advance(3 * DAY)  # the receiver was down; it now names a date 10 minutes ahead
+    when = format_datetime(datetime.fromtimestamp(wall() + 600, UTC), usegmt=True)
+    receiver.script.extend([Answer(503, {"Retry-After": when}), Answer(204)])
+    first = await deliverer.step("crm", "box")
+    assert first.outcome == "retry"
+    assert first.next_at is not None
+    # that date, not an hour (the longest pause): the machine's own clock is days behind
+    assert wall() + 599 <= first.next_at <= wall() + 601
+    wall.now = first.next_at
+    assert (await deliverer.step("crm", "box")).outcome == "delivered"
+    assert receiver.delivered() == [event.id]
+
+
+async def test_a_dead_letter_retry_that_raises_keeps_the_dead_letter(
+    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+) -> None:
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    client = await aiohttp_client(
+        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
+    )
+    watcher: Watcher = client.app[WATCHER]
+    deliverer: Deliverer = client.app[DELIVERER]
+    await watcher.poll("box")
+    add(server, "uid-1")
+    [event] = (await watcher.poll("box")).events
+    receiver.script.append(Answer(410))
+    assert (await deliverer.step("crm", "box")).outcome == "dead"
+    [before], _ = await deliverer.store.dead_letters("crm", 10)
+
+    async def broken(*args: object) -> object:
+        raise RuntimeError("the attempt broke")
+
+    deliverer.sender.send = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await deliverer.retry_dead("crm", event.id)
+    [after], total = await deliverer.store.dead_letters("crm", 10)
+    assert total == 1
+    assert after == before  # kept as it was: no attempt was made
+    assert await deliverer.count_dead("crm") == 1
 
 
 async def test_a_slow_receiver_is_a_retry_not_a_stall(
