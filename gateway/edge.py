@@ -349,6 +349,12 @@ class EdgeRequestHandler(web.RequestHandler):
             self._edge_gate.metrics.http_malformed(kind)
             self._edge_gate.malformed_log.warning("refused a malformed HTTP request (%s)", kind)
             return
+        if isinstance(exc, ConnectionError):
+            # A transfer its client stopped reading or dropped: the API logged it once
+            # ("stream aborted") and counted it; aiohttp's error traceback would be a
+            # second line, an error one, that any client could cause at will.
+            log.debug("a response ended with its connection: %s", type(exc).__name__)
+            return
         super().log_exception(*args, **kwargs)
 
     # -- the edge's own ---------------------------------------------------------------------

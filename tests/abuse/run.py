@@ -532,11 +532,13 @@ async def redis_tamper(dovecot: Dovecot) -> list[Figure]:
                     client.set(key, values[(i + 1) % len(keys)] or b"")
                 else:
                     client.set(key, json.dumps({"v": 1, "s": "FORGED"}))
-            await asyncio.sleep(2.1)  # past the fresh ration: the listing reads Redis again
-            async with http.get(gateway.base + listing, headers=auth) as resp:
+    # A replica reads them (the first process holds the summaries it parsed itself).
+    with Gateway(dovecot.port, extra=extra) as replica:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.get(replica.base + listing, headers=auth) as resp:
                 shown = sorted(m["subject"] for m in (await resp.json())["messages"])
             invalid = await metric(
-                http, gateway.base, 'pop3gw_header_cache_events_total{kind="invalid"}'
+                http, replica.base, 'pop3gw_header_cache_events_total{kind="invalid"}'
             )
     client.close()
     return [

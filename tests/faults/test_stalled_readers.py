@@ -9,16 +9,18 @@ that bit), in bounded loops; never with wall-clock assertions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from types import SimpleNamespace
 
 import pytest
 
 from gateway.app import create_app
 from gateway.service import encode_id
-from tests.support.api import Client, ClientFactory, basic, checked, settings_for
+from tests.support.api import Client, ClientFactory, basic, checked, served, settings_for
 from tests.support.fakepop3 import Err, FakeMailbox, FakePOP3Server
 
 ALICE = basic("alice", "pw")
@@ -238,3 +240,28 @@ async def test_a_failed_retr_gives_its_spool_reservation_back(
         scraped = await _scrape(api)
         assert scraped["pop3gw_spool_files"] == 0
         assert scraped["pop3gw_spool_reserved_bytes"] == 0
+
+
+async def test_a_stalled_reader_is_one_warning_not_an_error_traceback(
+    server: FakePOP3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served as in production: aiohttp logged every transfer its client stopped reading as
+    an error with a traceback, beside the API's own warning; a client could cause them at
+    will."""
+    caplog.set_level(logging.DEBUG)
+    settings = settings_for(server.port, stream={"send_timeout": 0.3, "spool_max_bytes": 0})
+    async with served(settings) as (site, _app):
+        where = SimpleNamespace(host="127.0.0.1", port=site.port)
+        path = f"/v1/mailboxes/me/messages/{encode_id('big')}/raw"
+        reader = await StalledReader().start(where, path, ALICE)  # type: ignore[arg-type]
+        try:
+            for _ in range(200):
+                if "stream aborted" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        finally:
+            reader.close()
+    assert "stream aborted: SendStalledError" in caplog.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
