@@ -278,6 +278,9 @@ class ConnectionGate:
 
 
 _IDLE, _HEAD, _BUSY = "keepalive", "header", "body"
+#: A timer may run a hair before its time (the loop's clock resolution): within this of the
+#: deadline, it counts as passed.
+_TIMER_SLACK = 0.001
 
 
 class EdgeRequestHandler(web.RequestHandler):
@@ -295,7 +298,11 @@ class EdgeRequestHandler(web.RequestHandler):
         super().__init__(manager, loop=loop, **kwargs)
         self._edge_gate = gate
         self._edge_slot = slot
+        #: fires at or before ``_edge_deadline``; when the deadline moved later meanwhile, it
+        #: is set again for it (see :meth:`_arm`)
         self._edge_timer: asyncio.TimerHandle | None = None
+        #: when the current phase's timeout passes (None: the phase is not timed)
+        self._edge_deadline: float | None = None
         self._edge_phase = _IDLE
         #: counts requests, so that a late end-of-body callback of an earlier one is ignored
         self._edge_request = 0
@@ -314,10 +321,15 @@ class EdgeRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if data and not self._edge_gone:
             if self._edge_phase == _IDLE:
-                self._enter(_HEAD)
+                # Armed after parsing: a whole head in this read (the common case) moves
+                # on to the next phase at once, and no timer is set for this one.
+                self._enter(_HEAD, arm=False)
             elif self._edge_body_done:
                 self._edge_early = True
-        super().data_received(data)
+        try:
+            super().data_received(data)
+        finally:
+            self._arm()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -332,6 +344,7 @@ class EdgeRequestHandler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         try:
             self._edge_gone = True
+            self._edge_deadline = None
             self._cancel_timer()
             self._edge_gate.idle(self, False)
             self._edge_slot.release()
@@ -376,7 +389,7 @@ class EdgeRequestHandler(web.RequestHandler):
         if request != self._edge_request or self._edge_gone:
             return
         self._edge_body_done = True
-        self._cancel_timer()
+        self._edge_deadline = None  # the handler's work and the response are not timed here
         if self._edge_responded:
             self._after_response()
 
@@ -384,9 +397,15 @@ class EdgeRequestHandler(web.RequestHandler):
         if not self._edge_gone:
             self._enter(_HEAD if self._edge_early else _IDLE)
 
-    def _enter(self, phase: str) -> None:
+    def _enter(self, phase: str, *, arm: bool = True) -> None:
+        """Start ``phase``: its timeout runs from now (see the module doc).
+
+        Timers are not set and cancelled phase by phase (three times per request): only the
+        deadline moves, and one timer per connection fires by it, set again when it fires
+        early (the deadline moved later) and replaced only when a deadline comes sooner
+        than it. A keep-alive connection sets about one timer per keep-alive timeout, not
+        two per request."""
         self._edge_phase = phase
-        self._cancel_timer()
         limits = self._edge_gate.limits
         timeout = None
         if phase == _IDLE:
@@ -396,18 +415,40 @@ class EdgeRequestHandler(web.RequestHandler):
         elif not self._edge_body_done:
             timeout = limits.body_timeout
         # else: the handler's work and the response are not timed here
-        if timeout is not None:
-            loop = asyncio.get_running_loop()
-            self._edge_timer = loop.call_later(timeout, self._expired, phase)
+        self._edge_deadline = None if timeout is None else self._loop.time() + timeout
+        if arm:
+            self._arm()
         self._edge_gate.idle(self, phase == _IDLE)  # last: it may close this connection
+
+    def _arm(self) -> None:
+        """Make sure the timer fires by the deadline, if there is one."""
+        deadline = self._edge_deadline
+        if deadline is None or self._edge_gone:
+            return
+        timer = self._edge_timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._edge_timer = self._loop.call_at(deadline, self._tick)
 
     def _cancel_timer(self) -> None:
         if self._edge_timer is not None:
             self._edge_timer.cancel()
             self._edge_timer = None
 
-    def _expired(self, phase: str) -> None:
+    def _tick(self) -> None:
         self._edge_timer = None
+        deadline = self._edge_deadline
+        if deadline is None or self._edge_gone:
+            return
+        if deadline - self._loop.time() > _TIMER_SLACK:
+            self._arm()  # the deadline moved later since the timer was set
+            return
+        self._expired(self._edge_phase)
+
+    def _expired(self, phase: str) -> None:
+        self._edge_deadline = None
         if self._edge_gone:
             return
         self._edge_gate.metrics.http_timeout(phase)
