@@ -77,6 +77,8 @@ def replica(
     receiver: Receiver,
     wall: WallClock,
     redis_url: str = SHARED,
+    *,
+    timeout: float = 0.5,
 ) -> web.Application:
     mailbox, endpoint = names
     secret = new_secret()
@@ -94,7 +96,7 @@ def replica(
         ],
         api_keys=[ADMIN],
         # a short attempt: a lease of 3 timeouts lapses within a second and a half
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": timeout},
     )
     return create_app(settings, watch=False, wall=wall)
 
@@ -249,6 +251,84 @@ async def test_a_redis_restart_loses_no_delivery_and_no_dead_letter(
     )
     assert after["total"] == 0
     assert receiver.delivered() == [second.id, first.id]
+    assert receiver.forged == []
+
+
+async def test_a_replica_that_dies_retrying_a_dead_letter_leaves_it_listed(
+    aiohttp_client: ClientFactory,
+    server: FakePOP3Server,
+    receiver: Receiver,
+    wall: WallClock,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    # a's attempt outlasts anything the test does while it is in flight
+    a = await aiohttp_client(replica(server, names, receiver, wall, timeout=30))
+    secret = receiver.verifier
+    b = await aiohttp_client(replica(server, names, receiver, wall))
+    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
+    receiver.verifier = secret
+    watcher: Watcher = a.app[WATCHER]
+    da: Deliverer = a.app[DELIVERER]
+    await watcher.poll(mailbox)
+    add(server, "uid-1")
+    [event] = (await watcher.poll(mailbox)).events
+    receiver.script.append(Answer(404))  # final: a dead letter
+    assert (await da.step(endpoint, mailbox)).outcome == "dead"
+    path = f"/v1/webhooks/{endpoint}/failed"
+    buried = await checked(await b.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert (buried["total"], buried["failed"][0]["attempts"]) == (1, 1)
+
+    # replica a retries it; the receiver takes the request and a dies before the answer
+    stuck = Answer(204, hold=asyncio.Event())
+    receiver.script.append(stuck)
+    receiver.arrived.clear()
+    dying = asyncio.get_running_loop().create_task(da.retry_dead(endpoint, event.id))
+    redis = Redis.from_url(SHARED)
+    try:
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        # what a crash now leaves: the dead letter, as it was, for any replica to list
+        during = await checked(await b.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert during == buried
+        assert await redis.xlen(dead_key(endpoint)) == 1
+        dying.cancel()  # a dies: nothing after the attempt runs
+        with contextlib.suppress(asyncio.CancelledError):
+            await dying
+        after = await checked(await b.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert after == buried
+        [(entry, _)] = await redis.xrange(dead_key(endpoint))
+
+        # replica b retries it: refused, it is replaced by one counting the attempt (one
+        # entry, a new one); then taken, it goes
+        receiver.script.append(Answer(503))
+        failed = await checked(
+            await b.post(f"{path}/{event.id}/retry", headers=bearer(ADMIN_KEY)), 200
+        )
+        assert (failed["delivered"], failed["attempts"]) == (False, 2)
+        [(replaced, _)] = await redis.xrange(dead_key(endpoint))
+        assert replaced != entry
+        again = await checked(await b.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert again["total"] == 1
+        assert (again["failed"][0]["attempts"], again["failed"][0]["last_status"]) == (2, 503)
+        retried = await checked(
+            await b.post(f"{path}/{event.id}/retry", headers=bearer(ADMIN_KEY)), 200
+        )
+        assert (retried["delivered"], retried["attempts"]) == (True, 3)
+        assert await redis.xlen(dead_key(endpoint)) == 0
+    finally:
+        await redis.aclose()
+        assert stuck.hold is not None
+        stuck.hold.set()
+    gone = await checked(await b.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert (gone["total"], gone["failed"]) == (0, [])
+    # the 404, a's attempt (which the receiver may have taken: a died first), the 503 and
+    # b's delivery: all under one id
+    assert [(r.webhook_id, r.status) for r in receiver.got] == [
+        (event.id, 404),
+        (event.id, 204),
+        (event.id, 503),
+        (event.id, 204),
+    ]
     assert receiver.forged == []
 
 

@@ -351,6 +351,53 @@ async def test_a_dead_letter_retry_that_raises_keeps_the_dead_letter(
     assert await deliverer.count_dead("crm") == 1
 
 
+async def test_a_dead_letter_stays_listed_during_its_retry_and_a_second_retry_waits_for_it(
+    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+) -> None:
+    secret = new_secret()
+    receiver.verifier = type(receiver.verifier)(secret)
+    # the attempt outlasts anything the test does while it is in flight
+    app = gateway(
+        server.port, "alice", "pw", [hook(receiver.url, secret)], wall, delivery={"timeout": 30}
+    )
+    client = await aiohttp_client(app)
+    watcher: Watcher = client.app[WATCHER]
+    deliverer: Deliverer = client.app[DELIVERER]
+    await watcher.poll("box")
+    add(server, "uid-1")
+    [event] = (await watcher.poll("box")).events
+    receiver.script.append(Answer(410))
+    assert (await deliverer.step("crm", "box")).outcome == "dead"
+    [before], _ = await deliverer.store.dead_letters("crm", 10)
+
+    stuck = Answer(204, hold=asyncio.Event())
+    receiver.script.append(stuck)
+    receiver.arrived.clear()
+    loop = asyncio.get_running_loop()
+    first = loop.create_task(deliverer.retry_dead("crm", event.id))
+    second = None
+    try:
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        # the attempt is in flight: the dead letter is still listed, as it was (a crash now
+        # would leave it there)
+        assert await deliverer.store.dead_letters("crm", 10) == ([before], 1)
+        # a second retry of it (a double click) waits for the first instead of sending again
+        second = loop.create_task(deliverer.retry_dead("crm", event.id))
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        assert len(receiver.got) == 2
+    finally:
+        assert stuck.hold is not None
+        stuck.hold.set()
+    delivered = await first
+    assert delivered is not None
+    assert (delivered[0].verdict, delivered[1]) == ("delivered", 2)
+    assert await second is None  # delivered by the first: no dead letter of it any more
+    assert receiver.delivered() == [event.id]  # sent once by the two retries
+    assert await deliverer.store.dead_letters("crm", 10) == ([], 0)
+    assert await deliverer.count_dead("crm") == 0
+
+
 async def test_a_slow_receiver_is_a_retry_not_a_stall(
     aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
 ) -> None:
