@@ -544,7 +544,11 @@ def create_app(
         settings,
         endpoints=endpoint_client,
         clock=clock,
-        shared=RedisTokens(redis, key=cache_key) if redis is not None else None,
+        shared=(
+            RedisTokens(redis, key=cache_key, on_invalid=metrics.token_record_invalid)
+            if redis is not None
+            else None
+        ),
         observer=metrics,
     )
     metrics.watch_oauth(lambda: sum(s.needs_reauth for s in oauth_sources.values()))

@@ -125,6 +125,13 @@ class Metrics:
             "Access tokens another replica obtained (from Redis), used without a refresh.",
             registry=self.registry,
         )
+        self.oauth_invalid = Counter(
+            "pop3gw_oauth_token_records_invalid",
+            "Shared OAuth token records read from Redis that failed their seal (AES-GCM: "
+            "written under another cache secret, altered, or not a record): ignored, the "
+            "replica refreshed on its own.",
+            registry=self.registry,
+        )
         self._cache_events = _PlainCounter(
             "pop3gw_header_cache_events",
             "Header cache lookups and failures, by kind (hit, miss, error, invalid: a stored "
@@ -310,6 +317,10 @@ class Metrics:
     def token_shared(self) -> None:
         """A token another replica obtained, used instead of a refresh of our own."""
         self.oauth_shared.inc()
+
+    def token_record_invalid(self) -> None:
+        """A shared OAuth token record in Redis failed its seal (and was ignored)."""
+        self.oauth_invalid.inc()
 
     def watch_oauth(self, read: Callable[[], int]) -> None:
         """Report ``read()`` = configured mailboxes in needs-reauth at scrape time."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dovecot import free_port
+from tests.support.procfs import cpu_seconds
 
 PARTIAL = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: "
 
@@ -96,11 +97,6 @@ def _closed(sock: socket.socket, deadline: float) -> bool:
     return False
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_slowloris_connections_are_closed_while_others_are_answered(tmp_path: Path) -> None:
     with serve(tmp_path / "log", 1024, POP3GW_HTTP__HEADER_TIMEOUT="1") as (_proc, base):
         port = int(base.rsplit(":", 1)[1])
@@ -131,13 +127,13 @@ def test_running_out_of_file_descriptors(tmp_path: Path) -> None:
         # room for 8 more descriptors: the 9th accept fails with EMFILE
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (in_use + 8, 400))
         before = log.read_text().count("\n")
-        cpu = _cpu_seconds(proc.pid)
+        cpu = cpu_seconds(proc.pid)
         clients = []
         try:
             for _ in range(60):  # the listen backlog (128) takes them all
                 clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             time.sleep(3)
-            busy = _cpu_seconds(proc.pid) - cpu
+            busy = cpu_seconds(proc.pid) - cpu
             lines = log.read_text().splitlines()[before:]
             about_accept = [line for line in lines if "accept" in line.lower()]
             # one line (then one per 10 s at most), not one per failed accept; no busy loop

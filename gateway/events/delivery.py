@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -117,8 +118,19 @@ class DeliveryStore(Protocol):
         """The newest ``limit`` dead letters and how many there are."""
         ...
 
-    async def unbury(self, endpoint: str, event_id: str) -> DeadLetter | None:
-        """Take a dead letter out (it is being retried), or None."""
+    async def find_dead(self, endpoint: str, event_id: str) -> tuple[str, DeadLetter] | None:
+        """The dead letter of ``event_id`` and where it is kept (a ref for
+        :meth:`forget_dead` and :meth:`rebury`), left where it is; or None."""
+        ...
+
+    async def forget_dead(self, endpoint: str, ref: str) -> None:
+        """Remove the dead letter kept at ``ref`` (its retry was delivered); gone already:
+        nothing."""
+        ...
+
+    async def rebury(self, endpoint: str, ref: str, dead: DeadLetter) -> None:
+        """Replace the dead letter kept at ``ref`` by ``dead`` (its retry failed) in one
+        step: a crash leaves one or the other, never neither."""
         ...
 
 
@@ -191,6 +203,8 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._due: dict[tuple[str, str], float] = {}
         self._poked: set[tuple[str, str]] = set()
+        #: (endpoint, event id) of the dead letters being retried -> set when that retry ends
+        self._retrying: dict[tuple[str, str], asyncio.Event] = {}
 
     async def setup(self) -> None:
         await self.store.setup(self.pairs)
@@ -308,39 +322,53 @@ class Deliverer:
 
     async def retry_dead(self, endpoint_name: str, event_id: str) -> tuple[Outcome, int] | None:
         """One attempt now at a dead letter: delivered, it leaves the dead letters; not, it
-        stays (with this attempt counted). None: no such dead letter."""
+        stays (with this attempt counted). None: no such dead letter.
+
+        The dead letter stays where it is until the attempt's outcome is known: a crash (or
+        an error, or a cancellation) in between leaves it as it was. Retries of one dead
+        letter in this process take turns: one that waited finds it gone when the retry
+        before it delivered it (None), so a double request sends it once."""
+        retrying = (endpoint_name, event_id)
+        while (busy := self._retrying.get(retrying)) is not None:
+            await busy.wait()
+        finished = self._retrying[retrying] = asyncio.Event()
+        try:
+            return await self._retry_dead(endpoint_name, event_id)
+        finally:
+            del self._retrying[retrying]
+            finished.set()
+
+    async def _retry_dead(self, endpoint_name: str, event_id: str) -> tuple[Outcome, int] | None:
         endpoint = self.endpoints[endpoint_name]
-        dead = await self.store.unbury(endpoint_name, event_id)
-        if dead is None:
+        found = await self.store.find_dead(endpoint_name, event_id)
+        if found is None:
             return None
+        ref, dead = found
         event = dead.event
         now = self._wall()
-        try:
-            outcome = await self.sender.send(endpoint, event.id, int(now), payload(event))
-        except BaseException:
-            await self._rebury(endpoint_name, dead, None)
-            raise
+        outcome = await self.sender.send(endpoint, event.id, int(now), payload(event))
         attempts = dead.attempts + 1
         if outcome.verdict == "delivered":
-            self._count("delivered")
-            await self.count_dead(endpoint_name)
+            # acknowledged for consume mode before the dead letter goes: a crash between the
+            # two leaves it listed (a retry sends it again), never deletes what was not
+            # acknowledged
             if self.consumer is not None:
                 await self.consumer.delivered(endpoint_name, event)
+            await self.store.forget_dead(endpoint_name, ref)
+            self._count("delivered")
+            await self.count_dead(endpoint_name)
             return outcome, attempts
-        await self._rebury(endpoint_name, dead, outcome)
-        return outcome, attempts
-
-    async def _rebury(self, endpoint: str, dead: DeadLetter, outcome: Outcome | None) -> None:
         again = DeadLetter(
-            dead.event,
-            dead.attempts + (0 if outcome is None else 1),
+            event,
+            attempts,
             dead.first_at,
-            self._wall() if outcome is not None else dead.failed_at,
-            dead.reason if outcome is None else _reason(outcome),
-            dead.status if outcome is None else outcome.status,
-            dead.detail if outcome is None else outcome.detail,
+            self._wall(),
+            _reason(outcome),
+            outcome.status,
+            outcome.detail,
         )
-        await self.store.bury(endpoint, dead.event.mailbox, None, again)
+        await self.store.rebury(endpoint_name, ref, again)
+        return outcome, attempts
 
     async def run(self) -> None:
         """Deliver until cancelled: each pair stepped when it has work, at most
@@ -462,7 +490,9 @@ class MemoryDeliveryStore:
         self._dead_max = dead_letter_max
         self._cursors: dict[tuple[str, str], Cursor | None] = {}
         self._retry: dict[tuple[str, str], Pending] = {}
-        self._dead: dict[str, deque[DeadLetter]] = {}
+        #: per endpoint, (ref, dead letter) oldest first; a ref is never used twice
+        self._dead: dict[str, deque[tuple[str, DeadLetter]]] = {}
+        self._refs = itertools.count(1)
 
     async def setup(self, pairs: Sequence[tuple[str, str]]) -> None:
         for endpoint, mailbox in pairs:
@@ -509,21 +539,34 @@ class MemoryDeliveryStore:
     async def bury(
         self, endpoint: str, mailbox: str, pending: Pending | None, dead: DeadLetter
     ) -> None:
-        box = self._dead.get(endpoint)
-        if box is None:
-            box = self._dead[endpoint] = deque(maxlen=self._dead_max)
-        box.append(dead)
+        self._keep(endpoint, dead)
         if pending is not None:
             await self.done(endpoint, mailbox, pending)
 
+    def _keep(self, endpoint: str, dead: DeadLetter) -> None:
+        box = self._dead.get(endpoint)
+        if box is None:
+            box = self._dead[endpoint] = deque(maxlen=self._dead_max)
+        box.append((str(next(self._refs)), dead))
+
     async def dead_letters(self, endpoint: str, limit: int) -> tuple[list[DeadLetter], int]:
         box = self._dead.get(endpoint, deque())
-        return list(reversed(box))[:limit], len(box)
+        return [dead for _, dead in reversed(box)][:limit], len(box)
 
-    async def unbury(self, endpoint: str, event_id: str) -> DeadLetter | None:
-        box = self._dead.get(endpoint, deque())
-        for dead in box:
+    async def find_dead(self, endpoint: str, event_id: str) -> tuple[str, DeadLetter] | None:
+        for ref, dead in reversed(self._dead.get(endpoint, deque())):
             if dead.event.id == event_id:
-                box.remove(dead)
-                return dead
+                return ref, dead
         return None
+
+    async def forget_dead(self, endpoint: str, ref: str) -> None:
+        box = self._dead.get(endpoint, deque())
+        for kept in box:
+            if kept[0] == ref:
+                box.remove(kept)
+                return
+
+    async def rebury(self, endpoint: str, ref: str, dead: DeadLetter) -> None:
+        # the old one out first: a full deque then drops nothing else for the new one
+        await self.forget_dead(endpoint, ref)
+        self._keep(endpoint, dead)

@@ -15,7 +15,10 @@
   reads the mailboxes announced on ``pop3gw:v1:ev:changed`` since its last look.
 - Dead letters: a Stream per endpoint, ``pop3gw:v1:wh:{<endpoint>}:dead``, capped at
   ``dead_letter_max`` entries. A dead letter is written before its entry is acknowledged: a
-  crash between the two delivers it once more, never loses it.
+  crash between the two delivers it once more, never loses it. A retry of one leaves it in
+  the Stream during the attempt and then removes it by its entry id (delivered) or
+  replaces it (``XDEL`` + ``XADD`` in one ``MULTI``: failed again): a crash at any point
+  leaves it listed.
 """
 
 from __future__ import annotations
@@ -277,23 +280,40 @@ class RedisDeliveryStore(_RedisUser):
         entries, total = await self._call("webhook dead letters", read, background=False)
         return [dead_letter_of(_fields(f)) for _, f in entries], total
 
-    async def unbury(self, endpoint: str, event_id: str) -> DeadLetter | None:
-        return await self._call("webhook dead letters", self._unbury, endpoint, event_id)
+    async def find_dead(self, endpoint: str, event_id: str) -> tuple[str, DeadLetter] | None:
+        return await self._call("webhook dead letters", self._find_dead, endpoint, event_id)
 
-    async def _unbury(self, endpoint: str, event_id: str) -> DeadLetter | None:
+    async def _find_dead(self, endpoint: str, event_id: str) -> tuple[str, DeadLetter] | None:
         client = self._redis.client
         end = "+"
         while True:  # newest first, a page at a time (at most dead_letter_max entries)
             entries: Any = await client.xrevrange(dead_key(endpoint), max=end, count=500)
             for entry_id, raw in entries:
-                fields = _fields(raw)
-                dead = dead_letter_of(fields)
+                dead = dead_letter_of(_fields(raw))
                 if dead.event.id == event_id:
-                    await client.xdel(dead_key(endpoint), entry_id)
-                    return dead
+                    return _text(entry_id), dead
             if len(entries) < 500:
                 return None
             end = f"({_text(entries[-1][0])}"
+
+    async def forget_dead(self, endpoint: str, ref: str) -> None:
+        await self._call("webhook dead letters", self._redis.client.xdel, dead_key(endpoint), ref)
+
+    async def rebury(self, endpoint: str, ref: str, dead: DeadLetter) -> None:
+        async def replace() -> None:
+            # one transaction: a crash leaves the old entry or the new one, never neither
+            # (the old one out first: a full Stream then trims nothing else for the new one)
+            async with self._redis.client.pipeline(transaction=True) as pipe:
+                pipe.xdel(dead_key(endpoint), ref)
+                pipe.xadd(
+                    dead_key(endpoint),
+                    dead_letter_fields(dead),  # type: ignore[arg-type]  # str values are fine
+                    maxlen=self._dead_max,
+                    approximate=False,
+                )
+                await pipe.execute()
+
+        await self._call("webhook dead letter", replace)
 
 
 def _retry_key(endpoint: str, mailbox: str) -> str:

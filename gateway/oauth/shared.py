@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -47,14 +48,23 @@ return 0
 class RedisTokens:
     """:class:`gateway.oauth.tokens.SharedTokens` in Redis; never raises for Redis."""
 
-    def __init__(self, redis: SharedRedis, *, key: bytes, ttl: int = RECORD_TTL) -> None:
+    def __init__(
+        self,
+        redis: SharedRedis,
+        *,
+        key: bytes,
+        ttl: int = RECORD_TTL,
+        on_invalid: Callable[[], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._aead = AESGCM(hmac.new(key, b"pop3gw oauth seal v1", "sha256").digest())
         self._names = hmac.new(key, b"pop3gw oauth names v1", "sha256").digest()
         self._ttl = ttl
         self._unlock_script: Any = None
-        #: records refused (sealed with another key, altered, or garbage)
+        #: records refused (sealed with another key, altered, or garbage); each is told to
+        #: ``on_invalid`` too (the metric)
         self.invalid = 0
+        self._on_invalid = on_invalid
 
     def __repr__(self) -> str:
         return f"<RedisTokens {self._redis!r}>"
@@ -89,6 +99,8 @@ class RedisTokens:
         record = TokenRecord.from_json(plain) if plain is not None else None
         if record is None:
             self.invalid += 1
+            if self._on_invalid is not None:
+                self._on_invalid()
             log.warning("a shared OAuth token record failed its integrity check; ignored")
         return record
 

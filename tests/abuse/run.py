@@ -31,6 +31,7 @@ import redis
 from tests.bench.processes import REDIS_URL, Gateway, basic_auth, proc_status
 from tests.support.dovecot import Dovecot
 from tests.support.fakepop3 import Endless, FakeMailbox, FakePOP3Server
+from tests.support.procfs import cpu_seconds
 
 MIB = 1024 * 1024
 
@@ -641,11 +642,6 @@ async def stalled_readers(dovecot: Dovecot) -> list[Figure]:
 Scenario = Callable[[Dovecot], Awaitable[list[Figure]]]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def fd_exhaustion(dovecot: Dovecot) -> list[Figure]:
     """The gateway runs out of file descriptors: 200 clients connect while it has room for
     8 more, and hold on for 10 s. Accepting must pause (no busy loop, a log line per 10 s,
@@ -656,7 +652,7 @@ async def fd_exhaustion(dovecot: Dovecot) -> list[Figure]:
             in_use = len(os.listdir(f"/proc/{gateway.pid}/fd"))
             resource.prlimit(gateway.pid, resource.RLIMIT_NOFILE, (in_use + 8, 4096))
             before = len(log.read_bytes().splitlines())
-            cpu = _cpu_seconds(gateway.pid)
+            cpu = cpu_seconds(gateway.pid)
             port = gateway.port
             clients: list[socket.socket] = []
             try:
@@ -667,7 +663,7 @@ async def fd_exhaustion(dovecot: Dovecot) -> list[Figure]:
                         sock.connect(("127.0.0.1", port))
                     clients.append(sock)
                 await asyncio.sleep(10)
-                busy = _cpu_seconds(gateway.pid) - cpu
+                busy = cpu_seconds(gateway.pid) - cpu
                 lines = log.read_bytes().splitlines()[before:]
             finally:
                 for sock in clients:

@@ -60,8 +60,9 @@ from redis.asyncio import Redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.bench import report
-from tests.bench.processes import Gateway, cpu_seconds, proc_status
+from tests.bench.processes import Gateway, proc_status
 from tests.support.dovecot import Dovecot, DovecotUser, free_port
+from tests.support.procfs import cpu_seconds
 
 NAME = "events"
 MAILBOXES = int(os.environ.get("BENCH_EVENTS_MAILBOXES", "1000"))

@@ -46,10 +46,11 @@ import aiohttp
 
 from gateway.pop3 import POP3Client, TLSMode
 from tests.bench import floor, report
-from tests.bench.processes import Gateway, basic_auth, cpu_seconds
+from tests.bench.processes import Gateway, basic_auth
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot, DovecotUser
 from tests.support.latency_proxy import LatencyProxy
+from tests.support.procfs import cpu_seconds
 
 NAME = "http_listing"
 PAGE = 500

@@ -40,9 +40,10 @@ from pathlib import Path
 import aiohttp
 
 from tests.bench import report
-from tests.bench.processes import Gateway, basic_auth, cpu_seconds
+from tests.bench.processes import Gateway, basic_auth
 from tests.support.corpus import simple_message
 from tests.support.dovecot import Dovecot, DovecotUser
+from tests.support.procfs import cpu_seconds
 
 NAME = "http_many"
 MAILBOXES = 200

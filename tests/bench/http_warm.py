@@ -40,11 +40,11 @@ from tests.bench.http_listing import messages, prime
 from tests.bench.processes import (
     Gateway,
     basic_auth,
-    cpu_seconds,
     stop,
     wait_until_serving,
 )
 from tests.support.dovecot import Dovecot, free_port
+from tests.support.procfs import cpu_seconds
 
 NAME = "http_warm"
 MAILBOX_SIZE = 1000

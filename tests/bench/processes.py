@@ -191,15 +191,3 @@ def proc_status(pid: int) -> dict[str, int]:
 def reset_peak_rss(pid: int) -> None:
     """Reset ``VmHWM`` of ``pid`` to its current RSS (``clear_refs`` value 5, Linux 4.0+)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
-    """CPU time (user + system) used by ``pid`` so far; with ``reaped_children``, plus that of
-    its children that have exited and been waited for (``/proc/<pid>/stat``)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    # After "(comm)": state is fields[0]; utime, stime, cutime, cstime are fields 11-14.
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")

@@ -59,6 +59,8 @@ class Receiver:
     whose signature does not verify is answered 401 and kept in ``forged``."""
 
     def __init__(self, secret: str, wall: WallClock) -> None:
+        #: what the webhook it receives must be signed with (``whsec_...``)
+        self.secret = secret
         self.verifier = Webhook(secret)
         self.wall = wall
         self.script: deque[Answer] = deque()

@@ -1,5 +1,5 @@
-"""What the event tests share: settings with watched mailboxes, a gateway whose watcher the
-test drives poll by poll, and Maildir changes."""
+"""What the event tests share: settings with watched mailboxes (and webhooks), a gateway whose
+watcher and deliverer the test drives step by step, and mailbox changes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.config import Settings
-from tests.support.api import settings_for
+from gateway.events import Deliverer, Watcher
+from tests.support.api import Client, settings_for, sha
 from tests.support.dovecot import DovecotUser, free_port
+from tests.support.fakepop3 import FakePOP3Server
+
+#: an API key with the admin scope on every mailbox (the webhook admin API)
+ADMIN_KEY = "admin-key-0123456789abcdef"
+ADMIN = {"name": "admin", "sha256": sha(ADMIN_KEY), "mailboxes": ["*"], "scopes": ["admin"]}
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -47,6 +54,62 @@ def watched_settings(
         if values.get(name) is not None:
             values[name] = values[name].get_secret_value()
     return Settings.model_validate(values)
+
+
+def hook(
+    url: str, *secrets: str, name: str = "crm", mailboxes: list[str] | None = None, **more: Any
+) -> dict[str, Any]:
+    """A webhook's settings: ``name`` to ``url``, signed with ``secrets``, for the events of
+    ``mailboxes`` (``box``)."""
+    return {
+        "name": name,
+        "url": url,
+        "secrets": list(secrets),
+        "mailboxes": mailboxes or ["box"],
+        **more,
+    }
+
+
+def webhook_settings(
+    port: int,
+    user: str,
+    password: str,
+    webhooks: list[dict[str, Any]],
+    *,
+    delivery: dict[str, Any] | None = None,
+    api_keys: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Settings:
+    """watched_settings(...) with ``webhooks``, the :data:`ADMIN` key (and ``api_keys``), and
+    deliveries allowed to loopback, where the test receivers listen, with 2 s attempts
+    (``delivery`` adds to or replaces these webhook_delivery settings)."""
+    return watched_settings(
+        port,
+        user,
+        password,
+        webhooks=webhooks,
+        api_keys=[ADMIN, *(api_keys or [])],
+        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 2, **(delivery or {})},
+        **extra,
+    )
+
+
+class Hooked(NamedTuple):
+    """A gateway with webhooks (its watcher and deliverer not running: the test steps
+    them)."""
+
+    client: Client
+    watcher: Watcher
+    deliverer: Deliverer
+
+
+#: starts a gateway of the given settings (the ``start`` fixture)
+Start = Callable[[Settings], Awaitable[Hooked]]
+
+
+def add(server: FakePOP3Server, uid: str) -> None:
+    """A new message ``uid`` (its subject too) on the fake server."""
+    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
 
 
 def message(subject: str, sender: str = "Ann <ann@example.com>") -> bytes:

@@ -10,26 +10,17 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from gateway.config import ConfigError, load_settings
 from gateway.events import MESSAGE_NEW, MESSAGE_REMOVED, Consumer, Deliverer, Watcher
-from gateway.keys import DELIVERER, WATCHER
 from tests.events.receiver import Answer, Receiver, WallClock, new_secret
-from tests.events.support import message, watched_settings
-from tests.support.api import ClientFactory, settings_for
+from tests.events.support import Start, hook, message, webhook_settings
+from tests.support.api import settings_for
 from tests.support.dovecot import DovecotUser
-
-SECRET = new_secret()
-
-
-@pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
 
 
 @pytest.fixture
 async def receivers(wall: WallClock) -> AsyncIterator[tuple[Receiver, Receiver]]:
-    crm, audit = Receiver(SECRET, wall), Receiver(SECRET, wall)
+    crm, audit = Receiver(new_secret(), wall), Receiver(new_secret(), wall)
     await crm.start()
     await audit.start()
     yield crm, audit
@@ -39,45 +30,35 @@ async def receivers(wall: WallClock) -> AsyncIterator[tuple[Receiver, Receiver]]
 
 def hooks(crm: Receiver, audit: Receiver, **audit_more: Any) -> list[dict[str, Any]]:
     return [
-        {"name": "crm", "url": crm.url, "secrets": [SECRET], "mailboxes": ["box"]},
-        {
-            "name": "audit",
-            "url": audit.url,
-            "secrets": [SECRET],
-            "mailboxes": ["box"],
-            **audit_more,
-        },
+        hook(crm.url, crm.secret, name="crm"),
+        hook(audit.url, audit.secret, name="audit", **audit_more),
     ]
 
 
 async def consuming(
-    aiohttp_client: ClientFactory, user: DovecotUser, wall: WallClock, webhooks: list[Any]
+    start: Start, user: DovecotUser, webhooks: list[Any]
 ) -> tuple[Watcher, Deliverer, Consumer]:
-    settings = watched_settings(
+    settings = webhook_settings(
         user.dovecot.port,
         user.name,
         user.password,
+        webhooks,
         box={"watch_consume": True, "grants": ["delete"]},
-        webhooks=webhooks,
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 2},
     )
-    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
-    deliverer: Deliverer = client.app[DELIVERER]
+    _, watcher, deliverer = await start(settings)
     assert isinstance(deliverer.consumer, Consumer)
-    return client.app[WATCHER], deliverer, deliverer.consumer
+    return watcher, deliverer, deliverer.consumer
 
 
 @pytest.mark.dovecot
 async def test_a_message_is_deleted_once_every_endpoint_acknowledged_it(
-    aiohttp_client: ClientFactory,
+    start: Start,
     dovecot_user: DovecotUser,
     wall: WallClock,
     receivers: tuple[Receiver, Receiver],
 ) -> None:
     crm, audit = receivers
-    watcher, deliverer, consumer = await consuming(
-        aiohttp_client, dovecot_user, wall, hooks(crm, audit)
-    )
+    watcher, deliverer, consumer = await consuming(start, dovecot_user, hooks(crm, audit))
     dovecot_user.deliver(message("already there"))
     await watcher.poll("box")  # the baseline: what was there is never consumed
     dovecot_user.deliver(message("hand me on"))
@@ -105,15 +86,12 @@ async def test_a_message_is_deleted_once_every_endpoint_acknowledged_it(
 
 @pytest.mark.dovecot
 async def test_a_message_an_endpoint_never_took_stays_on_the_server(
-    aiohttp_client: ClientFactory,
-    dovecot_user: DovecotUser,
-    wall: WallClock,
-    receivers: tuple[Receiver, Receiver],
+    start: Start, dovecot_user: DovecotUser, receivers: tuple[Receiver, Receiver]
 ) -> None:
     crm, audit = receivers
     # audit takes only errors: crm alone decides for message.new
     watcher, deliverer, consumer = await consuming(
-        aiohttp_client, dovecot_user, wall, hooks(crm, audit, kinds=["mailbox.error"])
+        start, dovecot_user, hooks(crm, audit, kinds=["mailbox.error"])
     )
     await watcher.poll("box")
     dovecot_user.deliver(message("refused"))
@@ -140,8 +118,8 @@ def test_consume_mode_needs_the_delete_grant_and_a_webhook() -> None:
     assert 'mailboxes.0.watch_consume: deletes mail; needs grants = ["delete"]' in text
     assert "mailboxes.0.watch_consume: no webhook takes this mailbox's message.new" in text
     boxes[0]["grants"] = ["delete"]
-    hook = {"name": "h", "url": "https://h.example.com/", "secrets": [SECRET], "mailboxes": ["box"]}
-    load_settings(mailboxes=boxes, webhooks=[hook])
+    webhook = hook("https://h.example.com/", new_secret(), name="h")
+    load_settings(mailboxes=boxes, webhooks=[webhook])
     boxes[0]["watch"] = False
     with pytest.raises(ConfigError, match="watch_consume: needs watch = true"):
-        load_settings(mailboxes=boxes, webhooks=[{**hook, "mailboxes": ["*"]}])
+        load_settings(mailboxes=boxes, webhooks=[{**webhook, "mailboxes": ["*"]}])

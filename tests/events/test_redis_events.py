@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from gateway.app import create_app
 from gateway.events import Commit, CommitConflictError, Draft, RedisEventLog, Watcher
 from gateway.keys import EVENTS, WATCHER
-from tests.events.support import PrivateRedis, watched_settings
+from tests.events.support import PrivateRedis, add, watched_settings
 from tests.support.api import READ_KEY, Client, ClientFactory, bearer, checked
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 
@@ -65,10 +65,6 @@ def app_for(
         timeouts=timeouts or {"connect": 2, "tls": 2, "command": 1, "idle": 1},
     )
     return create_app(settings, watch=False)
-
-
-def add(server: FakePOP3Server, uid: str) -> None:
-    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
 
 
 async def test_events_and_the_seen_set_outlive_the_gateway(

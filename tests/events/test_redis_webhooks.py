@@ -7,31 +7,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.app import create_app
 from gateway.events import (
     Consumer,
     Deliverer,
     EventLogUnavailableError,
     RedisConsumeStore,
     RedisDeliveryStore,
-    Watcher,
 )
 from gateway.events.redis_delivery import dead_key, group
 from gateway.events.redis_log import key
-from gateway.keys import DELIVERER, WATCHER
-from tests.events.receiver import Answer, Receiver, WallClock, new_secret
-from tests.events.support import PrivateRedis, watched_settings
-from tests.events.test_webhooks import ADMIN, ADMIN_KEY
-from tests.support.api import ClientFactory, bearer, checked
-from tests.support.fakepop3 import Drop, FakeMailbox, FakePOP3Server
+from tests.events.receiver import Answer, Receiver, WallClock
+from tests.events.support import (
+    ADMIN_KEY,
+    Hooked,
+    PrivateRedis,
+    Start,
+    add,
+    hook,
+    webhook_settings,
+)
+from tests.support.api import bearer, checked
+from tests.support.fakepop3 import Drop, FakePOP3Server
 
 pytestmark = pytest.mark.redis
 SHARED = "redis://127.0.0.1:6379/0"
@@ -51,56 +54,38 @@ async def names() -> AsyncIterator[tuple[str, str]]:
         await admin.aclose()
 
 
-@pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
+#: starts a replica (see the ``replica`` fixture)
+Replica = Callable[..., Awaitable[Hooked]]
 
 
 @pytest.fixture
-async def receiver(wall: WallClock) -> AsyncIterator[Receiver]:
-    receiver = Receiver(new_secret(), wall)
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePOP3Server]:
-    box = FakeMailbox([("uid-0", b"Subject: zero\r\n\r\nx\r\n")])
-    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
-        yield server
-
-
 def replica(
-    server: FakePOP3Server,
-    names: tuple[str, str],
-    receiver: Receiver,
-    wall: WallClock,
-    redis_url: str = SHARED,
-) -> web.Application:
-    mailbox, endpoint = names
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    settings = watched_settings(
-        server.port,
-        "alice",
-        "pw",
-        mailbox_id=mailbox,
-        redis_url=redis_url,
-        cache_secret="webhook-test-secret",
-        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
-        webhooks=[
-            {"name": endpoint, "url": receiver.url, "secrets": [secret], "mailboxes": [mailbox]}
-        ],
-        api_keys=[ADMIN],
-        # a short attempt: a lease of 3 timeouts lapses within a second and a half
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
-    )
-    return create_app(settings, watch=False, wall=wall)
+    start: Start, server: FakePOP3Server, receiver: Receiver, names: tuple[str, str]
+) -> Replica:
+    """Starts a replica: a gateway on Redis (``redis_url``: the shared one unless given)
+    whose webhook ``names[1]`` takes the events of mailbox ``names[0]`` (on the fake server)
+    to the receiver; ``timeout`` is its attempts' (short: a lease of 3 lapses within a
+    second and a half), ``extra`` more settings. Every replica has the same configuration,
+    as replicas of one deployment do."""
 
+    async def started(redis_url: str = SHARED, *, timeout: float = 0.5, **extra: Any) -> Hooked:
+        mailbox, endpoint = names
+        hooks = [hook(receiver.url, receiver.secret, name=endpoint, mailboxes=[mailbox])]
+        settings = webhook_settings(
+            server.port,
+            "alice",
+            "pw",
+            hooks,
+            mailbox_id=mailbox,
+            redis_url=redis_url,
+            cache_secret="webhook-test-secret",
+            timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
+            delivery={"timeout": timeout},
+            **extra,
+        )
+        return await start(settings)
 
-def add(server: FakePOP3Server, uid: str) -> None:
-    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
+    return started
 
 
 async def until_not_elsewhere(deliverer: Deliverer, endpoint: str, mailbox: str) -> Any:
@@ -114,21 +99,14 @@ async def until_not_elsewhere(deliverer: Deliverer, endpoint: str, mailbox: str)
 
 
 async def test_a_replica_killed_mid_delivery_leaves_it_to_another(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, endpoint = names
-    a = await aiohttp_client(replica(server, names, receiver, wall))
-    secret = receiver.verifier
-    b = await aiohttp_client(replica(server, names, receiver, wall))
-    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
-    receiver.verifier = secret
-    watcher: Watcher = a.app[WATCHER]
-    da: Deliverer = a.app[DELIVERER]
-    db: Deliverer = b.app[DELIVERER]
+    a, b = await replica(), await replica()
+    watcher, da, db = a.watcher, a.deliverer, b.deliverer
     await watcher.poll(mailbox)
     add(server, "uid-1")
     add(server, "uid-2")
@@ -168,27 +146,22 @@ async def test_a_replica_killed_mid_delivery_leaves_it_to_another(
 
 
 async def test_a_retry_schedule_is_shared_by_replicas(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
     wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, endpoint = names
-    a = await aiohttp_client(replica(server, names, receiver, wall))
-    secret = receiver.verifier
-    b = await aiohttp_client(replica(server, names, receiver, wall))
-    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
-    receiver.verifier = secret
-    await a.app[WATCHER].poll(mailbox)
+    a, b = await replica(), await replica()
+    watcher, da, db = a.watcher, a.deliverer, b.deliverer
+    await watcher.poll(mailbox)
     add(server, "uid-1")
-    [event] = (await a.app[WATCHER].poll(mailbox)).events
+    [event] = (await watcher.poll(mailbox)).events
     receiver.script.append(Answer(503))
-    da: Deliverer = a.app[DELIVERER]
     first = await da.step(endpoint, mailbox)
     assert first.outcome == "retry"
     await da.store.release_all()  # a shuts down: b takes over at once
-    db: Deliverer = b.app[DELIVERER]
     waiting = await db.step(endpoint, mailbox)
     assert (waiting.outcome, waiting.next_at) == ("waiting", first.next_at)
     assert first.next_at is not None
@@ -208,82 +181,127 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 async def test_a_redis_restart_loses_no_delivery_and_no_dead_letter(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
-    wall: WallClock,
+    names: tuple[str, str],
     private_redis: PrivateRedis,
 ) -> None:
-    names = ("box", "crm")
-    client = await aiohttp_client(replica(server, names, receiver, wall, private_redis.url))
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    mailbox, endpoint = names
+    client, watcher, deliverer = await replica(private_redis.url)
+    path = f"/v1/webhooks/{endpoint}/failed"
+    await watcher.poll(mailbox)
     add(server, "uid-1")
     add(server, "uid-2")
-    first, second = (await watcher.poll("box")).events
+    first, second = (await watcher.poll(mailbox)).events
     receiver.script.append(Answer(404))  # final: the first goes to the dead letters
-    assert (await deliverer.step("crm", "box")).outcome == "dead"
+    assert (await deliverer.step(endpoint, mailbox)).outcome == "dead"
 
     private_redis.stop()
-    assert (await deliverer.step("crm", "box")).outcome == "unavailable"
-    problem = await checked(
-        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 503
-    )
+    assert (await deliverer.step(endpoint, mailbox)).outcome == "unavailable"
+    problem = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 503)
     assert problem["type"] == "/problems/events-unavailable"
     private_redis.start()
 
-    result = await deliverer.step("crm", "box")
+    result = await deliverer.step(endpoint, mailbox)
     assert (result.outcome, result.event_id) == ("delivered", second.id)
-    failed = await checked(
-        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 200
-    )
+    failed = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 200)
     assert [d["event"]["id"] for d in failed["failed"]] == [first.id]
     retried = await checked(
-        await client.post(f"/v1/webhooks/crm/failed/{first.id}/retry", headers=bearer(ADMIN_KEY)),
-        200,
+        await client.post(f"{path}/{first.id}/retry", headers=bearer(ADMIN_KEY)), 200
     )
     assert retried["delivered"] is True
-    after = await checked(
-        await client.get("/v1/webhooks/crm/failed", headers=bearer(ADMIN_KEY)), 200
-    )
+    after = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 200)
     assert after["total"] == 0
     assert receiver.delivered() == [second.id, first.id]
     assert receiver.forged == []
 
 
-async def test_consume_mode_deletes_only_after_quit_answered_ok(
-    aiohttp_client: ClientFactory,
+async def test_a_replica_that_dies_retrying_a_dead_letter_leaves_it_listed(
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, endpoint = names
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    settings = watched_settings(
-        server.port,
-        "alice",
-        "pw",
-        mailbox_id=mailbox,
-        box={"watch_consume": True, "grants": ["delete"]},
-        redis_url=SHARED,
-        cache_secret="webhook-test-secret",
-        timeouts={"connect": 2, "tls": 2, "command": 1, "idle": 1},
-        webhooks=[
-            {"name": endpoint, "url": receiver.url, "secrets": [secret], "mailboxes": [mailbox]}
-        ],
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 0.5},
-    )
-    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
-    deliverer: Deliverer = client.app[DELIVERER]
+    # a's attempt outlasts anything the test does while it is in flight
+    a, b = await replica(timeout=30), await replica()
+    watcher, da = a.watcher, a.deliverer
+    await watcher.poll(mailbox)
+    add(server, "uid-1")
+    [event] = (await watcher.poll(mailbox)).events
+    receiver.script.append(Answer(404))  # final: a dead letter
+    assert (await da.step(endpoint, mailbox)).outcome == "dead"
+    path = f"/v1/webhooks/{endpoint}/failed"
+    buried = await checked(await b.client.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert (buried["total"], buried["failed"][0]["attempts"]) == (1, 1)
+
+    # replica a retries it; the receiver takes the request and a dies before the answer
+    stuck = Answer(204, hold=asyncio.Event())
+    receiver.script.append(stuck)
+    receiver.arrived.clear()
+    dying = asyncio.get_running_loop().create_task(da.retry_dead(endpoint, event.id))
+    redis = Redis.from_url(SHARED)
+    try:
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        # what a crash now leaves: the dead letter, as it was, for any replica to list
+        during = await checked(await b.client.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert during == buried
+        assert await redis.xlen(dead_key(endpoint)) == 1
+        dying.cancel()  # a dies: nothing after the attempt runs
+        with contextlib.suppress(asyncio.CancelledError):
+            await dying
+        after = await checked(await b.client.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert after == buried
+        [(entry, _)] = await redis.xrange(dead_key(endpoint))
+
+        # replica b retries it: refused, it is replaced by one counting the attempt (one
+        # entry, a new one); then taken, it goes
+        receiver.script.append(Answer(503))
+        failed = await checked(
+            await b.client.post(f"{path}/{event.id}/retry", headers=bearer(ADMIN_KEY)), 200
+        )
+        assert (failed["delivered"], failed["attempts"]) == (False, 2)
+        [(replaced, _)] = await redis.xrange(dead_key(endpoint))
+        assert replaced != entry
+        again = await checked(await b.client.get(path, headers=bearer(ADMIN_KEY)), 200)
+        assert again["total"] == 1
+        assert (again["failed"][0]["attempts"], again["failed"][0]["last_status"]) == (2, 503)
+        retried = await checked(
+            await b.client.post(f"{path}/{event.id}/retry", headers=bearer(ADMIN_KEY)), 200
+        )
+        assert (retried["delivered"], retried["attempts"]) == (True, 3)
+        assert await redis.xlen(dead_key(endpoint)) == 0
+    finally:
+        await redis.aclose()
+        assert stuck.hold is not None
+        stuck.hold.set()
+    gone = await checked(await b.client.get(path, headers=bearer(ADMIN_KEY)), 200)
+    assert (gone["total"], gone["failed"]) == (0, [])
+    # the 404, a's attempt (which the receiver may have taken: a died first), the 503 and
+    # b's delivery: all under one id
+    assert [(r.webhook_id, r.status) for r in receiver.got] == [
+        (event.id, 404),
+        (event.id, 204),
+        (event.id, 503),
+        (event.id, 204),
+    ]
+    assert receiver.forged == []
+
+
+async def test_consume_mode_deletes_only_after_quit_answered_ok(
+    replica: Replica,
+    server: FakePOP3Server,
+    names: tuple[str, str],
+) -> None:
+    mailbox, endpoint = names
+    _, watcher, deliverer = await replica(box={"watch_consume": True, "grants": ["delete"]})
     consumer = deliverer.consumer
     assert isinstance(consumer, Consumer)
     assert isinstance(consumer.store, RedisConsumeStore)
-    await client.app[WATCHER].poll(mailbox)
+    await watcher.poll(mailbox)
     add(server, "uid-1")
-    [event] = (await client.app[WATCHER].poll(mailbox)).events
+    [event] = (await watcher.poll(mailbox)).events
     assert (await deliverer.step(endpoint, mailbox)).outcome == "delivered"
     # the connection drops instead of QUIT's answer: not acknowledged, nothing removed
     quit_fault = server.script("QUIT", Drop(), times=None)
@@ -298,21 +316,14 @@ async def test_consume_mode_deletes_only_after_quit_answered_ok(
 
 
 async def test_a_consumer_group_redis_lost_is_made_again_and_nothing_is_missed(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, endpoint = names
-    a = await aiohttp_client(replica(server, names, receiver, wall))
-    secret = receiver.verifier
-    b = await aiohttp_client(replica(server, names, receiver, wall))
-    b.app[DELIVERER].endpoints[endpoint] = a.app[DELIVERER].endpoints[endpoint]
-    receiver.verifier = secret
-    watcher: Watcher = a.app[WATCHER]
-    da: Deliverer = a.app[DELIVERER]
-    db: Deliverer = b.app[DELIVERER]
+    a, b = await replica(), await replica()
+    watcher, da, db = a.watcher, a.deliverer, b.deliverer
     await watcher.poll(mailbox)
     assert (await da.step(endpoint, mailbox)).outcome == "idle"  # a holds the pair
     redis = Redis.from_url(SHARED)
@@ -343,17 +354,13 @@ async def test_a_consumer_group_redis_lost_is_made_again_and_nothing_is_missed(
 
 
 async def test_new_events_are_announced_to_every_replicas_queues(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
-    receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, _ = names
-    a = await aiohttp_client(replica(server, names, receiver, wall))
-    b = await aiohttp_client(replica(server, names, receiver, wall))
-    watcher: Watcher = a.app[WATCHER]
-    store_b = b.app[DELIVERER].store
+    a, b = await replica(), await replica()
+    watcher, store_b = a.watcher, b.deliverer.store
     assert isinstance(store_b, RedisDeliveryStore)
     await watcher.poll(mailbox)  # the baseline: no events
     await store_b.changed()  # where the announcements end
@@ -365,10 +372,8 @@ async def test_new_events_are_announced_to_every_replicas_queues(
 
 
 async def test_a_delivery_of_a_new_event_reads_its_queue_once(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
-    receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
     tmp_path: Path,
 ) -> None:
@@ -378,9 +383,7 @@ async def test_a_delivery_of_a_new_event_reads_its_queue_once(
     redis.start()
     admin = Redis.from_url(redis.url)
     try:
-        a = await aiohttp_client(replica(server, names, receiver, wall, redis.url))
-        watcher: Watcher = a.app[WATCHER]
-        da: Deliverer = a.app[DELIVERER]
+        _, watcher, da = await replica(redis.url)
         await watcher.poll(mailbox)
         assert (await da.step(endpoint, mailbox)).outcome == "idle"  # nothing of ours pending
         for uid in ("uid-1", "uid-2", "uid-3"):
@@ -398,16 +401,13 @@ async def test_a_delivery_of_a_new_event_reads_its_queue_once(
 
 
 async def test_an_acknowledgement_that_failed_is_followed_by_the_same_event(
-    aiohttp_client: ClientFactory,
+    replica: Replica,
     server: FakePOP3Server,
     receiver: Receiver,
-    wall: WallClock,
     names: tuple[str, str],
 ) -> None:
     mailbox, endpoint = names
-    a = await aiohttp_client(replica(server, names, receiver, wall))
-    watcher: Watcher = a.app[WATCHER]
-    da: Deliverer = a.app[DELIVERER]
+    _, watcher, da = await replica()
     store = da.store
     assert isinstance(store, RedisDeliveryStore)
     await watcher.poll(mailbox)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import ClientResponse
 
 from gateway.app import create_app
 from gateway.keys import EVENTS, WATCHER
-from tests.events.support import watched_settings
+from tests.events.support import add, watched_settings
 from tests.support.api import (
     OTHER_KEY,
     READ_KEY,
@@ -22,26 +20,15 @@ from tests.support.api import (
     checked,
     validator,
 )
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import FakePOP3Server
 from tests.support.wait import wait_until
 
 STREAM = "/v1/mailboxes/box/events/stream"
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakePOP3Server]:
-    box = FakeMailbox([("uid-0", b"Subject: zero\r\n\r\nx\r\n")])
-    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
-        yield server
-
-
 async def gateway(aiohttp_client: ClientFactory, server: FakePOP3Server, **events: Any) -> Client:
     settings = watched_settings(server.port, "alice", "pw", events=events)
     return await aiohttp_client(create_app(settings, watch=False))
-
-
-def add(server: FakePOP3Server, uid: str) -> None:
-    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
 
 
 def parse(text: str) -> list[dict[str, str]]:

@@ -6,26 +6,16 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator
-
-import pytest
 
 from gateway.app import create_app
 from gateway.events import Commit, Draft
 from gateway.keys import EVENTS
 from tests.events.support import watched_settings
 from tests.support.api import READ_KEY, Client, ClientFactory, bearer
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import FakePOP3Server
 from tests.support.wait import wait_until
 
 STREAM = "/v1/mailboxes/box/events/stream"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePOP3Server]:
-    box = FakeMailbox([("uid-0", b"Subject: zero\r\n\r\nx\r\n")])
-    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
-        yield server
 
 
 async def slow_readers(client: Client) -> float:

@@ -6,77 +6,45 @@ replayed through the admin API, and never sent where the address policy forbids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from gateway.app import create_app
-from gateway.events import MESSAGE_NEW, Deliverer, Watcher, event_id
-from gateway.keys import DELIVERER, WATCHER
+from gateway.events import MESSAGE_NEW, Deliverer, event_id
 from tests.events.receiver import Answer, Receiver, WallClock, new_secret
-from tests.events.support import message, watched_settings
+from tests.events.support import (
+    ADMIN_KEY,
+    Hooked,
+    Start,
+    add,
+    hook,
+    message,
+    webhook_settings,
+)
 from tests.support.api import READ_KEY, ClientFactory, bearer, checked, sha
 from tests.support.dovecot import DovecotUser
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import FakePOP3Server
 
-ADMIN_KEY = "admin-key-0123456789abcdef"
-ADMIN = {"name": "admin", "sha256": sha(ADMIN_KEY), "mailboxes": ["*"], "scopes": ["admin"]}
 DAY = 24 * 3600.0
 
-
-@pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-async def receiver(wall: WallClock) -> AsyncIterator[Receiver]:
-    receiver = Receiver(new_secret(), wall)
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
+#: starts a gateway on the fake server whose webhook crm (box's events) goes to the receiver,
+#: with its watcher's baseline taken (``delivery`` adds to the webhook_delivery settings)
+Crm = Callable[..., Awaitable[Hooked]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakePOP3Server]:
-    box = FakeMailbox([("uid-0", b"Subject: zero\r\n\r\nx\r\n")])
-    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
-        yield server
+def crm(start: Start, server: FakePOP3Server, receiver: Receiver) -> Crm:
+    async def started(**delivery: Any) -> Hooked:
+        hooks = [hook(receiver.url, receiver.secret)]
+        hooked = await start(webhook_settings(server.port, "alice", "pw", hooks, delivery=delivery))
+        await hooked.watcher.poll("box")  # the baseline
+        return hooked
 
-
-def hook(url: str, *secrets: str, **more: Any) -> dict[str, Any]:
-    return {"name": "crm", "url": url, "secrets": list(secrets), "mailboxes": ["box"], **more}
-
-
-def gateway(
-    port: int,
-    user: str,
-    password: str,
-    hooks: list[dict[str, Any]],
-    wall: WallClock,
-    *,
-    delivery: dict[str, Any] | None = None,
-    **extra: Any,
-) -> web.Application:
-    settings = watched_settings(
-        port,
-        user,
-        password,
-        webhooks=hooks,
-        api_keys=[ADMIN],
-        # the receivers of the tests listen on loopback: allowed explicitly
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"], "timeout": 2, **(delivery or {})},
-        **extra,
-    )
-    return create_app(settings, watch=False, wall=wall)
-
-
-def add(server: FakePOP3Server, uid: str) -> None:
-    server.mailbox.add(uid, f"Subject: {uid}\r\n\r\nbody\r\n".encode())
+    return started
 
 
 async def drive(deliverer: Deliverer, wall: WallClock, *, until: float) -> list[str]:
@@ -99,7 +67,7 @@ async def drive(deliverer: Deliverer, wall: WallClock, *, until: float) -> list[
 
 @pytest.mark.dovecot
 async def test_new_mail_reaches_the_receiver_signed_with_every_active_secret(
-    aiohttp_client: ClientFactory, dovecot_user: DovecotUser, wall: WallClock
+    start: Start, dovecot_user: DovecotUser, wall: WallClock
 ) -> None:
     old, new = new_secret(), new_secret()
     # the receiver has switched to the new secret; the gateway signs with both (rotation)
@@ -108,17 +76,11 @@ async def test_new_mail_reaches_the_receiver_signed_with_every_active_secret(
     old_receiver = Receiver(old, wall)  # one that has not switched yet
     await old_receiver.start()
     try:
-        hooks = [
-            hook(receiver.url, old, new),
-            {**hook(old_receiver.url, old, new), "name": "legacy"},
-        ]
-        client = await aiohttp_client(
-            gateway(
-                dovecot_user.dovecot.port, dovecot_user.name, dovecot_user.password, hooks, wall
-            )
+        hooks = [hook(receiver.url, old, new), hook(old_receiver.url, old, new, name="legacy")]
+        user = dovecot_user
+        client, watcher, deliverer = await start(
+            webhook_settings(user.dovecot.port, user.name, user.password, hooks)
         )
-        watcher: Watcher = client.app[WATCHER]
-        deliverer: Deliverer = client.app[DELIVERER]
         await watcher.poll("box")  # the baseline
         dovecot_user.deliver(message("hello there", "Bob <bob@example.com>"))
         [event] = (await watcher.poll("box")).events
@@ -148,16 +110,10 @@ async def test_new_mail_reaches_the_receiver_signed_with_every_active_secret(
 
 
 async def test_a_receiver_down_for_three_days_gets_everything_in_order(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    crm: Crm, server: FakePOP3Server, receiver: Receiver, wall: WallClock
 ) -> None:
     port = receiver.port
-    client = await aiohttp_client(
-        gateway(server.port, "alice", "pw", [hook(receiver.url, new_secret())], wall)
-    )
-    receiver.verifier = type(receiver.verifier)(client.app[DELIVERER].endpoints["crm"].secrets[0])
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    _, watcher, deliverer = await crm()
     await receiver.stop()  # down: connections refused
     ids = []
     for uid in ("uid-1", "uid-2", "uid-3"):
@@ -178,16 +134,9 @@ async def test_a_receiver_down_for_three_days_gets_everything_in_order(
 
 
 async def test_500_and_429_are_retried_honouring_retry_after_and_410_is_final(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    crm: Crm, server: FakePOP3Server, receiver: Receiver, wall: WallClock
 ) -> None:
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    client = await aiohttp_client(
-        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
-    )
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    client, watcher, deliverer = await crm()
     add(server, "uid-1")
     add(server, "uid-2")
     first, second = (await watcher.poll("box")).events
@@ -251,16 +200,9 @@ async def test_500_and_429_are_retried_honouring_retry_after_and_410_is_final(
 
 
 async def test_retries_end_after_retry_for_in_the_dead_letters_and_a_retry_that_fails_keeps_it(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    crm: Crm, server: FakePOP3Server, receiver: Receiver, wall: WallClock
 ) -> None:
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    client = await aiohttp_client(
-        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
-    )
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    client, watcher, deliverer = await crm()
     add(server, "uid-1")
     [event] = (await watcher.poll("box")).events
     receiver.script.extend(Answer(503) for _ in range(200))
@@ -297,16 +239,9 @@ async def test_retries_end_after_retry_for_in_the_dead_letters_and_a_retry_that_
 
 
 async def test_a_retry_after_date_is_counted_on_the_deliverers_clock(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    crm: Crm, server: FakePOP3Server, receiver: Receiver, wall: WallClock
 ) -> None:
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    client = await aiohttp_client(
-        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
-    )
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    _, watcher, deliverer = await crm()
     add(server, "uid-1")
     [event] = (await watcher.poll("box")).events
     wall.advance(3 * DAY)  # the receiver was down; it now names a date 10 minutes ahead
@@ -323,16 +258,9 @@ async def test_a_retry_after_date_is_counted_on_the_deliverers_clock(
 
 
 async def test_a_dead_letter_retry_that_raises_keeps_the_dead_letter(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    crm: Crm, server: FakePOP3Server, receiver: Receiver
 ) -> None:
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    client = await aiohttp_client(
-        gateway(server.port, "alice", "pw", [hook(receiver.url, secret)], wall)
-    )
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    _, watcher, deliverer = await crm()
     add(server, "uid-1")
     [event] = (await watcher.poll("box")).events
     receiver.script.append(Answer(410))
@@ -351,18 +279,49 @@ async def test_a_dead_letter_retry_that_raises_keeps_the_dead_letter(
     assert await deliverer.count_dead("crm") == 1
 
 
-async def test_a_slow_receiver_is_a_retry_not_a_stall(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+async def test_a_dead_letter_stays_listed_during_its_retry_and_a_second_retry_waits_for_it(
+    crm: Crm, server: FakePOP3Server, receiver: Receiver
 ) -> None:
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    app = gateway(
-        server.port, "alice", "pw", [hook(receiver.url, secret)], wall, delivery={"timeout": 0.3}
-    )
-    client = await aiohttp_client(app)
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
-    await watcher.poll("box")
+    # the attempt outlasts anything the test does while it is in flight
+    _, watcher, deliverer = await crm(timeout=30)
+    add(server, "uid-1")
+    [event] = (await watcher.poll("box")).events
+    receiver.script.append(Answer(410))
+    assert (await deliverer.step("crm", "box")).outcome == "dead"
+    [before], _ = await deliverer.store.dead_letters("crm", 10)
+
+    stuck = Answer(204, hold=asyncio.Event())
+    receiver.script.append(stuck)
+    receiver.arrived.clear()
+    loop = asyncio.get_running_loop()
+    first = loop.create_task(deliverer.retry_dead("crm", event.id))
+    second = None
+    try:
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        # the attempt is in flight: the dead letter is still listed, as it was (a crash now
+        # would leave it there)
+        assert await deliverer.store.dead_letters("crm", 10) == ([before], 1)
+        # a second retry of it (a double click) waits for the first instead of sending again
+        second = loop.create_task(deliverer.retry_dead("crm", event.id))
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        assert len(receiver.got) == 2
+    finally:
+        assert stuck.hold is not None
+        stuck.hold.set()
+    delivered = await first
+    assert delivered is not None
+    assert (delivered[0].verdict, delivered[1]) == ("delivered", 2)
+    assert await second is None  # delivered by the first: no dead letter of it any more
+    assert receiver.delivered() == [event.id]  # sent once by the two retries
+    assert await deliverer.store.dead_letters("crm", 10) == ([], 0)
+    assert await deliverer.count_dead("crm") == 0
+
+
+async def test_a_slow_receiver_is_a_retry_not_a_stall(
+    crm: Crm, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+) -> None:
+    _, watcher, deliverer = await crm(timeout=0.3)
     add(server, "uid-1")
     [event] = (await watcher.poll("box")).events
     stuck = Answer(204, hold=asyncio.Event())
@@ -377,18 +336,15 @@ async def test_a_slow_receiver_is_a_retry_not_a_stall(
 
 
 async def test_webhooks_to_loopback_are_refused_unless_allowed(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, receiver: Receiver, wall: WallClock
+    start: Start, server: FakePOP3Server, receiver: Receiver
 ) -> None:
-    secret = new_secret()
     hooks = [
-        hook(receiver.url, secret),
-        {**hook(f"http://localhost:{receiver.port}/hook", secret), "name": "named"},
+        hook(receiver.url, receiver.secret),
+        hook(f"http://localhost:{receiver.port}/hook", receiver.secret, name="named"),
     ]
     # the default policy: no allow_networks
-    app = gateway(server.port, "alice", "pw", hooks, wall, delivery={"allow_networks": []})
-    client = await aiohttp_client(app)
-    watcher: Watcher = client.app[WATCHER]
-    deliverer: Deliverer = client.app[DELIVERER]
+    settings = webhook_settings(server.port, "alice", "pw", hooks, delivery={"allow_networks": []})
+    client, watcher, deliverer = await start(settings)
     await watcher.poll("box")
     add(server, "uid-1")
     await watcher.poll("box")
@@ -408,14 +364,9 @@ async def test_webhooks_to_loopback_are_refused_unless_allowed(
     assert 'pop3gw_webhook_dead_letters{endpoint="named"} 1.0' in text
 
 
-async def test_the_admin_api_wants_an_admin_key(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, wall: WallClock
-) -> None:
-    client = await aiohttp_client(
-        gateway(
-            server.port, "alice", "pw", [hook("https://hooks.example.com/x", new_secret())], wall
-        )
-    )
+async def test_the_admin_api_wants_an_admin_key(start: Start, server: FakePOP3Server) -> None:
+    hooks = [hook("https://hooks.example.com/x", new_secret())]
+    client, _, _ = await start(webhook_settings(server.port, "alice", "pw", hooks))
     path = "/v1/webhooks/crm/failed"
     assert (await checked(await client.get(path), 401))["type"] == "/problems/unauthorized"
     denied = await checked(await client.get(path, headers=bearer(READ_KEY)), 403)
@@ -438,25 +389,24 @@ async def test_the_admin_api_wants_an_admin_key(
 
 
 async def test_an_admin_key_of_one_mailbox_reads_no_dead_letters_of_another(
-    aiohttp_client: ClientFactory, server: FakePOP3Server, wall: WallClock
+    start: Start, server: FakePOP3Server
 ) -> None:
     # a key with the admin scope granted mailbox "other" only; the webhook takes "box"
     tenant_key = "tenant-admin-key-0123456789"
     tenant = {"name": "tenant", "sha256": sha(tenant_key), "mailboxes": ["other"]}
-    settings = watched_settings(
+    settings = webhook_settings(
         server.port,
         "alice",
         "pw",
-        webhooks=[hook("http://127.0.0.1:9/hook", new_secret())],
-        api_keys=[ADMIN, {**tenant, "scopes": ["read", "admin"]}],
-        webhook_delivery={"allow_networks": []},  # refused: dead-lettered at once
+        [hook("http://127.0.0.1:9/hook", new_secret())],
+        api_keys=[{**tenant, "scopes": ["read", "admin"]}],
+        delivery={"allow_networks": []},  # refused: dead-lettered at once
     )
-    client = await aiohttp_client(create_app(settings, watch=False, wall=wall))
-    watcher: Watcher = client.app[WATCHER]
+    client, watcher, deliverer = await start(settings)
     await watcher.poll("box")
     add(server, "uid-secret-subject")
     [event] = (await watcher.poll("box")).events
-    assert (await client.app[DELIVERER].step("crm", "box")).outcome == "dead"
+    assert (await deliverer.step("crm", "box")).outcome == "dead"
     path = "/v1/webhooks/crm/failed"
     seen = await checked(await client.get(path, headers=bearer(ADMIN_KEY)), 200)
     assert seen["failed"][0]["event"]["data"]["subject"] == "uid-secret-subject"
@@ -475,17 +425,14 @@ async def test_a_running_gateway_delivers_by_itself(
 ) -> None:
     """The watcher and the delivery loop as ``pop3gw serve`` runs them: what a poll records
     reaches the receiver without anyone stepping anything."""
-    secret = new_secret()
-    receiver.verifier = type(receiver.verifier)(secret)
-    settings = watched_settings(
+    settings = webhook_settings(
         server.port,
         "alice",
         "pw",
+        [hook(receiver.url, receiver.secret)],
         box={"watch_report_existing": True, "watch_interval": 1},
-        webhooks=[hook(receiver.url, secret)],
-        webhook_delivery={"allow_networks": ["127.0.0.0/8"]},
     )
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings))  # its loops running
     await asyncio.wait_for(receiver.arrived.wait(), 30)
     [got] = receiver.got
     assert got.body["type"] == MESSAGE_NEW

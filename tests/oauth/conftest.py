@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -89,3 +89,30 @@ def oauth_settings(
     }
     values.update(extra)
     return settings_for(dovecot.port, **values)
+
+
+class GrantedSettings(Protocol):
+    def __call__(self, *, refresh_token: str | None = None, **extra: Any) -> Settings: ...
+
+
+@pytest.fixture
+def granted_settings(
+    oauth_dovecot: Dovecot, auth_server: AuthServer, oauth_user: DovecotUser, tmp_path: Path
+) -> GrantedSettings:
+    """:func:`oauth_settings` for the test's ``oauth_user`` on ``oauth_dovecot``, with a
+    refresh token ``auth_server`` grants them when called (or the ``refresh_token`` given);
+    ``extra`` as :func:`oauth_settings` takes it (``oauth=...``, settings)."""
+
+    def make(*, refresh_token: str | None = None, **extra: Any) -> Settings:
+        if refresh_token is None:
+            refresh_token = auth_server.grant(oauth_user.name)
+        return oauth_settings(
+            oauth_dovecot,
+            auth_server,
+            oauth_user.name,
+            tmp_path,
+            refresh_token=refresh_token,
+            **extra,
+        )
+
+    return make

@@ -19,28 +19,19 @@ from gateway.app import create_app
 from gateway.redis import SharedRedis
 from tests.support.api import READ_KEY, ClientFactory, bearer, checked
 from tests.support.clock import FakeClock
-from tests.support.dovecot import Dovecot, DovecotUser
 from tests.support.oauth import AuthServer
 
-from .conftest import oauth_settings
+from .conftest import GrantedSettings
 
 CHECK = "/v1/mailboxes/box/check"
 
 
 async def test_check_shows_the_token_step_without_the_token(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-    )
+    settings = granted_settings()
     clock = FakeClock()
     client = await aiohttp_client(create_app(settings, clock=clock))
 
@@ -66,8 +57,7 @@ async def test_check_shows_the_token_step_without_the_token(
 @pytest.mark.redis
 async def test_no_secret_anywhere_after_a_run(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -76,12 +66,7 @@ async def test_no_secret_anywhere_after_a_run(
 ) -> None:
     auth_server.rotate = True
     cache_secret = "cache-" + secrets.token_urlsafe(16)
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
+    settings = granted_settings(
         oauth={"refresh_token_store": str(tmp_path / "store.json")},
         redis_url="redis://127.0.0.1:6379/0",
         cache_secret=cache_secret,

@@ -14,10 +14,10 @@ import pytest
 from gateway.app import create_app
 from tests.support.api import READ_KEY, Client, ClientFactory, bearer, checked, validator
 from tests.support.clock import FakeClock
-from tests.support.dovecot import Dovecot, DovecotUser
+from tests.support.dovecot import DovecotUser
 from tests.support.oauth import AuthServer
 
-from .conftest import oauth_settings, write_secret
+from .conftest import GrantedSettings, write_secret
 
 GET = "/v1/mailboxes/box"
 
@@ -35,7 +35,7 @@ async def _metrics(client: Client) -> str:
 
 async def test_a_rotated_refresh_token_is_kept_and_used_after_a_restart(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
+    granted_settings: GrantedSettings,
     oauth_user: DovecotUser,
     auth_server: AuthServer,
     tmp_path: Path,
@@ -44,14 +44,7 @@ async def test_a_rotated_refresh_token_is_kept_and_used_after_a_restart(
     first = auth_server.grant(oauth_user.name)
     store = tmp_path / "store" / "box.json"
     store.parent.mkdir()
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=first,
-        oauth={"refresh_token_store": str(store)},
-    )
+    settings = granted_settings(refresh_token=first, oauth={"refresh_token_store": str(store)})
     clock = FakeClock()
     client = await aiohttp_client(create_app(settings, clock=clock))
     await _get(client)
@@ -73,21 +66,14 @@ async def test_a_rotated_refresh_token_is_kept_and_used_after_a_restart(
 
 async def test_a_new_configured_refresh_token_wins_over_the_stored_one(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
+    granted_settings: GrantedSettings,
     oauth_user: DovecotUser,
     auth_server: AuthServer,
     tmp_path: Path,
 ) -> None:
     auth_server.rotate = True
     store = tmp_path / "store.json"
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        oauth={"refresh_token_store": str(store)},
-    )
+    settings = granted_settings(oauth={"refresh_token_store": str(store)})
     await _get(await aiohttp_client(create_app(settings)))
     assert store.exists()
     renewed = auth_server.grant(oauth_user.name)  # the operator authorized it again
@@ -99,7 +85,7 @@ async def test_a_new_configured_refresh_token_wins_over_the_stored_one(
 
 async def test_invalid_grant_is_needs_reauth_without_a_refresh_loop(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
+    granted_settings: GrantedSettings,
     oauth_user: DovecotUser,
     auth_server: AuthServer,
     tmp_path: Path,
@@ -107,9 +93,7 @@ async def test_invalid_grant_is_needs_reauth_without_a_refresh_loop(
 ) -> None:
     revoked = auth_server.grant(oauth_user.name)
     auth_server.revoke(revoked)
-    settings = oauth_settings(
-        oauth_dovecot, auth_server, oauth_user.name, tmp_path, refresh_token=revoked
-    )
+    settings = granted_settings(refresh_token=revoked)
     client = await aiohttp_client(create_app(settings))
 
     with caplog.at_level(logging.ERROR, logger="gateway.oauth"):
@@ -136,19 +120,10 @@ async def test_invalid_grant_is_needs_reauth_without_a_refresh_loop(
 
 async def test_the_token_endpoint_down_backoff_and_the_old_token_while_it_lasts(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        pool={"min_fresh_interval": 0},
-    )
+    settings = granted_settings(pool={"min_fresh_interval": 0})
     clock = FakeClock()
     client = await aiohttp_client(create_app(settings, clock=clock))
     await _get(client)
@@ -180,20 +155,11 @@ async def test_the_token_endpoint_down_backoff_and_the_old_token_while_it_lasts(
 
 async def test_a_slow_token_endpoint_times_out(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
     auth_server.delay = 5.0
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        oauth={"timeout": 0.2},
-    )
+    settings = granted_settings(oauth={"timeout": 0.2})
     client = await aiohttp_client(create_app(settings))
     problem = await _get(client, 503)
     assert problem["type"] == "/problems/token-unavailable"
@@ -203,21 +169,12 @@ async def test_a_slow_token_endpoint_times_out(
 
 async def test_a_session_ends_before_its_token_is_due(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
     """A session logged in late in its token's life is not reused past the token's refresh
     time, however fresh its snapshot may be; the next login has a new token."""
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        pool={"snapshot_max_age": 60},
-    )
+    settings = granted_settings(pool={"snapshot_max_age": 60})
     clock = FakeClock()
     client = await aiohttp_client(create_app(settings, clock=clock))
     listing = await _get(client, path="/v1/mailboxes/box/messages")
@@ -245,22 +202,13 @@ async def test_a_session_ends_before_its_token_is_due(
 
 async def test_an_expires_in_that_is_not_a_number_is_a_failed_answer_not_a_token(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
     # "expires_in": NaN, which Python's JSON reads: a token of it would be neither valid
     # nor due, and every request would ask the token endpoint again
     auth_server.lifetime = float("nan")  # type: ignore[assignment]
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        pool={"min_fresh_interval": 0},
-    )
+    settings = granted_settings(pool={"min_fresh_interval": 0})
     client = await aiohttp_client(create_app(settings, clock=FakeClock()))
     problem = await _get(client, 503)
     assert problem["type"] == "/problems/token-unavailable"

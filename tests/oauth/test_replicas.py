@@ -5,11 +5,14 @@ holds is sealed (AES-GCM, bound to its key) under a key from the cache secret.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -114,6 +117,66 @@ async def test_needs_reauth_found_by_one_replica_stops_the_others(
     assert (await _get(one, 503))["type"] == "/problems/mailbox-needs-reauth"
     assert (await _get(two, 503))["type"] == "/problems/mailbox-needs-reauth"
     assert len(auth_server.token_requests) == 1
+
+
+async def test_a_tampered_record_in_redis_is_counted_and_refreshed_over(
+    aiohttp_client: ClientFactory,
+    oauth_dovecot: Dovecot,
+    oauth_user: DovecotUser,
+    auth_server: AuthServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _replica_settings(
+        oauth_dovecot, auth_server, oauth_user, tmp_path, auth_server.grant(oauth_user.name)
+    )
+    one = await aiohttp_client(create_app(settings))
+    two = await aiohttp_client(create_app(settings))
+    await _get(one)  # its token, stored in Redis for the other replicas
+    assert len(auth_server.token_requests) == 1
+    # the record's Redis key, as the app names it (a key from the cache secret)
+    assert settings.cache_secret is not None
+    cache_key = hashlib.sha256(settings.cache_secret.get_secret_value().encode()).digest()
+    shared = SharedRedis.connect(REDIS)
+    key = RedisTokens(shared, key=cache_key).key("box")
+    await shared.close()
+    redis = Redis.from_url(REDIS)
+    try:
+        sealed = await redis.get(key)
+        assert sealed is not None
+        # one bit of the ciphertext flipped, in place: its seal no longer checks
+        await redis.set(key, sealed[:-1] + bytes([sealed[-1] ^ 1]), keepttl=True)
+
+        assert _invalid(await _metrics(two)) == 0.0
+        with caplog.at_level(logging.WARNING, logger="gateway.oauth"):
+            await _get(two)  # the shared record refused: a refresh of its own
+        assert _invalid(await _metrics(two)) >= 1.0
+        assert _invalid(await _metrics(one)) == 0.0  # it never read the record
+        assert len(auth_server.token_requests) == 2
+        assert "failed its integrity check" in caplog.text
+        # the refresh stored a record that checks again
+        assert await redis.get(key) not in (None, sealed)
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
+    text = await _metrics(two)
+    for secret in (*auth_server.issued, auth_server.client_secret):
+        assert secret not in text
+    # a count with no label: no mailbox, user or key named
+    assert "pop3gw_oauth_token_records_invalid_total{" not in text
+
+
+async def _metrics(client: Client) -> str:
+    return await (await client.get("/metrics")).text()
+
+
+def _invalid(metrics: str) -> float:
+    [line] = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("pop3gw_oauth_token_records_invalid_total ")
+    ]
+    return float(line.split()[1])
 
 
 async def test_records_are_sealed_and_bound_to_their_key() -> None:

@@ -5,27 +5,23 @@ token at the local introspection endpoint."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gateway.app import create_app
 from tests.support.api import READ_KEY, ClientFactory, bearer, checked
 from tests.support.dovecot import Dovecot, DovecotUser
 from tests.support.oauth import AuthServer
 
-from .conftest import oauth_settings
+from .conftest import GrantedSettings
 
 
 async def test_a_token_obtained_by_the_gateway_logs_in_with_oauthbearer(
     aiohttp_client: ClientFactory,
+    granted_settings: GrantedSettings,
     oauth_dovecot: Dovecot,
     oauth_user: DovecotUser,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
     refresh = auth_server.grant(oauth_user.name)
-    settings = oauth_settings(
-        oauth_dovecot, auth_server, oauth_user.name, tmp_path, refresh_token=refresh
-    )
+    settings = granted_settings(refresh_token=refresh)
     client = await aiohttp_client(create_app(settings))
 
     body = await checked(await client.get("/v1/mailboxes/box", headers=bearer(READ_KEY)), 200)
@@ -41,20 +37,12 @@ async def test_a_token_obtained_by_the_gateway_logs_in_with_oauthbearer(
 
 async def test_xoauth2_when_configured_and_the_token_is_reused(
     aiohttp_client: ClientFactory,
+    granted_settings: GrantedSettings,
     oauth_dovecot: Dovecot,
     oauth_user: DovecotUser,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        oauth={"mechanism": "xoauth2"},
-        pool={"min_fresh_interval": 0},
-    )
+    settings = granted_settings(oauth={"mechanism": "xoauth2"}, pool={"min_fresh_interval": 0})
     client = await aiohttp_client(create_app(settings))
 
     for _ in range(2):
@@ -72,19 +60,10 @@ async def test_xoauth2_when_configured_and_the_token_is_reused(
 
 async def test_a_token_dovecot_refuses_is_replaced_at_the_next_login(
     aiohttp_client: ClientFactory,
-    oauth_dovecot: Dovecot,
-    oauth_user: DovecotUser,
+    granted_settings: GrantedSettings,
     auth_server: AuthServer,
-    tmp_path: Path,
 ) -> None:
-    settings = oauth_settings(
-        oauth_dovecot,
-        auth_server,
-        oauth_user.name,
-        tmp_path,
-        refresh_token=auth_server.grant(oauth_user.name),
-        pool={"min_fresh_interval": 0},
-    )
+    settings = granted_settings(pool={"min_fresh_interval": 0})
     client = await aiohttp_client(create_app(settings))
     await checked(await client.get("/v1/mailboxes/box", headers=bearer(READ_KEY)), 200)
     auth_server.expire(auth_server.issued[0])  # revoked at the provider before its time
