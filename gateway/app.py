@@ -27,7 +27,7 @@ from .accounts import (
 )
 from .api.middlewares import gateway_middleware
 from .api.routes import setup_routes
-from .cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
+from .cache import HeaderCache, RedisHeaderCache
 from .config import (
     MailboxSettings,
     OAuthSettings,
@@ -89,6 +89,7 @@ from .service import (
     ParsedCache,
     ParseWorkers,
     PooledSessions,
+    RecentSummaries,
     SessionOpener,
     SessionSource,
     Spool,
@@ -510,10 +511,12 @@ def create_app(
     )
     if redis is not None:
         redis.listeners.append(metrics.redis_event)
-    header_cache: HeaderCache
-    if cache is not None:
-        header_cache = cache
-    elif redis is not None:
+    header_cache: HeaderCache | None = cache
+    # The header summaries the service holds as objects: in front of a header cache, a
+    # small fixed store (its hits are not the header cache's); with none (no Redis), the
+    # in-process header cache itself, so each summary is held once, as parsed.
+    summaries: RecentSummaries | None = None
+    if header_cache is None and redis is not None:
         header_cache = RedisHeaderCache(
             redis,
             # values are sealed with a key of their own, derived from the cache secret
@@ -521,11 +524,12 @@ def create_app(
             ttl=settings.cache_ttl_seconds,
             on_event=metrics.cache_event,
         )
-    else:
-        header_cache = MemoryHeaderCache(
+    elif header_cache is None:
+        summaries = RecentSummaries(
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
             ttl=settings.cache_ttl_seconds,
+            clock=clock,
             on_event=metrics.cache_event,
         )
     app[METRICS] = metrics
@@ -621,6 +625,7 @@ def create_app(
         readiness=readiness,
         spool=spool if stream.spool_max_bytes else None,
         parser=MessageParser(workers, parsed_cache),
+        summaries=summaries,
     )
     parser = app[SERVICE].parser
     watcher = _events(app, settings, sessions, directory, metrics, redis, clock=clock, wall=wall)
@@ -646,7 +651,8 @@ def create_app(
 
     async def close_cache(_app: web.Application) -> AsyncIterator[None]:
         yield
-        await header_cache.close()
+        if header_cache is not None:
+            await header_cache.close()
 
     async def close_parsers(_app: web.Application) -> AsyncIterator[None]:
         yield
@@ -671,9 +677,7 @@ def create_app(
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    service.housekeeping()
-                    if isinstance(header_cache, MemoryHeaderCache):
-                        header_cache.purge_expired()
+                    service.housekeeping()  # held summaries past their TTL too
                 except Exception:  # supervised: a failed round is logged, the next comes
                     log.exception("housekeeping failed; it goes on")
 

@@ -588,9 +588,12 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     #: HMAC key for cache keys (required with Redis so replicas agree; else random per start)
     cache_secret: SecretStr | None = None
+    #: without Redis, the header summaries held in this process (the in-process header
+    #: cache) are at most this many...
     cache_max_entries: int = Field(50_000, ge=0, le=10_000_000)
-    #: the in-process header cache holds at most this many bytes (an estimate per entry)
+    #: ...and weigh at most this many bytes together (an estimate per summary)
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0, le=64 * 1024 * 1024 * 1024)
+    #: seconds a header summary is kept (in Redis, or held in this process without it)
     cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     #: messages larger than this are not parsed to JSON (use /raw)
     max_parse_bytes: int = Field(25 * 1024 * 1024, ge=1024)

@@ -1,21 +1,20 @@
-"""Memory has a budget: the in-process header cache and the kept snapshots and pages are
-bounded in bytes (not only in entries), and what expires is dropped on a timer."""
+"""Memory has a budget: the header summaries held in the process (without Redis, the
+in-process header cache) and the kept snapshots and pages are bounded in bytes (not only in
+entries), and what expires is dropped on a timer."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from gateway.app import create_app
-from gateway.cache import MemoryHeaderCache
-from gateway.cache.memory import entry_weight
 from gateway.keys import SERVICE
-from gateway.mail import Address, HeaderSummary
+from gateway.mail import Address, HeaderSummary, summarize
 from gateway.service import Page, Snapshot, Summary
 from gateway.service.listing import SnapshotCache, page_weight, snapshot_weight
 from gateway.service.summaries import RecentSummaries, summary_weight
 from tests.support.api import ClientFactory, basic, checked, settings_for
 from tests.support.clock import FakeClock
-from tests.support.fakepop3 import FakePOP3Server
+from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
 from tests.support.wait import wait_until
 
 #: A summary of hostile mail, as large as the summary caps allow.
@@ -26,30 +25,40 @@ HOSTILE = HeaderSummary(
 ).to_json()
 
 
-async def test_the_header_cache_is_bounded_in_bytes() -> None:
-    cache = MemoryHeaderCache(max_entries=1_000_000, max_bytes=2 * 1024 * 1024)
-    weight = entry_weight("ns", "uid-000", HOSTILE)
-    assert weight > 100_000  # an entry of hostile mail weighs what it holds
-    for start in range(0, 500, 50):
-        await cache.set_many("ns", {f"uid-{i:03d}": HOSTILE for i in range(start, start + 50)})
-        assert cache.bytes <= 2 * 1024 * 1024
-    assert len(cache) == 2 * 1024 * 1024 // weight  # only what fits, the newest
-    assert await cache.get_many("ns", ["uid-499"]) == {"uid-499": HOSTILE}
-    assert await cache.get_many("ns", ["uid-000"]) == {}
-    await cache.delete_many("ns", ["uid-499"])
-    assert cache.bytes == (len(cache)) * weight
+def hostile_message(n: int) -> bytes:
+    """A message whose header summary is as large as the summary caps allow."""
+    to = ", ".join(f'"{"N" * 256}" <{"a" * 300}@example.com>' for _ in range(100))
+    return f"Subject: {n} {'s' * 2000}\r\nTo: {to}\r\n\r\nbody\r\n".encode()
 
 
-async def test_expired_entries_go_without_a_request() -> None:
-    clock = FakeClock()
-    cache = MemoryHeaderCache(ttl=60, clock=clock)
-    await cache.set_many("ns", {"a": {"s": "x"}, "b": {"s": "y"}})
-    clock.advance(30)
-    await cache.set_many("ns", {"c": {"s": "z"}})
-    clock.advance(31)
-    assert cache.purge_expired() == 2  # a and b: written 61 s ago
-    assert len(cache) == 1
-    assert cache.bytes == entry_weight("ns", "c", {"s": "z"})
+async def test_without_redis_the_held_summaries_are_bounded_by_the_cache_settings(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Hostile mail, listed: what the process holds stays within POP3GW_CACHE_MAX_BYTES
+    (and POP3GW_CACHE_MAX_ENTRIES)."""
+    budget = 1024 * 1024
+    box = FakeMailbox([(f"uid-{i:02d}", hostile_message(i)) for i in range(40)])
+    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
+        app = create_app(settings_for(server.port, cache_max_bytes=budget))
+        api = await aiohttp_client(app)
+        page = await checked(
+            await api.get(
+                "/v1/mailboxes/me/messages?limit=40&order=asc", headers=basic("alice", "pw")
+            ),
+            200,
+        )
+        assert [m["subject"][:3] for m in page["messages"][:2]] == ["0 s", "1 s"]
+        held = app[SERVICE].recent_summaries
+        weight = summary_weight(summarize(hostile_message(39)))
+        assert weight > 50_000  # a summary of hostile mail weighs what it holds
+        assert budget - weight < held.bytes <= budget  # as many as fit
+        assert len(held) < 40
+
+    async with FakePOP3Server(box, users={"alice": "pw"}) as server:
+        app = create_app(settings_for(server.port, cache_max_entries=3))
+        api = await aiohttp_client(app)
+        await checked(await api.get("/v1/mailboxes/me/messages", headers=basic("alice", "pw")), 200)
+        assert len(app[SERVICE].recent_summaries) == 3
 
 
 def hostile_page(count: int) -> Page:
@@ -117,8 +126,23 @@ async def test_the_app_drops_expired_snapshots_on_its_own(
     await wait_until(lambda: service.snapshot_bytes == 0)
 
 
-def test_an_entry_that_is_not_json_ready_weighs_high() -> None:
-    from gateway.cache.memory import ENTRY_OVERHEAD
-
-    assert entry_weight("ns", "u", {"x": object()}) == ENTRY_OVERHEAD + 3 + 4096
-    assert entry_weight("ns", "u", {"s": "é" * 10}) == ENTRY_OVERHEAD + 3 + len('{"s":""}') + 20
+async def test_the_app_drops_held_summaries_past_their_ttl_on_its_own(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """Without Redis, summaries are held POP3GW_CACHE_TTL_SECONDS at most: then the timer
+    drops them, with no request to meet them."""
+    clock = FakeClock()
+    app = create_app(
+        settings_for(fake_server.port, cache_ttl_seconds=60, pool={"snapshot_max_age": 1}),
+        clock=clock,
+    )
+    api = await aiohttp_client(app)
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=basic("alice", "pw")), 200)
+    held = app[SERVICE].recent_summaries
+    assert len(held) == 2
+    clock.advance(59)
+    await wait_until(lambda: app[SERVICE].snapshot_bytes == 0)  # a timer round went by
+    assert len(held) == 2
+    clock.advance(1)
+    await wait_until(lambda: len(held) == 0)
+    assert held.bytes == 0

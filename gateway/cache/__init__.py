@@ -1,8 +1,10 @@
 """Header cache: parsed header summaries by unique-id, in a namespace per mailbox.
 
-``HeaderCache`` is what the service needs; ``MemoryHeaderCache`` is the embedded default (one
-process, bounded LRU). Entries are JSON-ready dicts. A cache never raises to its caller for
-a backend failure: it answers "miss" and counts the error, so a broken cache only costs speed.
+``HeaderCache`` is what the service needs; ``RedisHeaderCache`` shares summaries between
+replicas. Without Redis there is no header cache: the summaries the service holds as objects
+(``gateway.service.summaries``) are the in-process cache. Entries are JSON-ready dicts. A
+cache never raises to its caller for a backend failure: it answers "miss" and counts the
+error, so a broken cache only costs speed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .memory import MemoryHeaderCache
 from .redis import RedisHeaderCache
 
 Entry = dict[str, Any]
@@ -32,4 +33,4 @@ class HeaderCache(Protocol):
         ...
 
 
-__all__ = ["Entry", "HeaderCache", "MemoryHeaderCache", "RedisHeaderCache"]
+__all__ = ["Entry", "HeaderCache", "RedisHeaderCache"]

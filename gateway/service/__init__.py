@@ -139,12 +139,16 @@ class Stats:
 
 
 class MailboxService:
-    """The use cases the API offers, over one session source and one header cache."""
+    """The use cases the API offers, over one session source and one header cache.
+
+    ``summaries`` holds header summaries as objects (by default a small store in front of
+    ``cache``); with no ``cache`` (no Redis), it is the in-process header cache, and the app
+    sizes it so."""
 
     def __init__(
         self,
         sessions: SessionSource,
-        cache: HeaderCache,
+        cache: HeaderCache | None,
         *,
         cache_key: bytes,
         max_parse_bytes: int,
@@ -155,13 +159,14 @@ class MailboxService:
         readiness: Mapping[str, ReadinessCheck] | None = None,
         spool: Spool | None = None,
         parser: MessageParser | None = None,
+        summaries: RecentSummaries | None = None,
     ) -> None:
         self._sessions = sessions
         self._cache = cache
         self._readiness = dict(readiness or {})
         snapshots = SnapshotCache(key=cache_key, max_age=snapshot_max_age, clock=clock)
         self._snapshots = snapshots
-        self._recent = recent = RecentSummaries()
+        self._recent = recent = RecentSummaries() if summaries is None else summaries
         self._listing = Listing(
             sessions,
             snapshots,
@@ -208,14 +213,17 @@ class MailboxService:
         await self._listing.close()
 
     def housekeeping(self) -> None:
-        """Drop what has expired (snapshots older than snapshot_max_age): called on a timer
-        by the app, so memory comes back without waiting for a request."""
+        """Drop what has expired (snapshots older than snapshot_max_age, held summaries
+        older than their ttl, parsed messages): called on a timer by the app, so memory
+        comes back without waiting for a request."""
         self._snapshots.purge()
+        self._recent.purge_expired()
         self._messages.parser.cache.purge()
 
     async def dependencies(self) -> dict[str, tuple[bool, str | None]]:
         """What readiness reports: each dependency, whether it answers, and why not."""
-        cache_ok = await self._cache.ping()
+        # (no header cache: the held summaries are the cache, in this process)
+        cache_ok = True if self._cache is None else await self._cache.ping()
         found: dict[str, tuple[bool, str | None]] = {
             "header_cache": (
                 cache_ok,

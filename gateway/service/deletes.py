@@ -33,7 +33,7 @@ class Deletes:
         self,
         sessions: SessionSource,
         snapshots: SnapshotCache,
-        cache: HeaderCache,
+        cache: HeaderCache | None,
         *,
         cache_key: bytes,
         recent: RecentSummaries | None = None,
@@ -93,5 +93,6 @@ class Deletes:
         namespace = account.namespace(self._cache_key)
         if self._recent is not None:
             self._recent.drop(namespace, present)
-        await self._cache.delete_many(namespace, present)
+        if self._cache is not None:
+            await self._cache.delete_many(namespace, present)
         return DeleteResult(present, absent)

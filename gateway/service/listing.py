@@ -1,5 +1,6 @@
 """Listings: the maildrop as a session sees it (snapshots), kept for a few seconds, and pages
-of header summaries from the header cache and pipelined ``TOP n 0``.
+of header summaries from those held in this process, the header cache (with Redis) and
+pipelined ``TOP n 0``.
 
 Invariant 3 (README, Invariants) is kept here: cached headers are looked up only for the
 unique-ids of the caller's own session listing.
@@ -7,8 +8,9 @@ unique-ids of the caller's own session listing.
 Read-ahead: a page read with a session asks, in the same pipelined burst, for the headers
 of the next page too (at most one page, only those not cached, and only when no other
 lease is waiting for the session or for room on its server). The page is answered as soon
-as its own replies are in; the rest is read into the header cache by a task that holds the
-session until then, so a client paging through finds its next page cached.
+as its own replies are in; the rest is read into the held summaries (and the header cache)
+by a task that holds the session until then, so a client paging through finds its next page
+cached.
 """
 
 from __future__ import annotations
@@ -274,13 +276,15 @@ async def _read_snapshot(session: Session) -> Snapshot:
 
 
 class Listing:
-    """Pages of header summaries."""
+    """Pages of header summaries. ``recent`` holds summaries as objects; ``cache`` (None
+    without Redis: ``recent`` is the in-process cache then) is asked for those it lacks and
+    gets what was parsed."""
 
     def __init__(
         self,
         sessions: SessionSource,
         snapshots: SnapshotCache,
-        cache: HeaderCache,
+        cache: HeaderCache | None,
         *,
         cache_key: bytes,
         fresh_logins: FreshLogins,
@@ -476,7 +480,7 @@ class Listing:
             return None
         if session is None and idle_login is not None and ahead:
             # Whatever the cache had of the next page is held now (see _summaries).
-            held = self._recent.get_many(
+            held = self._recent.held(
                 account.namespace(self._cache_key), [snap.uids[n] for n in ahead]
             )
             later = [n for n in ahead if snap.uids[n] not in held]
@@ -487,10 +491,10 @@ class Listing:
     def _read_ahead_idle(
         self, account: Account, snap: Snapshot, login: object, numbers: list[int]
     ) -> None:
-        """Read the headers of ``numbers`` not held yet into the header cache, in the
-        background, with the session of ``login`` (whose snapshot ``snap`` is) if it is idle
-        and no other lease wants it: never a new login, never a wait. At most one per login
-        and :data:`MAX_IDLE_READ_AHEADS` at once."""
+        """Read the headers of ``numbers`` not held yet into the held summaries (and the
+        header cache), in the background, with the session of ``login`` (whose snapshot
+        ``snap`` is) if it is idle and no other lease wants it: never a new login, never a
+        wait. At most one per login and :data:`MAX_IDLE_READ_AHEADS` at once."""
         if (
             login in self._idle_reads
             or len(self._idle_reads) >= MAX_IDLE_READ_AHEADS
@@ -523,20 +527,22 @@ class Listing:
         ahead: Sequence[int] = (),
         ready: Callable[[list[Summary]], None] | None = None,
     ) -> list[Summary] | None:
-        """Header summaries for ``numbers``: from the cache, the rest with one pipelined
-        burst of ``TOP n 0`` written back in one go. Without a session, None on any miss.
+        """Header summaries for ``numbers``: those held, then from the header cache (if there
+        is one), the rest with one pipelined burst of ``TOP n 0``, held and written back to
+        the header cache in one go. Without a session, None on any miss.
 
         ``ahead`` (with a session): more numbers whose headers not cached are read in the
-        same burst, into the cache only; ``ready(items)`` is called as soon as ``numbers``
+        same burst, into the caches only; ``ready(items)`` is called as soon as ``numbers``
         are all summarized, before the burst ends."""
         namespace = account.namespace(self._cache_key)
         uids = {snap.uids[n] for n in numbers}
         uids.update(snap.uids[n] for n in ahead)
         recent = self._recent
+        cache = self._cache
         # What this process holds as objects first; the header cache for the rest.
         found = recent.get_many(namespace, uids)
-        if len(found) < len(uids):
-            cached = await self._cache.get_many(namespace, uids.difference(found))
+        if cache is not None and len(found) < len(uids):
+            cached = await cache.get_many(namespace, uids.difference(found))
             parsed: dict[str, HeaderSummary] = {}
             for uid, entry in cached.items():
                 with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -559,7 +565,8 @@ class Listing:
         burst = missing + [n for n in ahead if snap.uids[n] not in found]
         if not burst:
             return items()
-        fresh: dict[str, dict[str, Any]] = {}  # the page's, then the read-ahead's
+        # for the header cache: the page's, then the read-ahead's (none without one)
+        fresh: dict[str, dict[str, Any]] | None = None if cache is None else {}
         page_read = asyncio.Event()
 
         def read(index: int, reply: bytes | POP3ResponseError) -> None:
@@ -574,7 +581,8 @@ class Listing:
                 summary = summarize_headers(reply, size=snap.sizes[number])
                 found[uid] = summary
                 recent.put(namespace, uid, summary)  # for the next page, as it is
-                fresh[uid] = summary.to_json()  # for the header cache
+                if fresh is not None:
+                    fresh[uid] = summary.to_json()  # for the header cache
             if index == wanted - 1:
                 page_read.set()
 
@@ -582,9 +590,10 @@ class Listing:
             # The page's headers go to the cache, then the page is answered, while the
             # read-ahead goes on.
             await page_read.wait()
-            page = dict(fresh)
-            fresh.clear()
-            await self._cache.set_many(namespace, page)
+            if cache is not None and fresh:
+                page = dict(fresh)
+                fresh.clear()
+                await cache.set_many(namespace, page)
             assert ready is not None
             ready(items())
 
@@ -596,8 +605,8 @@ class Listing:
         finally:
             if answering is not None and not answering.done():
                 answering.cancel()
-        if fresh:
-            await self._cache.set_many(namespace, fresh)
+        if cache is not None and fresh:
+            await cache.set_many(namespace, fresh)
         return items()
 
 

@@ -11,6 +11,7 @@ from gateway.app import create_app
 from gateway.keys import SERVICE
 from gateway.service import encode_id
 from tests.support.api import ClientFactory, basic, checked, settings_for
+from tests.support.cache import DictHeaderCache
 from tests.support.clock import FakeClock
 from tests.support.fakepop3 import FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
@@ -103,6 +104,21 @@ async def test_a_delete_through_the_gateway_forgets_the_summary(
     assert resp.status == 204
     assert len(recent) == 1
     assert 0 < recent.bytes < weight
+
+
+async def test_a_delete_through_the_gateway_drops_it_from_the_header_cache_too(
+    aiohttp_client: ClientFactory, fake_server: FakePOP3Server
+) -> None:
+    """(With a header cache behind the held summaries, as with Redis.)"""
+    cache = DictHeaderCache()
+    app = create_app(settings_for(fake_server.port), cache=cache)
+    api = await aiohttp_client(app)
+    await checked(await api.get("/v1/mailboxes/me/messages", headers=ALICE), 200)
+    assert sorted(uid for _ns, uid in cache.entries) == ["uid-1", "uid-2"]
+    resp = await api.delete(f"/v1/mailboxes/me/messages/{encode_id('uid-1')}", headers=ALICE)
+    assert resp.status == 204
+    assert [uid for _ns, uid in cache.entries] == ["uid-2"]
+    assert len(app[SERVICE].recent_summaries) == 1
 
 
 async def test_one_session_per_mailbox_under_concurrency(aiohttp_client: ClientFactory) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterable
-from typing import Any
 
 from gateway.app import create_app
-from gateway.cache import MemoryHeaderCache
 from gateway.keys import METRICS, SERVICE
 from tests.support.api import ClientFactory, checked, settings_for
+from tests.support.cache import DictHeaderCache
 from tests.support.fakepop3 import Delay, FakeMailbox, FakePOP3Server, Stall
 from tests.support.wait import wait_until
 
@@ -50,24 +48,11 @@ async def test_the_next_page_is_read_in_the_same_burst(aiohttp_client: ClientFac
         assert len(server.connections) == 1
 
 
-class CountingCache(MemoryHeaderCache):
-    """The in-process header cache, telling which unique-ids it was asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[str] = []
-
-    async def get_many(self, namespace: str, uids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        wanted = list(uids)
-        self.asked += wanted
-        return await super().get_many(namespace, wanted)
-
-
 async def test_what_was_read_ahead_is_served_as_parsed(aiohttp_client: ClientFactory) -> None:
     """The next page's summaries are the objects the read-ahead made: not written to the
     header cache and read back (to_json, from_json) in the same process. The header cache
     still gets them, for other replicas and for later."""
-    cache = CountingCache()
+    cache = DictHeaderCache()  # (as Redis would be: a header cache behind the held summaries)
     async with FakePOP3Server(box(), users={"alice": "pw"}) as server:
         app = create_app(settings_for(server.port), cache=cache)
         api = await aiohttp_client(app)

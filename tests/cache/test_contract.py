@@ -1,4 +1,6 @@
-"""One contract, two implementations: the in-process LRU and Redis behave the same."""
+"""One contract, two implementations: Redis, and the dict-based cache tests inject
+(tests/support/cache.py), behave the same. (Without Redis the gateway has no header cache:
+tests/test_held_summaries.py holds the in-process summaries to the same promises.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.cache import HeaderCache, MemoryHeaderCache, RedisHeaderCache
+from gateway.cache import HeaderCache, RedisHeaderCache
+from tests.support.cache import DictHeaderCache
 
 NS = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 OTHER_NS = "ffeeddccbbaa99887766554433221100"
@@ -44,10 +47,10 @@ def entry(n: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["dict", "redis"])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[HeaderCache]:
-    if request.param == "memory":
-        impl: HeaderCache = MemoryHeaderCache()
+    if request.param == "dict":
+        impl: HeaderCache = DictHeaderCache()
     else:
         request.applymarker(pytest.mark.redis)
         url: str = request.getfixturevalue("redis_url")
