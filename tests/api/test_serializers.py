@@ -94,16 +94,60 @@ def test_a_page_body_is_the_json_of_the_page(items: list[Summary], cursor: str |
     assert renderings.render(again)[1] == dumps(serializers.page(value))
 
 
+FULL_TEXT = st.text(max_size=12)  # any code point: controls, quotes, lone surrogates...
+ANY_ADDRESSES = st.builds(Address, st.one_of(st.none(), FULL_TEXT), FULL_TEXT)
+
+
+@given(
+    st.builds(
+        Summary,
+        st.one_of(UIDS, FULL_TEXT),
+        st.integers(0, 2**63),
+        st.builds(
+            HeaderSummary,
+            subject=st.one_of(st.none(), FULL_TEXT),
+            from_=st.one_of(st.none(), ANY_ADDRESSES),
+            to=st.lists(ANY_ADDRESSES, max_size=3),
+            cc=st.lists(ANY_ADDRESSES, max_size=2),
+            reply_to=st.lists(ANY_ADDRESSES, max_size=2),
+            date=st.one_of(st.none(), FULL_TEXT),
+            message_id=st.one_of(st.none(), FULL_TEXT),
+            in_reply_to=st.one_of(st.none(), FULL_TEXT),
+            content_type=FULL_TEXT,
+        ),
+    )
+)
+def test_an_entry_is_written_as_the_serializer_writes_it(item: Summary) -> None:
+    """The entry's JSON written directly is the serializer's, byte for byte; what the
+    serializer refuses (text that is no valid Unicode) is refused the same way."""
+    try:
+        expected = dumps(summary(item))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            serializers.summary_json(item)
+        return
+    assert serializers.summary_json(item) == expected
+
+
+def test_an_entry_with_odd_text_is_escaped_as_json() -> None:
+    headers = HeaderSummary(subject='a "quoted" \\ back\nslash\x01\x7f\u2028 \U0001f600 ok')
+    body = serializers.summary_json(Summary("u\xe9", 5, headers))
+    assert body == dumps(summary(Summary("u\xe9", 5, headers)))
+    assert b"\\u0001" in body
+    assert b'\\"quoted\\"' in body
+
+
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[HeaderSummary]:
     """Every header summary rendered from now on."""
     seen: list[HeaderSummary] = []
-    original = serializers.header_fields
+    original = serializers.summary_json
 
-    def header_fields(value: HeaderSummary) -> dict[str, object]:
-        seen.append(value)
-        return original(value)
+    def summary_json(item: Summary) -> bytes:
+        if item.headers is not None:
+            seen.append(item.headers)
+        return original(item)
 
-    monkeypatch.setattr(serializers, "header_fields", header_fields)
+    monkeypatch.setattr(serializers, "summary_json", summary_json)
     return seen
 
 
