@@ -347,6 +347,12 @@ def _poplib_ratio(case: Case, target: float | None) -> bool:
         f"{case.title}: gateway / floor (information)",
         f"{case.gateway_median / case.floor_median:.2f}x",
     )
+    # The bound of any client of this server through this proxy: the floor's own lead.
+    report.info(
+        NAME,
+        f"{case.title}: the floor vs poplib (the most any client could reach)",
+        f"{case.poplib_median / case.floor_median:.0f}x faster",
+    )
     if target is None:
         report.info(NAME, f"{case.title}: gateway vs poplib (no target)", f"{ratio:.0f}x faster")
         return True
