@@ -43,7 +43,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, NamedTuple, Self
 
 from .errors import (
     POP3ArgumentError,
@@ -285,8 +285,7 @@ class QuitResult:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """One reply to a pipelined command: ``body`` for a multi-line ``+OK``, ``error`` for
     ``-ERR`` (a refused command does not break the session)."""
 
@@ -296,8 +295,7 @@ class Reply:
     error: POP3ResponseError | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Command:
+class _Command(NamedTuple):
     verb: str
     line: bytes
     multiline: bool

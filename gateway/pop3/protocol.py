@@ -23,8 +23,7 @@ import re
 import socket
 import ssl
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from .errors import (
     POP3ConnectionError,
@@ -50,9 +49,12 @@ READ_LOW_WATER: Final = 64 * 1024
 CHUNK_SIZE: Final = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class StatusLine:
-    """A parsed ``+OK`` / ``-ERR`` line (or a SASL ``+`` continuation)."""
+class StatusLine(NamedTuple):
+    """A parsed ``+OK`` / ``-ERR`` line (or a SASL ``+`` continuation).
+
+    A named tuple, not a frozen dataclass: as immutable, and made several times faster (one
+    per reply of a pipelined burst; a frozen dataclass sets each field through
+    ``object.__setattr__``)."""
 
     ok: bool
     code: str | None
