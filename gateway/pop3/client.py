@@ -1024,7 +1024,14 @@ class POP3Client:
         caller's work on one reply overlaps the server's on the next ones. An exception from
         ``handle`` ends the session (the pipeline is left half-read)."""
         n_lines = _check_number(lines, "lines", 0)
-        cmds = [self._multi_command("TOP", _check_number(n), n_lines) for n in numbers]
+        # Built in one pass (a burst has one per message): "TOP n l" with both numbers at
+        # most 10 digits stays far below MAX_COMMAND_LINE, so no line needs measuring.
+        limits = self.reply_limits
+        cap, skip = limits.for_verb("TOP"), limits.skip_for_verb("TOP")
+        tail = b" " + n_lines + CRLF
+        cmds = [
+            _Command("TOP", b"TOP " + _check_number(n) + tail, True, cap, skip) for n in numbers
+        ]
 
         def each(index: int, reply: Reply) -> None:
             handle(index, reply.body if reply.body is not None else _error_of(reply))
@@ -1074,10 +1081,10 @@ class POP3Client:
         deadlock us. The TRANSACTION-state CAPA, when not known yet, goes in the first write
         if the AUTHORIZATION-state CAPA listed PIPELINING (else it is asked first, alone).
         """
-        for cmd in commands:
-            if cmd.verb not in PIPELINABLE:
-                raise POP3ArgumentError(f"{cmd.verb} cannot be pipelined")
-            self._require(cmd.verb)
+        for verb in {cmd.verb for cmd in commands}:
+            if verb not in PIPELINABLE:
+                raise POP3ArgumentError(f"{verb} cannot be pipelined")
+            self._require(verb)
         if not commands:
             return []
         lead: _Command | None = None
@@ -1096,11 +1103,14 @@ class POP3Client:
         try:
             with self._session_guard():
                 while len(replies) < total:
-                    pipelined = lead is not None or self.pipelining_active
                     if sent < total and (
                         in_flight == 0
-                        or (pipelined and self._may_refill(in_flight, sent - len(replies)))
+                        or (
+                            (lead is not None or self.pipelining_active)
+                            and self._may_refill(in_flight, sent - len(replies))
+                        )
                     ):
+                        pipelined = lead is not None or self.pipelining_active
                         upto = self._window_end(commands, sent, in_flight, len(replies), pipelined)
                         batch = commands[sent:upto]
                         data = b"".join(c.line for c in batch)
@@ -1134,7 +1144,14 @@ class POP3Client:
                                 max_bytes=cmd.max_bytes, command=cmd.verb, skip_to=cmd.skip_to
                             )
                     else:
-                        status, body = self._status_of(taken[0], cmd.verb), taken[1]
+                        # _status_of, inlined: once per reply of a burst
+                        status, body = StatusLine.parse(taken[0]), taken[1]
+                        if debug:
+                            wire_log.debug("S: %s", taken[0][:200].decode("utf-8", "replace"))
+                        if status.continuation:
+                            raise POP3ProtocolError(
+                                f"unexpected SASL continuation in reply to {cmd.verb}"
+                            )
                         unyielded += 1
                     in_flight -= len(cmd.line)
                     if status.ok:
