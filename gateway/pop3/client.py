@@ -556,12 +556,7 @@ class POP3Client:
         return self._status_of(await self._stream.read_line(self.timeouts.command), verb)
 
     def _status_of(self, line: bytes, verb: str) -> StatusLine:
-        status = StatusLine.parse(line)
-        if wire_log.isEnabledFor(logging.DEBUG):
-            wire_log.debug("S: %s", line[:200].decode("utf-8", "replace"))
-        if status.continuation and verb != "AUTH":
-            raise POP3ProtocolError(f"unexpected SASL continuation in reply to {verb}")
-        return status
+        return _status_line(line, verb, wire_log.isEnabledFor(logging.DEBUG))
 
     async def _execute(self, cmd: _Command) -> tuple[StatusLine, bytes | None]:
         """Send one command and read its whole reply (lockstep).
@@ -1144,14 +1139,8 @@ class POP3Client:
                                 max_bytes=cmd.max_bytes, command=cmd.verb, skip_to=cmd.skip_to
                             )
                     else:
-                        # _status_of, inlined: once per reply of a burst
-                        status, body = StatusLine.parse(taken[0]), taken[1]
-                        if debug:
-                            wire_log.debug("S: %s", taken[0][:200].decode("utf-8", "replace"))
-                        if status.continuation:
-                            raise POP3ProtocolError(
-                                f"unexpected SASL continuation in reply to {cmd.verb}"
-                            )
+                        # (the wire log's level asked once per burst, not once per reply)
+                        status, body = _status_line(taken[0], cmd.verb, debug), taken[1]
                         unyielded += 1
                     in_flight -= len(cmd.line)
                     if status.ok:
@@ -1226,6 +1215,17 @@ class POP3Client:
         if self.capabilities is None:
             return await self.capa()
         return self.capabilities
+
+
+def _status_line(line: bytes, verb: str, debug: bool) -> StatusLine:
+    """A reply's status line, parsed (and written to the wire log when ``debug``); a SASL
+    continuation is a protocol error except in reply to AUTH."""
+    status = StatusLine.parse(line)
+    if debug:
+        wire_log.debug("S: %s", line[:200].decode("utf-8", "replace"))
+    if status.continuation and verb != "AUTH":
+        raise POP3ProtocolError(f"unexpected SASL continuation in reply to {verb}")
+    return status
 
 
 def _error_of(reply: Reply) -> POP3ResponseError:
