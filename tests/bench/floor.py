@@ -10,6 +10,11 @@ Whatever a listing through the gateway costs beyond this is ours; this is what t
 server and the network cost. ``http_listing`` measures it in the same run as the gateway
 and compares the two.
 
+With ``on_header``, each TOP reply's header section is also handed to it as it arrives
+(split at its terminating line and dot-unstuffed, nothing else): ``http_listing`` passes
+the gateway's header summary function, and so measures the least that any listing which
+summarizes every message with it can cost (the bound of the loopback goal).
+
     python -m tests.bench.floor --port 1110 --user u --password p   # prints seconds
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 _END = b"\r\n.\r\n"  #: the end of a multi-line reply (a body line "." is sent as "..")
 TIMEOUT = 120.0
@@ -75,12 +81,50 @@ class _Counter(asyncio.Protocol):
             done.set_result(None)
 
 
-async def exchange(host: str, port: int, user: str, password: str) -> tuple[float, int]:
-    """Run the whole exchange; (seconds, message count)."""
+class _Headers(_Counter):
+    """A :class:`_Counter` that, while ``on``, also cuts the stream into replies and hands
+    each one's body (its status line dropped, dot-unstuffed) to ``handle``."""
+
+    def __init__(self, handle: Callable[[bytes], object]) -> None:
+        super().__init__()
+        self.handle = handle
+        self.on = False
+        self._pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.on:
+            # Every reply that ends in what has arrived is handled before the count of
+            # ends (the base class) can wake the waiter.
+            pending = self._pending + data
+            start = 0
+            end = pending.find(_END)
+            while end >= 0:
+                body = pending[pending.index(b"\n", start) + 1 : end + 2]
+                if b"\n." in body:
+                    body = body.replace(b"\n.", b"\n")
+                self.handle(body)
+                start = end + len(_END)
+                end = pending.find(_END, start)
+            self._pending = pending[start:]
+        super().data_received(data)
+
+
+async def exchange(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    on_header: Callable[[bytes], object] | None = None,
+) -> tuple[float, int]:
+    """Run the whole exchange; (seconds, message count). With ``on_header``, every TOP
+    reply's header section goes to it as it arrives (see the module's docstring)."""
     loop = asyncio.get_running_loop()
     began = time.perf_counter()
+    headers = None if on_header is None else _Headers(on_header)
     async with asyncio.timeout(TIMEOUT):
-        transport, proto = await loop.create_connection(_Counter, host, port)
+        transport, proto = await loop.create_connection(
+            _Counter if headers is None else (lambda: headers), host, port
+        )
         try:
             await proto.expect("lines")
 
@@ -101,10 +145,14 @@ async def exchange(host: str, port: int, user: str, password: str) -> tuple[floa
             uidl = bytes(proto.data[: proto.data.index(_END) + 5])
             count = uidl.count(b"\n") - 2
             proto.keep = False
+            if headers is not None:
+                headers.on = True
             done = proto.expect("ends", count)
             transport.write(b"".join(b"TOP %d 0\r\n" % n for n in range(1, count + 1)))
             await done
             proto.keep = True
+            if headers is not None:
+                headers.on = False
             await lockstep(b"QUIT\r\n")
         finally:
             transport.close()

@@ -17,6 +17,12 @@ QUIT; no parsing, no HTTP, none of our code), timed from connect to QUIT's answe
 what the mail server and the network cost; what the gateway costs beyond it is ours. In
 each run the two alternate which goes first.
 
+After both, the same exchange runs once more with each header section summarized as it
+arrives, by the gateway's own function (``gateway.mail.summarize``) and nothing else: no
+framing checks, no HTTP, no caches, no JSON. It is printed as information: the least that
+any listing which summarizes every message this way can cost, so the bound of the loopback
+goal (a goal below it asks for a faster summary, not for less overhead around it).
+
 Before the timed runs, each new mailbox is read once with poplib (UIDL, LIST and every
 TOP, directly on loopback): Dovecot has then indexed it and the files are in the page cache,
 so every way meets the same warm server; that session's UIDL is the reference the gateway's
@@ -44,6 +50,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gateway.mail import summarize
 from gateway.pop3 import POP3Client, TLSMode
 from tests.bench import floor, report
 from tests.bench.processes import Gateway, basic_auth
@@ -86,6 +93,8 @@ class Case:
     count: int
     gateway: list[Listing] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
+    #: the floor with each header section summarized (``summarize``), nothing else
+    bound: list[float] = field(default_factory=list)
     poplib: list[float] = field(default_factory=list)
     client: list[float] = field(default_factory=list)  #: our POP3 client alone
 
@@ -263,17 +272,32 @@ def measure(
         case.gateway.append(listing)
         if not run % 2:
             case.floor.append(_floor(pop_port, user, case.count))
+        case.bound.append(_floor(pop_port, user, case.count, summarized=True))
         if run < poplib_runs:
             case.poplib.append(poplib_top_all(pop_port, user))
         if run < client_runs:
             case.client.append(asyncio.run(pop3_exchange(pop_port, user)))
 
 
-def _floor(port: int, user: DovecotUser, count: int) -> float:
-    seconds, seen = asyncio.run(floor.exchange("127.0.0.1", port, user.name, user.password))
+def _floor(port: int, user: DovecotUser, count: int, *, summarized: bool = False) -> float:
+    """The floor exchange's seconds; ``summarized``: with every header section summarized
+    by the gateway's own function as it arrives (the bound of the loopback goal)."""
+    seconds, seen = asyncio.run(
+        floor.exchange(
+            "127.0.0.1",
+            port,
+            user.name,
+            user.password,
+            on_header=_summarize if summarized else None,
+        )
+    )
     if seen != count:
         raise RuntimeError(f"the floor exchange saw {seen} messages, not {count}")
     return seconds
+
+
+def _summarize(header: bytes) -> object:
+    return summarize(header, size=len(header))
 
 
 def _times(values: list[float]) -> str:
@@ -285,6 +309,8 @@ def _print(case: Case) -> None:
     print(f"\n{case.title}")
     print(f"  {'way':<36} {'median s':>9} {'msgs/s':>8} {'vs floor':>9}  runs")
     rows = [("floor (bare pipelined exchange)", case.floor), ("gateway (HTTP, cold cache)", None)]
+    if case.bound:
+        rows.append(("floor + header summaries only", case.bound))
     if case.client:
         rows.append(("our POP3 client alone (no HTTP)", case.client))
     if case.poplib:
@@ -326,6 +352,13 @@ def _print(case: Case) -> None:
 
 def _floor_target(case: Case) -> bool:
     ratio = case.gateway_median / case.floor_median
+    if case.bound:
+        report.info(
+            NAME,
+            f"{case.title}: floor + header summaries only / floor (the least any listing "
+            "that summarizes each message this way costs)",
+            f"{statistics.median(case.bound) / case.floor_median:.2f}x",
+        )
     if case.poplib:
         report.info(
             NAME,
