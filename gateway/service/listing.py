@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..accounts import Account
 from ..cache import HeaderCache
@@ -78,8 +78,9 @@ class Snapshot:
         return numbers[0]
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(NamedTuple):
+    """One entry of a page (immutable: a tuple, made for every entry of every page)."""
+
     uid: str
     size: int
     headers: HeaderSummary | None  #: None when the server refused TOP for it
@@ -551,8 +552,16 @@ class Listing:
                 recent.put_many(namespace, parsed)
                 found.update(parsed)
 
+        made: list[Summary] | None = None
+
         def items() -> list[Summary]:
-            return [Summary(snap.uids[n], snap.sizes[n], found.get(snap.uids[n])) for n in numbers]
+            # Made once: it is first asked for when every number of the page is settled
+            # (summarized, or refused), and the read-ahead only adds others.
+            nonlocal made
+            if made is None:
+                uids, sizes = snap.uids, snap.sizes
+                made = [Summary(uids[n], sizes[n], found.get(uids[n])) for n in numbers]
+            return made
 
         missing = [n for n in numbers if snap.uids[n] not in found]
         if missing and session is None:
