@@ -24,7 +24,13 @@ from tests.support.corpus import (
     large_message,
     simple_message,
 )
-from tests.support.dovecot import Dovecot, DovecotError, DovecotUser, live_group_members
+from tests.support.dovecot import (
+    Dovecot,
+    DovecotError,
+    DovecotUser,
+    live_group_members,
+    maildir_name,
+)
 
 pytestmark = pytest.mark.dovecot
 
@@ -599,3 +605,26 @@ def test_start_failure_reports_the_log() -> None:
     with pytest.raises(DovecotError, match="no_such_setting"):
         server.start()
     assert not server.running
+
+
+def dovecot_name_hash(name: str) -> int:
+    """Dovecot's ``maildir_filename_base_hash`` (src/lib-storage/index/maildir): the hash
+    its Maildir code keys file names by, up to the ``:`` of the flags."""
+    h = 0
+    for octet in name.partition(":")[0].encode():
+        h = ((h << 4) + octet) & 0xFFFFFFFF
+        g = h & 0xF0000000
+        if g:
+            h ^= g >> 24
+            h ^= g
+    return h
+
+
+@pytest.mark.parametrize("first", [1, 10_003, 90_001])
+def test_maildir_names_spread_over_dovecots_hash(first: int) -> None:
+    """Names that hash alike make Dovecot walk a list for every lookup: a big mailbox then
+    lists several times slower, and benchmarks measure the harness, not the server."""
+    names = [maildir_name(1_796_609_309, seq, 11_174) for seq in range(first, first + 10_000)]
+    assert len(set(names)) == len(names)
+    assert len({dovecot_name_hash(name) for name in names}) >= 9_990
+    assert names == sorted(names)
