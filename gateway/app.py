@@ -22,6 +22,7 @@ from .accounts import (
     ApiKeys,
     Credential,
     Directory,
+    KnownServers,
     OAuthCredential,
     Upstream,
 )
@@ -584,7 +585,10 @@ def create_app(
         )
         metrics.watch_pool(pool)
         opener = SessionOpener(
-            key=cache_key, observer=metrics, throttle=login_rations(settings, cache_key, redis)
+            key=cache_key,
+            observer=metrics,
+            throttle=login_rations(settings, cache_key, redis),
+            servers=KnownServers(),
         )
         sessions = PooledSessions(pool, opener, key=cache_key, observer=metrics)
     readiness = {}

@@ -24,7 +24,11 @@ Rules the client keeps:
 - Round trips are few: with ``capa=True`` CAPA goes out as soon as the greeting is read;
   a password login is one ``AUTH PLAIN`` with its initial response when that CAPA lists
   SASL PLAIN (RFC 4616, 5034); the TRANSACTION-state CAPA goes in the same write as the
-  first pipelined commands when the AUTHORIZATION-state CAPA listed PIPELINING.
+  first pipelined commands when the AUTHORIZATION-state CAPA listed PIPELINING. A caller
+  that remembers what a server listed (``gateway.accounts.KnownServers``) skips the first
+  CAPA: ``login(..., assume=...)`` sends AUTH PLAIN right after the greeting. CAPA is never
+  pipelined with AUTH: Dovecot then answers AUTH about 40 ms late (its Nagle waits for
+  our delayed ACK of the CAPA reply).
 - Passwords, tokens and SASL payloads are never logged, kept in errors, or shown in ``repr``.
 """
 
@@ -49,6 +53,7 @@ from .errors import (
     POP3ArgumentError,
     POP3CapabilityError,
     POP3ConnectionError,
+    POP3Error,
     POP3OutcomeUnknownError,
     POP3ProtocolError,
     POP3ResponseError,
@@ -358,6 +363,11 @@ class POP3Client:
         self._busy = False
         #: the AUTHORIZATION-state CAPA listed PIPELINING (kept across the login)
         self._advertised_pipelining = False
+        #: what this session's CAPA listed before login (None: it asked none), kept after
+        #: the login for whoever remembers servers between sessions (:meth:`login`)
+        self.authorization_capabilities: Capabilities | None = None
+        #: the capabilities :meth:`login` was told to assume for a login without CAPA
+        self._assumed: Capabilities | None = None
         self.greeting = ""
         self.apop_timestamp: str | None = None
         self.capabilities: Capabilities | None = None
@@ -696,9 +706,10 @@ class POP3Client:
     def _logged_in(self) -> None:
         self._state = State.TRANSACTION
         self._user_sent = False
-        self._advertised_pipelining = self.capabilities is not None and (
-            self.capabilities.pipelining
-        )
+        if self.capabilities is not None:
+            self.authorization_capabilities = self.capabilities
+        listed = self.capabilities if self.capabilities is not None else self._assumed
+        self._advertised_pipelining = listed is not None and listed.pipelining
         self.capabilities = None  # ask again: the TRANSACTION-state list differs
 
     async def user(self, name: str) -> None:
@@ -721,18 +732,42 @@ class POP3Client:
             self._user_sent = False
         self._logged_in()
 
-    async def login(self, user: str, password: str) -> None:
+    async def login(self, user: str, password: str, *, assume: Capabilities | None = None) -> None:
         """Log in with a password in the fewest round trips the server allows.
 
         When the CAPA read in this state lists SASL PLAIN, one ``AUTH PLAIN`` with the
         initial response (RFC 4616, RFC 5034; two steps if the line would pass 255
         octets); otherwise USER then PASS, step by step (never pipelined: Courier loses what
         follows PASS).
+
+        ``assume``: what this server's CAPA listed before login in an earlier session, for a
+        session that asked no CAPA (``connect`` without ``capa``). Where it lists SASL
+        PLAIN, ``AUTH PLAIN`` goes at once: one round trip fewer. If the server refuses it,
+        CAPA is asked then: a server that now lists other mechanisms gets USER and PASS
+        (the mechanism was refused, not the password); otherwise (it still lists PLAIN, it
+        refuses CAPA, or the session ended) the refusal is raised: one failed login, as
+        without ``assume``.
+        Where it lists PIPELINING, the first batch after login carries the next CAPA along.
         """
         _check_arg(password, "password")  # refuse before sending anything
         if not _check_arg(user, "user name"):
             raise POP3ArgumentError("user name is empty")
         capabilities = self.capabilities
+        if capabilities is None and assume is not None and "PLAIN" in assume.sasl:
+            self._assumed = assume
+            try:
+                await self.auth_plain(user, password)
+                return
+            except POP3ResponseError as refused:
+                # (a server that ends the session after a refusal leaves it standing)
+                try:
+                    capabilities = await self.capa()
+                except POP3Error:
+                    raise refused from None
+                if not capabilities.supported or "PLAIN" in capabilities.sasl:
+                    raise refused from None
+            finally:
+                self._assumed = None
         if capabilities is not None and "PLAIN" in capabilities.sasl:
             await self.auth_plain(user, password)
             return

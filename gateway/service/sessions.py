@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..accounts import Account
+from ..accounts import Account, KnownServers
 from ..pop3 import POP3Client, POP3Error, SessionPool, State
 from .errors import LoginRateLimitedError, LoginThrottledError, failure_reason
 from .limits import LoginRations, LoginThrottle
@@ -121,10 +121,13 @@ class SessionOpener:
         key: bytes,
         observer: SessionObserver | None = None,
         throttle: LoginThrottle | LoginRations | None = None,
+        servers: KnownServers | None = None,
     ) -> None:
         self._key = key
         self._observer = observer
         self._rations = LoginRations(throttle) if isinstance(throttle, LoginThrottle) else throttle
+        #: what servers' CAPA listed, for password logins one round trip shorter
+        self._servers = servers
 
     async def open(self, account: Account, how: ConnectAndLogin | None = None) -> POP3Client:
         """A logged-in session for ``account``: connected and logged in the usual way, or by
@@ -157,8 +160,17 @@ class SessionOpener:
             if how is not None:
                 client = await how()
             else:
-                client = await account.upstream.connect(on_command=on_command)
-                await account.login(client)
+                servers = self._servers
+                upstream = account.upstream
+                assume = (
+                    servers.assumed(upstream)
+                    if servers is not None and account.password_login
+                    else None
+                )
+                client = await upstream.connect(on_command=on_command, capa=assume is None)
+                await account.login(client, assume=assume)
+                if servers is not None and account.password_login:
+                    servers.learn(upstream, client.authorization_capabilities)
         except BaseException as exc:
             if client is not None:
                 client.abort()

@@ -12,7 +12,14 @@ import base64
 
 import pytest
 
-from gateway.pop3 import POP3AuthError, POP3Client, Timeouts, TLSMode
+from gateway.pop3 import (
+    Capabilities,
+    POP3AuthError,
+    POP3Client,
+    POP3ResponseError,
+    Timeouts,
+    TLSMode,
+)
 from tests.support.fakepop3 import Err, FakeMailbox, FakePOP3Server
 
 FAST = Timeouts(connect=2, tls=2, command=2, idle=2)
@@ -178,3 +185,73 @@ async def test_a_count_window_still_caps_commands_in_flight() -> None:
         assert len(got) == 50
         assert server.most_pipelined() <= 8
         await client.quit()
+
+
+# -- a login that assumes what the server listed in an earlier session ----------------------
+
+ASSUMED = Capabilities.parse(["SASL PLAIN", "PIPELINING"])
+
+
+async def test_an_assumed_sasl_plain_logs_in_without_capa() -> None:
+    async with FakePOP3Server(
+        FakeMailbox(MESSAGES), users={"alice": "pw"}, capa_before=CAPA_PLAIN
+    ) as server:
+        client = await connect(server)
+        await client.login("alice", "pw", assume=ASSUMED)
+        uids, _sizes = await client.uidl_and_list()
+        assert len(uids) == 3
+        # greeting -> AUTH, then CAPA + UIDL + LIST in one write (PIPELINING was assumed):
+        # one round trip fewer than asking CAPA first
+        assert sent(server) == [b"AUTH", b"CAPA", b"UIDL", b"LIST"]
+        assert server.turns() == 2
+        assert server.most_pipelined() == 3
+        assert client.authorization_capabilities is None  # nothing new was learnt
+        await client.quit()
+
+
+async def test_a_server_that_stopped_offering_plain_gets_user_and_pass() -> None:
+    capa = ["USER", "SASL LOGIN", "PIPELINING", "UIDL", "."]
+    async with FakePOP3Server(
+        FakeMailbox(MESSAGES), users={"alice": "pw"}, capa_before=capa, mechanisms=("LOGIN",)
+    ) as server:
+        client = await connect(server)
+        await client.login("alice", "pw", assume=ASSUMED)
+        assert sent(server) == [b"AUTH", b"CAPA", b"USER", b"PASS"]
+        listed = client.authorization_capabilities
+        assert listed is not None
+        assert "PLAIN" not in listed.sasl  # what the caller remembers from now on
+        assert len(await client.uidl_and_list()) == 2
+        await client.quit()
+
+
+async def test_an_assumed_login_refused_with_plain_still_offered_is_one_failed_login() -> None:
+    async with FakePOP3Server(
+        FakeMailbox(MESSAGES), users={"alice": "pw"}, capa_before=CAPA_PLAIN
+    ) as server:
+        client = await connect(server)
+        with pytest.raises(POP3AuthError):
+            await client.login("alice", "wrong", assume=ASSUMED)
+        # CAPA shows the mechanism was offered: the password was refused, and it is not
+        # tried again another way
+        assert sent(server) == [b"AUTH", b"CAPA"]
+        client.abort()
+
+
+async def test_a_refusal_that_ends_the_session_is_raised_as_it_is() -> None:
+    async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
+        server.script("AUTH", Err(code="SYS/TEMP", text="try later", close=True))
+        client = await connect(server)
+        with pytest.raises(POP3ResponseError) as refused:
+            await client.login("alice", "pw", assume=ASSUMED)
+        assert refused.value.code == "SYS/TEMP"  # not the closed connection of the CAPA
+        client.abort()
+
+
+async def test_a_refusal_from_a_server_that_refuses_capa_is_raised() -> None:
+    async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
+        server.script("CAPA", Err(text="Unknown command"))
+        client = await connect(server)
+        with pytest.raises(POP3AuthError):
+            await client.login("alice", "wrong", assume=ASSUMED)
+        assert sent(server) == [b"AUTH", b"CAPA"]  # no USER/PASS with the same password
+        client.abort()
