@@ -628,6 +628,36 @@ class Checker:
             count, _ = await client.stat()
             await client.quit()
             self.check(name, count == len(self.kept), f"ok, STAT {count}")
+        # A login that assumes what an earlier session's CAPA listed (the gateway remembers
+        # servers): AUTH PLAIN right after the greeting, then CAPA + UIDL + LIST in one
+        # write. A server without PLAIN must still let the password in (CAPA, USER, PASS).
+        offered = "PLAIN" in capa.sasl
+        name = "login, PLAIN assumed" if offered else "login, PLAIN wrongly assumed"
+        assume = capa if offered else Capabilities.parse(["SASL PLAIN", "PIPELINING"])
+        for attempt in range(40):
+            client = await self.connect()
+            try:
+                await client.login(USER, PASSWORD, assume=assume)
+            except (POP3InUseError, POP3LoginDelayError):
+                client.abort()
+                self.login_retries += 1
+                await asyncio.sleep(0.25 if attempt < 20 else 1.0)
+                continue
+            break
+        else:
+            raise RuntimeError("the mailbox stayed locked for 25 s")
+        try:
+            uids, sizes = await client.uidl_and_list()
+            learnt = client.authorization_capabilities
+            await client.quit()
+        finally:
+            client.abort()
+        fell_back = learnt is not None
+        self.check(
+            name,
+            len(uids) == len(sizes) == len(self.kept) and fell_back != offered,
+            f"ok, UIDL {len(uids)}" + (", after CAPA, USER, PASS" if fell_back else ""),
+        )
 
     async def utf8(self) -> None:
         capa = self.a.capa_before
