@@ -115,13 +115,6 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
         json.dumps(configuration_in_effect(settings), sort_keys=True, default=str),
     )
     app = create_app(settings)
-    transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
-
-    async def track(request: web.Request, _response: web.StreamResponse) -> None:
-        if isinstance(request.transport, asyncio.Transport):
-            transports.add(request.transport)
-
-    app.on_response_prepare.append(track)
     kwargs = handler_kwargs(
         limits, access_log_class=AccessLogger, access_log=logging.getLogger("gateway.access")
     )
@@ -170,7 +163,7 @@ async def serve(settings: Settings, *, ready_message: str | None = None) -> None
         await asyncio.sleep(settings.shutdown_delay_seconds)
     finally:
         await runner.cleanup()
-        await _flushed(transports, timeout=10)
+        await _flushed(site.gate.transports, timeout=10)
         log.info("stopped")
 
 

@@ -228,6 +228,12 @@ class Credential:
         source = "file" if self._path else "env" if self._env else "value"
         return f"<Credential {self.method} from {source}>"
 
+    @property
+    def fixed(self) -> bool:
+        """Whether the secret was given as a value: it never changes (an environment
+        variable or a file may)."""
+        return self._value is not None
+
     def secret(self) -> str:
         if self._value is not None:
             return self._value
@@ -272,15 +278,27 @@ class Account:
     #: the address the request came from (the peer, or X-Forwarded-For from a trusted
     #: proxy), set per request by the API layer: the failed-login rate per client
     client: str | None = field(default=None, compare=False, repr=False)
+    #: :meth:`digest` by key, for a credential given as a value (that never changes): the
+    #: same account object serves every request of its client (see PassthroughAccounts)
+    _digests: dict[bytes, str] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def digest(self, key: bytes) -> str:
         """A keyed digest of upstream + user + secret: the pool key (a changed password or
         token never reuses a session logged in with the old one)."""
+        credential = self.credential
+        fixed = isinstance(credential, Credential) and credential.fixed
+        if fixed:
+            known = self._digests.get(key)
+            if known is not None:
+                return known
         material = "\0".join(
             (self.upstream.name, self.upstream.host, str(self.upstream.port), self.user)
         )
-        secret = self.credential.secret()
-        return hmac_sha256(key, f"{material}\0{secret}".encode()).hex()
+        secret = credential.secret()
+        value = hmac_sha256(key, f"{material}\0{secret}".encode()).hex()
+        if fixed and len(self._digests) < 4:
+            self._digests[key] = value
+        return value
 
     def person(self, key: bytes) -> str:
         """A keyed digest of upstream + user as the server understands it: case spellings

@@ -46,6 +46,7 @@ import logging
 import resource
 import socket
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +217,9 @@ class ConnectionGate:
         self._idle: dict[EdgeRequestHandler, None] = {}
         #: idle connections closed to make room, not yet gone
         self._reclaiming = 0
+        #: every connection's transport while it lives (what is still unsent at exit is
+        #: waited for: see ``gateway.__main__``); kept per connection, not per response
+        self.transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
         self.accept_log = RateLimitedLog(log, limits.accept_log_interval)
         self._cap_log = RateLimitedLog(log, limits.accept_log_interval)
         self.malformed_log = RateLimitedLog(log, limits.accept_log_interval)
@@ -316,6 +320,8 @@ class EdgeRequestHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if isinstance(transport, asyncio.Transport):
+            self._edge_gate.transports.add(transport)
         self._enter(_IDLE)
 
     def data_received(self, data: bytes) -> None:

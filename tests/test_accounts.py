@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import os
+import time
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,3 +58,42 @@ def test_recent_accounts_are_bounded() -> None:
     assert recent.get("Basic 0") is None
     assert recent.get("Basic 1") is None
     assert recent.get("Basic 4") is accounts[4]
+
+
+def _configured(credential: Credential) -> Account:
+    return Account(
+        mailbox_id="box",
+        upstream=Upstream("u", "pop.example", 995, TLSMode.IMPLICIT),
+        user="alice",
+        credential=credential,
+        passthrough=False,
+    )
+
+
+def test_a_digest_follows_a_secret_that_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The pool key of an account is remembered only for a secret given as a value (it
+    never changes); one from the environment or a file is read and digested every time,
+    so a changed password never finds the sessions of the old one."""
+    key = b"k" * 32
+    fixed = _configured(Credential("pass", value="one"))
+    assert (
+        fixed.digest(key)
+        == fixed.digest(key)
+        == _configured(Credential("pass", value="one")).digest(key)
+    )
+    assert fixed.digest(b"other key") != fixed.digest(key)
+    monkeypatch.setenv("POP3GW_TEST_SECRET", "one")
+    from_env = _configured(Credential("pass", env="POP3GW_TEST_SECRET"))
+    before = from_env.digest(key)
+    assert before == fixed.digest(key)
+    monkeypatch.setenv("POP3GW_TEST_SECRET", "two")
+    assert from_env.digest(key) != before
+    path = tmp_path / "secret"
+    path.write_text("one\n")
+    from_file = _configured(Credential("pass", path=path))
+    assert from_file.digest(key) == before
+    path.write_text("three\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new modification time
+    assert from_file.digest(key) != before

@@ -490,3 +490,19 @@ async def test_a_connection_aborted_in_the_queue_is_skipped() -> None:
     finally:
         listener.close()
         client.close()
+
+
+async def test_every_connection_is_known_from_its_start() -> None:
+    """What a response left unsent at exit is waited for (``gateway.__main__``): the site
+    knows each connection's transport (weakly) from its start, answered or not."""
+    async with edge(keepalive_timeout=5, header_timeout=5) as (site, _app):
+        reader, writer = await connect(site)
+        _silent_reader, silent = await connect(site)
+        writer.write(HEALTHZ)
+        assert (await response(reader))[0] == 200
+        for _ in range(100):  # the silent one too, once accepted: nothing answered yet
+            if len(site.gate.transports) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(site.gate.transports) == 2
+        await close(writer, silent)

@@ -342,8 +342,12 @@ class Listing:
         fresh: bool = False,
     ) -> Page:
         check_limit(limit)
-        scope = self._cursor_scope(account)
-        after = self._cursors.decode(scope, cursor, order) if cursor is not None else None
+        # (the cursor's scope is a keyed digest: worked out only when there is a cursor)
+        after = (
+            self._cursors.decode(self._cursor_scope(account), cursor, order)
+            if cursor is not None
+            else None
+        )
         snapshots = self._snapshots
         view_key = snapshots.view_key(account)
         page_key = (order, cursor, limit)
