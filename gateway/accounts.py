@@ -97,9 +97,20 @@ class Upstream:
         )
 
     @property
-    def server_key(self) -> tuple[str, int, str]:
-        """Which server this is, for what is remembered of it (:class:`KnownServers`)."""
-        return self.host, self.port, self.tls.value
+    def server_key(self) -> tuple[str, int, str, str | None]:
+        """Which server this is, for what is remembered of it (:class:`KnownServers`): the
+        TLS name too (one address may route by it to different servers)."""
+        return self.host, self.port, self.tls.value, self.tls_config.server_hostname
+
+
+def _is_loopback(host: str) -> bool:
+    """As ``gateway.config.is_loopback`` (the settings layer is above this one)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 #: Servers remembered by :class:`KnownServers` at most (the least recently used go).
@@ -130,16 +141,28 @@ class KnownServers:
         self._max_age = max_age
         self._clock = clock
         #: server -> (its CAPA listed PIPELINING, until when this is trusted)
-        self._known: OrderedDict[tuple[str, int, str], tuple[bool, float]] = OrderedDict()
+        self._known: OrderedDict[tuple[str, int, str, str | None], tuple[bool, float]] = (
+            OrderedDict()
+        )
 
     def __len__(self) -> int:
         return len(self._known)
 
+    @staticmethod
+    def applies(upstream: Upstream) -> bool:
+        """Implicit TLS, or plaintext to a loopback address: STARTTLS asks its CAPA after
+        STLS anyway, and a plaintext server elsewhere that stopped taking passwords in clear
+        (CAPA then lists only STLS, and USER is refused before any password) must never be
+        sent one in an assumed AUTH PLAIN."""
+        if upstream.tls is TLSMode.IMPLICIT:
+            return True
+        return upstream.tls is TLSMode.PLAIN and _is_loopback(upstream.host)
+
     def assumed(self, upstream: Upstream) -> Capabilities | None:
         """What to assume of ``upstream`` for a login without CAPA (``POP3Client.login``'s
-        ``assume``), or None: unknown, no PLAIN last time, too old, or STARTTLS (its CAPA
-        comes after STLS, and a session that upgrades asks it anyway)."""
-        if upstream.tls is TLSMode.STARTTLS:
+        ``assume``), or None: unknown, no PLAIN last time, too old, or not a server this
+        applies to (:meth:`applies`)."""
+        if not self.applies(upstream):
             return None
         key = upstream.server_key
         found = self._known.get(key)
@@ -155,7 +178,7 @@ class KnownServers:
     def learn(self, upstream: Upstream, listed: Capabilities | None) -> None:
         """After a login: what ``upstream``'s CAPA listed before it (None: the session asked
         none, and what was assumed held)."""
-        if listed is None:
+        if listed is None or not self.applies(upstream):
             return
         key = upstream.server_key
         if "PLAIN" not in listed.sasl:
@@ -279,7 +302,7 @@ class Account:
     #: proxy), set per request by the API layer: the failed-login rate per client
     client: str | None = field(default=None, compare=False, repr=False)
     #: :meth:`digest` by key, for a credential given as a value (that never changes): the
-    #: same account object serves every request of its client (see PassthroughAccounts)
+    #: same account object serves every request of its client (see RecentAccounts)
     _digests: dict[bytes, str] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def digest(self, key: bytes) -> str:

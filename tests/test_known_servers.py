@@ -4,11 +4,13 @@ trip fewer; a server that changed costs one round trip and no failed login."""
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.accounts import Account, Credential, KnownServers, Upstream
-from gateway.pop3 import Capabilities, Timeouts, TLSMode
+from gateway.pop3 import Capabilities, POP3ResponseError, Timeouts, TLSConfig, TLSMode
 from gateway.service.sessions import SessionOpener
 from tests.support.clock import FakeClock
-from tests.support.fakepop3 import FakeMailbox, FakePOP3Server
+from tests.support.fakepop3 import Err, FakeMailbox, FakePOP3Server
 
 FAST = Timeouts(connect=2, tls=2, command=2, idle=2)
 MESSAGES = [("uid-1", b"Subject: one\r\n\r\nbody\r\n")]
@@ -63,11 +65,36 @@ def test_a_server_without_plain_is_forgotten_and_none_learnt_keeps_what_was() ->
     assert len(known) == 0
 
 
-def test_starttls_servers_are_never_assumed() -> None:
+def test_only_implicit_tls_and_loopback_servers_are_assumed() -> None:
+    """STARTTLS asks CAPA after STLS anyway; a plaintext server elsewhere that stopped
+    taking passwords in clear must never be sent one in an assumed AUTH PLAIN (asked
+    first, it lists only STLS and refuses USER before any password)."""
     known = KnownServers()
-    box = upstream(tls=TLSMode.STARTTLS)
-    known.learn(box, PLAIN)
-    assert known.assumed(box) is None
+    for box in (
+        upstream(tls=TLSMode.STARTTLS),
+        upstream("pop.example", 110, TLSMode.PLAIN),
+        upstream("192.0.2.7", 110, TLSMode.PLAIN),
+    ):
+        known.learn(box, PLAIN)
+        assert known.assumed(box) is None
+    assert len(known) == 0
+    for host in ("127.0.0.1", "::1", "localhost"):
+        box = upstream(host, 110, TLSMode.PLAIN)
+        known.learn(box, PLAIN)
+        assert known.assumed(box) is not None
+
+
+def test_one_address_with_two_tls_names_is_two_servers() -> None:
+    known = KnownServers()
+    first = Upstream(
+        "a", "203.0.113.5", 995, TLSMode.IMPLICIT, TLSConfig(server_hostname="a.example")
+    )
+    second = Upstream(
+        "b", "203.0.113.5", 995, TLSMode.IMPLICIT, TLSConfig(server_hostname="b.example")
+    )
+    known.learn(first, PLAIN)
+    assert known.assumed(first) is not None
+    assert known.assumed(second) is None
 
 
 def test_what_was_learnt_expires_and_the_count_of_servers_is_bounded() -> None:
@@ -112,6 +139,23 @@ async def test_a_server_that_dropped_plain_costs_one_round_trip_and_still_logs_i
         client = await opener.open(account(server))
         await client.quit()
         assert commands(server, 2)[:3] == [b"CAPA", b"USER", b"PASS"]  # forgotten
+
+
+async def test_a_refused_fallback_still_forgets_the_server() -> None:
+    async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
+        known = KnownServers()
+        opener = SessionOpener(key=b"k" * 32, servers=known)
+        client = await opener.open(account(server))
+        await client.quit()
+        server.mechanisms = ("LOGIN",)
+        server.script("PASS", Err(code="SYS/TEMP", text="try later"))
+        with pytest.raises(POP3ResponseError):
+            await opener.open(account(server))
+        assert commands(server, 1)[:4] == [b"AUTH", b"CAPA", b"USER", b"PASS"]
+        assert len(known) == 0  # the next login asks CAPA first
+        client = await opener.open(account(server))
+        await client.quit()
+        assert commands(server, 2)[:3] == [b"CAPA", b"USER", b"PASS"]
 
 
 async def test_other_login_methods_ask_capa_as_before() -> None:

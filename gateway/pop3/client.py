@@ -742,11 +742,13 @@ class POP3Client:
 
         ``assume``: what this server's CAPA listed before login in an earlier session, for a
         session that asked no CAPA (``connect`` without ``capa``). Where it lists SASL
-        PLAIN, ``AUTH PLAIN`` goes at once: one round trip fewer. If the server refuses it,
-        CAPA is asked then: a server that now lists other mechanisms gets USER and PASS
-        (the mechanism was refused, not the password); otherwise (it still lists PLAIN, it
-        refuses CAPA, or the session ended) the refusal is raised: one failed login, as
-        without ``assume``.
+        PLAIN, ``AUTH PLAIN`` goes at once: one round trip fewer. A refusal with a response
+        code (``[AUTH]``, ``[IN-USE]``...) is raised as it is. A bare ``-ERR`` (how servers
+        refuse a mechanism they do not offer) has CAPA asked: a server that now lists other
+        mechanisms gets USER and PASS; otherwise (it still lists PLAIN, it refuses CAPA,
+        or the session ended) the refusal is raised: one failed login, as without
+        ``assume``. (A server that checks the password of a mechanism it stopped listing,
+        and answers a wrong one with a bare ``-ERR``, sees that password twice.)
         Where it lists PIPELINING, the first batch after login carries the next CAPA along.
         """
         _check_arg(password, "password")  # refuse before sending anything
@@ -759,11 +761,16 @@ class POP3Client:
                 await self.auth_plain(user, password)
                 return
             except POP3ResponseError as refused:
+                if refused.code is not None:
+                    # [AUTH], [IN-USE], [SYS/TEMP]...: about the password or the maildrop,
+                    # not the mechanism (servers refuse an unknown one with a bare -ERR)
+                    raise
                 # (a server that ends the session after a refusal leaves it standing)
                 try:
                     capabilities = await self.capa()
                 except POP3Error:
                     raise refused from None
+                self.authorization_capabilities = capabilities  # learnt, whatever follows
                 if not capabilities.supported or "PLAIN" in capabilities.sasl:
                     raise refused from None
             finally:

@@ -173,6 +173,9 @@ class SessionOpener:
                     servers.learn(upstream, client.authorization_capabilities)
         except BaseException as exc:
             if client is not None:
+                if self._servers is not None and how is None and account.password_login:
+                    # what a refused login learnt (a server that stopped offering PLAIN)
+                    self._servers.learn(account.upstream, client.authorization_capabilities)
                 client.abort()
             if rations is not None and attempt is not None:
                 outcome = "auth" if failure_reason(exc) == "auth" else "other"

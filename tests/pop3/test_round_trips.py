@@ -231,7 +231,16 @@ async def test_an_assumed_login_refused_with_plain_still_offered_is_one_failed_l
         client = await connect(server)
         with pytest.raises(POP3AuthError):
             await client.login("alice", "wrong", assume=ASSUMED)
-        # CAPA shows the mechanism was offered: the password was refused, and it is not
+        assert sent(server) == [b"AUTH"]  # [AUTH]: the password, raised at once
+        client.abort()
+    async with FakePOP3Server(
+        FakeMailbox(MESSAGES), users={"alice": "pw"}, capa_before=CAPA_PLAIN
+    ) as server:
+        server.script("AUTH", Err(text="Login failed."))  # no response code (Courier)
+        client = await connect(server)
+        with pytest.raises(POP3ResponseError):
+            await client.login("alice", "wrong", assume=ASSUMED)
+        # CAPA shows the mechanism is offered: the password was refused, and it is not
         # tried again another way
         assert sent(server) == [b"AUTH", b"CAPA"]
         client.abort()
@@ -239,19 +248,36 @@ async def test_an_assumed_login_refused_with_plain_still_offered_is_one_failed_l
 
 async def test_a_refusal_that_ends_the_session_is_raised_as_it_is() -> None:
     async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
-        server.script("AUTH", Err(code="SYS/TEMP", text="try later", close=True))
+        server.script("AUTH", Err(text="Go away", close=True))
         client = await connect(server)
         with pytest.raises(POP3ResponseError) as refused:
             await client.login("alice", "pw", assume=ASSUMED)
-        assert refused.value.code == "SYS/TEMP"  # not the closed connection of the CAPA
+        assert "Go away" in str(refused.value)  # not the closed connection of the CAPA
         client.abort()
 
 
-async def test_a_refusal_from_a_server_that_refuses_capa_is_raised() -> None:
-    async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
-        server.script("CAPA", Err(text="Unknown command"))
+async def test_a_refusal_with_a_response_code_is_raised_at_once() -> None:
+    """[AUTH], [IN-USE], [SYS/TEMP]: about the password or the maildrop, never the
+    mechanism: no CAPA, and above all no second try of the password with USER and PASS,
+    even where PLAIN is no longer listed."""
+    capa = ["USER", "SASL LOGIN", "UIDL", "."]
+    async with FakePOP3Server(
+        FakeMailbox(MESSAGES), users={"alice": "pw"}, capa_before=capa
+    ) as server:
+        server.script("AUTH", Err(code="AUTH", text="Authentication failed"))
         client = await connect(server)
         with pytest.raises(POP3AuthError):
+            await client.login("alice", "wrong", assume=ASSUMED)
+        assert sent(server) == [b"AUTH"]
+        client.abort()
+
+
+async def test_a_bare_refusal_from_a_server_that_refuses_capa_is_raised() -> None:
+    async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
+        server.script("AUTH", Err(text="Login failed."))  # no response code (Courier)
+        server.script("CAPA", Err(text="Unknown command"))
+        client = await connect(server)
+        with pytest.raises(POP3ResponseError):
             await client.login("alice", "wrong", assume=ASSUMED)
         assert sent(server) == [b"AUTH", b"CAPA"]  # no USER/PASS with the same password
         client.abort()
