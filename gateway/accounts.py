@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .hosts import is_loopback
 from .oauth.tokens import AccessToken, TokenSource, read_secret_file
 from .pop3 import Capabilities, POP3AuthError, POP3Client, Timeouts, TLSConfig, TLSMode
 
@@ -103,16 +104,6 @@ class Upstream:
         return self.host, self.port, self.tls.value, self.tls_config.server_hostname
 
 
-def _is_loopback(host: str) -> bool:
-    """As ``gateway.config.is_loopback`` (the settings layer is above this one)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 #: Servers remembered by :class:`KnownServers` at most (the least recently used go).
 MAX_KNOWN_SERVERS = 1024
 #: What a server's CAPA listed is trusted for this long (servers are reconfigured rarely;
@@ -156,7 +147,7 @@ class KnownServers:
         sent one in an assumed AUTH PLAIN."""
         if upstream.tls is TLSMode.IMPLICIT:
             return True
-        return upstream.tls is TLSMode.PLAIN and _is_loopback(upstream.host)
+        return upstream.tls is TLSMode.PLAIN and is_loopback(upstream.host)
 
     def assumed(self, upstream: Upstream) -> Capabilities | None:
         """What to assume of ``upstream`` for a login without CAPA (``POP3Client.login``'s

@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .hosts import is_loopback as is_loopback  # (re-exported: the settings' rule for hosts)
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SCHEMES = {"pop3": "plain", "pop3s": "tls", "pop3+starttls": "starttls"}
 _DEFAULT_PORTS = {"plain": 110, "tls": 995, "starttls": 110}
@@ -67,15 +69,6 @@ EventKind = Literal[
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _cased(value: object, case: Callable[[str], str]) -> object:

@@ -33,6 +33,11 @@ def account(server: FakePOP3Server, method: str = "pass") -> Account:
     )
 
 
+async def log_in_and_out(opener: SessionOpener, server: FakePOP3Server) -> None:
+    client = await opener.open(account(server))
+    await client.quit()
+
+
 def commands(server: FakePOP3Server, connection: int) -> list[bytes]:
     return [line.split(b" ")[0].rstrip(b"\r\n") for line in server.received[connection]]
 
@@ -130,14 +135,11 @@ async def test_a_server_that_dropped_plain_costs_one_round_trip_and_still_logs_i
     async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
         known = KnownServers()
         opener = SessionOpener(key=b"k" * 32, servers=known)
-        client = await opener.open(account(server))
-        await client.quit()
+        await log_in_and_out(opener, server)
         server.mechanisms = ("LOGIN",)  # reconfigured meanwhile
-        client = await opener.open(account(server))
-        await client.quit()
+        await log_in_and_out(opener, server)
         assert commands(server, 1)[:4] == [b"AUTH", b"CAPA", b"USER", b"PASS"]
-        client = await opener.open(account(server))
-        await client.quit()
+        await log_in_and_out(opener, server)
         assert commands(server, 2)[:3] == [b"CAPA", b"USER", b"PASS"]  # forgotten
 
 
@@ -145,16 +147,14 @@ async def test_a_refused_fallback_still_forgets_the_server() -> None:
     async with FakePOP3Server(FakeMailbox(MESSAGES), users={"alice": "pw"}) as server:
         known = KnownServers()
         opener = SessionOpener(key=b"k" * 32, servers=known)
-        client = await opener.open(account(server))
-        await client.quit()
+        await log_in_and_out(opener, server)
         server.mechanisms = ("LOGIN",)
         server.script("PASS", Err(code="SYS/TEMP", text="try later"))
         with pytest.raises(POP3ResponseError):
             await opener.open(account(server))
         assert commands(server, 1)[:4] == [b"AUTH", b"CAPA", b"USER", b"PASS"]
         assert len(known) == 0  # the next login asks CAPA first
-        client = await opener.open(account(server))
-        await client.quit()
+        await log_in_and_out(opener, server)
         assert commands(server, 2)[:3] == [b"CAPA", b"USER", b"PASS"]
 
 

@@ -40,8 +40,8 @@ CRLF: Final = b"\r\n"
 _LF: Final = 0x0A
 _CR: Final = 0x0D
 #: A line that starts with a dot (after its LF). Found with ``re``: for a two-byte needle
-#: that seldom occurs, its search reads a header section in about half the instructions of
-#: ``bytearray.find``.
+#: that seldom occurs, its search reads a header section in about two thirds of the time
+#: of ``bytearray.find`` (timed: 2.0 against 2.8 us per 1.9 KB reply, framing included).
 _DOT_LINE: Final = re.compile(rb"\n\.")
 _DOT: Final = 0x2E
 
